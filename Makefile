@@ -1,0 +1,37 @@
+# The two commands the README promises: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tests/node/package.json 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: run test lint format bench clean install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	if [ -f tests/node/package.json ]; then npm --prefix tests/node ci --no-audit --no-fund --silent; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+## Start a local Synapse (SQLite) and the bridge; state lives in .dev/. Ctrl-C stops both.
+run: $(STAMP)
+	$(BIN)/python -m bridge dev
+
+## Lint, format check and the whole test suite against real Synapse, PostgreSQL and Redis.
+test: $(STAMP)
+	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff format --check bridge tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check bridge tests
+
+format: $(STAMP)
+	$(BIN)/ruff format bridge tests
+	$(BIN)/ruff check --fix bridge tests
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache .ruff_cache

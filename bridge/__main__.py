@@ -1,0 +1,125 @@
+"""Command line: run the bridge, generate a registration, and small operator verbs.
+
+python -m bridge [-c config.yaml]                 run the bridge
+python -m bridge -g [-c config.yaml] [-r reg.yaml] write secrets and registration.yaml
+python -m bridge dev                              local Synapse + bridge under .dev/
+python -m bridge sync snapshot.json [--dry-run]   reconcile the CRM directory
+python -m bridge token <crmUserId>                mint a development JWT
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.config
+import signal
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .startup import ExitCode, StartupError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bridge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", default="config.yaml", help="config file")
+    parser.add_argument(
+        "-g",
+        "--generate-registration",
+        action="store_true",
+        help="generate secrets into the config and write the registration",
+    )
+    parser.add_argument(
+        "-r",
+        "--registration",
+        default="registration.yaml",
+        help="registration file to write with -g",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the bridge (the default)")
+    dev = sub.add_parser("dev", help="run a local Synapse and the bridge under .dev/")
+    dev.add_argument("--dir", default=".dev", help="where the dev stack keeps its state")
+    dev.add_argument("--synapse-port", type=int, default=8008)
+    dev.add_argument("--bridge-port", type=int, default=29340)
+    sync = sub.add_parser("sync", help="reconcile Matrix with a CRM snapshot file")
+    sync.add_argument("snapshot", help="JSON file with {users: [...], projects: [...]}")
+    sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    sync.add_argument(
+        "--force",
+        action="store_true",
+        help="allow removing members when the snapshot is empty or partial",
+    )
+    token = sub.add_parser("token", help="mint a development JWT for a CRM user")
+    token.add_argument("crm_user_id")
+    token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    return parser.parse_args(argv)
+
+
+def configure_logging(config: Config) -> None:
+    logging.config.dictConfig(config["logging"])
+
+
+def load_config(path: str) -> Config:
+    config = Config.load(path)
+    config.validate()
+    return config
+
+
+async def run_bridge(config: Config) -> None:
+    from .app import BridgeServer
+
+    server = BridgeServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        logging.getLogger("bridge").info("Shutting down")
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.generate_registration:
+            from .registration import generate
+
+            generate(Path(args.config), Path(args.registration))
+            print(f"Wrote secrets to {args.config} and the registration to {args.registration}")
+            return 0
+        if args.command == "dev":
+            from .devstack.run import run_dev
+
+            return asyncio.run(run_dev(args))
+        config = load_config(args.config)
+        if args.command == "token":
+            from .api.cli import token_command
+
+            return token_command(config, args)
+        configure_logging(config)
+        if args.command == "sync":
+            from .crm.cli import sync_command
+
+            return asyncio.run(sync_command(config, args))
+        asyncio.run(run_bridge(config))
+        return 0
+    except ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return ExitCode.CONFIG
+    except StartupError as e:
+        print(f"Startup failed: {e.reason}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

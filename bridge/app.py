@@ -1,0 +1,134 @@
+"""Builds the aiohttp application from its parts and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import health
+from .config import Config
+from .context import (
+    CONFIG,
+    DATABASE,
+    DISPATCHER,
+    EVENT_INDEX,
+    HOMESERVER,
+    IDS,
+    MATRIX,
+    READY,
+    TXN_LOG,
+)
+from .db import create_database
+from .db.room_event import RoomEventIndex
+from .db.txn import TransactionLog
+from .errors import error_middleware
+from .ids import IdMapper
+from .matrix import indexer, intake
+from .matrix.client import MatrixClient
+from .matrix.dispatcher import EventDispatcher
+from .matrix.homeserver import Homeserver
+from .startup import ExitCode, StartupError, check_homeserver, ping_until_ok
+
+log = logging.getLogger("bridge.app")
+
+PING_TASK = web.AppKey("ping_task", asyncio.Task)
+
+
+def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=max(config["api.max_body_size"], config["api.max_upload_size"] + 65536),
+    )
+    app[CONFIG] = config
+    app[IDS] = IdMapper.from_config(config)
+    app[DISPATCHER] = EventDispatcher()
+    app[READY] = {"database": False, "homeserver": False}
+    app.add_routes(health.routes)
+
+    async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = create_database(config["database.url"], config.get("database.args"))
+        try:
+            await db.start()
+        except Exception as e:
+            raise StartupError(ExitCode.DATABASE, f"Cannot open the database: {e}") from e
+        app[DATABASE] = db
+        app[TXN_LOG] = TransactionLog(db)
+        app[EVENT_INDEX] = RoomEventIndex(db)
+        app[READY]["database"] = True
+        yield
+        app[READY]["database"] = False
+        await db.stop()
+
+    async def homeserver_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200),
+            timeout=aiohttp.ClientTimeout(total=60, connect=10),
+        )
+        hs = Homeserver(
+            config["homeserver.address"],
+            config["appservice.as_token"],
+            session,
+            retry_budget=float(config["homeserver.retry_budget"]),
+        )
+        app[HOMESERVER] = hs
+        app[MATRIX] = MatrixClient(hs, config["appservice.id"], app[IDS].bot_mxid)
+        try:
+            if check_homeserver_on_start:
+                await check_homeserver(app[MATRIX])
+            app[READY]["homeserver"] = True
+            yield
+        finally:
+            await session.close()
+
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(homeserver_ctx)
+
+    if config["appservice.receive_transactions"]:
+        intake.setup(app)
+        indexer.setup(app)
+
+    # The other sides plug in here; each owns its routes, handlers and background tasks.
+    from . import api, crm, realtime
+
+    crm.setup(app)
+    api.setup(app)
+    realtime.setup(app)
+    return app
+
+
+class BridgeServer:
+    """One running bridge process: the app, its listener and the startup ping."""
+
+    def __init__(self, config: Config, app: web.Application | None = None) -> None:
+        self.config = config
+        self.app = app or build_app(config)
+        self.runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=5
+        )
+
+    async def start(self, ping: bool = True) -> None:
+        try:
+            await self.runner.setup()
+        except BaseException:
+            await self.runner.cleanup()
+            raise
+        host, port = self.config["appservice.hostname"], int(self.config["appservice.port"])
+        site = web.TCPSite(self.runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            raise StartupError(ExitCode.PORT_IN_USE, f"Cannot listen on {host}:{port}: {e}") from e
+        log.info("Listening on http://%s:%d", host, port)
+        if ping and self.config["appservice.receive_transactions"]:
+            self.app[PING_TASK] = asyncio.create_task(ping_until_ok(self.app[MATRIX]))
+
+    async def stop(self) -> None:
+        task = self.app.get(PING_TASK)
+        if task and not task.done():
+            task.cancel()
+        await self.runner.cleanup()

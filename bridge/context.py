@@ -1,0 +1,36 @@
+"""Shared state of the aiohttp application, by typed key (no module-level globals).
+
+Each side of the bridge defines keys for its own services next to them; the keys here are
+the ones every side uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from mautrix.util.async_db import Database
+
+from .config import Config
+from .db.room_event import RoomEventIndex
+from .db.txn import TransactionLog
+from .ids import IdMapper
+from .matrix.client import MatrixClient
+from .matrix.dispatcher import EventDispatcher
+from .matrix.homeserver import Homeserver
+
+CONFIG = web.AppKey("config", Config)
+DATABASE = web.AppKey("database", Database)
+HOMESERVER = web.AppKey("homeserver", Homeserver)
+MATRIX = web.AppKey("matrix", MatrixClient)
+DISPATCHER = web.AppKey("dispatcher", EventDispatcher)
+TXN_LOG = web.AppKey("txn_log", TransactionLog)
+EVENT_INDEX = web.AppKey("event_index", RoomEventIndex)
+IDS = web.AppKey("ids", IdMapper)
+# Set once startup checks passed and the database is open: readiness.
+READY = web.AppKey("ready", dict)
+
+# "Does the CRM know this mxid / alias?" Filled in by the directory side.
+ExistenceQuery = Callable[[str], Awaitable[bool]]
+USER_QUERY = web.AppKey("user_query", ExistenceQuery)
+ALIAS_QUERY = web.AppKey("alias_query", ExistenceQuery)

@@ -1,0 +1,67 @@
+"""The timeline index (table ``room_event``): ids, senders, types and order, never bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mautrix.util.async_db import Database
+
+COLUMNS = "seq, event_id, room_id, sender, event_type, msgtype, origin_ts"
+
+
+@dataclass
+class RoomEvent:
+    seq: int
+    event_id: str
+    room_id: str
+    sender: str
+    event_type: str
+    msgtype: str | None
+    origin_ts: int
+
+
+class RoomEventIndex:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(
+        self,
+        event_id: str,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        msgtype: str | None,
+        origin_ts: int,
+    ) -> tuple[RoomEvent, bool]:
+        """Index an event; returns it and whether it was new. Safe to call twice."""
+        seq = await self.db.fetchval(
+            "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+            event_id,
+            room_id,
+            sender,
+            event_type,
+            msgtype,
+            origin_ts,
+        )
+        if seq is None:
+            existing = await self.get(event_id)
+            assert existing is not None
+            return existing, False
+        return RoomEvent(seq, event_id, room_id, sender, event_type, msgtype, origin_ts), True
+
+    async def get(self, event_id: str) -> RoomEvent | None:
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM room_event WHERE event_id=$1", event_id
+        )
+        return RoomEvent(**row) if row else None
+
+    async def latest(self, room_id: str) -> RoomEvent | None:
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 ORDER BY seq DESC LIMIT 1",
+            room_id,
+        )
+        return RoomEvent(**row) if row else None
+
+    async def count(self, room_id: str) -> int:
+        return await self.db.fetchval("SELECT COUNT(*) FROM room_event WHERE room_id=$1", room_id)

@@ -1,0 +1,85 @@
+"""``python -m bridge dev``: a local Synapse (SQLite) and the bridge, state under .dev/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import secrets
+import signal
+from pathlib import Path
+
+from ..config import Config
+from ..registration import generate
+from .synapse import SynapseProcess
+
+log = logging.getLogger("bridge.devstack")
+
+
+def prepare_bridge_config(state: Path, synapse_port: int, bridge_port: int) -> Path:
+    config_path = state / "config.yaml"
+    registration_path = state / "registration.yaml"
+    state.mkdir(parents=True, exist_ok=True)
+    if not config_path.exists():
+        generate(config_path, registration_path)
+        config = Config.load(config_path, environ={})
+        user = {
+            **config.data,
+            "homeserver": {
+                **config["homeserver"],
+                "address": f"http://127.0.0.1:{synapse_port}",
+                "domain": "localhost",
+            },
+            "appservice": {
+                **config["appservice"],
+                "address": f"http://127.0.0.1:{bridge_port}",
+                "port": bridge_port,
+            },
+            "database": {"url": f"sqlite:{state.resolve() / 'bridge.db'}", "args": {}},
+        }
+        Config(user, config_path).save()
+        generate(config_path, registration_path)
+    return config_path
+
+
+async def run_dev(args: argparse.Namespace) -> int:
+    from ..__main__ import configure_logging, run_bridge
+
+    state = Path(args.dir)
+    config_path = prepare_bridge_config(state, args.synapse_port, args.bridge_port)
+    config = Config.load(config_path)
+    config.validate()
+    configure_logging(config)
+    synapse = SynapseProcess(
+        state / "synapse",
+        port=args.synapse_port,
+        registration_files=[state / "registration.yaml"],
+    )
+    first_start = not synapse.config_path.exists()
+    log.info("Starting Synapse on %s (state in %s)", synapse.url, synapse.data_dir)
+    synapse.start()
+    try:
+        await synapse.wait_ready()
+        password_file = state / "dev-user-password"
+        if first_start or not password_file.exists():
+            password = secrets.token_urlsafe(12)
+            await synapse.register_user("dev", password, admin=True)
+            password_file.write_text(password)
+        print(
+            "\nDev stack is up:\n"
+            f"  homeserver      {synapse.url}   (log in with Element as @dev:localhost, "
+            f"password in {password_file})\n"
+            f"  bridge          http://127.0.0.1:{args.bridge_port}\n"
+            f"  REST facade     http://127.0.0.1:{args.bridge_port}/api\n"
+            f"  admin API token {config_path} → admin_api.token\n"
+            f"  dev JWT         python -m bridge -c {config_path} token <crmUserId>\n"
+            "Press Ctrl-C to stop both.\n",
+            flush=True,
+        )
+        await run_bridge(config)
+    finally:
+        # Ctrl-C reaches Synapse too (same terminal); stop it cleanly either way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        synapse.stop()
+        log.info("Synapse stopped")
+    return 0

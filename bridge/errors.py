@@ -1,0 +1,179 @@
+"""Every failure the bridge reports over HTTP, and the one middleware that renders them.
+
+The body is always ``{"message": <sentence>, "errcode": <code>}``: seed frontends display
+``message`` and Matrix-style tools switch on ``errcode``. Under ``/_matrix`` the body also
+carries ``error``, the field name the Matrix spec uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+log = logging.getLogger("bridge.errors")
+
+
+class BridgeError(Exception):
+    status: ClassVar[int] = 500
+    errcode: ClassVar[str] = "M_UNKNOWN"
+    default_message: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        errcode: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        if errcode:
+            self.errcode = errcode  # type: ignore[misc]
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message, "errcode": self.errcode, **self.extra}
+
+
+class BadRequest(BridgeError):
+    status = 400
+    errcode = "M_BAD_JSON"
+    default_message = "The request is malformed"
+
+
+class InvalidParam(BadRequest):
+    errcode = "M_INVALID_PARAM"
+
+
+class MissingToken(BridgeError):
+    status = 401
+    errcode = "M_MISSING_TOKEN"
+    default_message = "Authentication is required"
+
+
+class UnknownToken(BridgeError):
+    status = 401
+    errcode = "M_UNKNOWN_TOKEN"
+    default_message = "The access token is not valid"
+
+
+class Forbidden(BridgeError):
+    status = 403
+    errcode = "M_FORBIDDEN"
+    default_message = "You are not allowed to do that"
+
+
+class NotFound(BridgeError):
+    status = 404
+    errcode = "M_NOT_FOUND"
+    default_message = "Not found"
+
+
+class Conflict(BridgeError):
+    status = 409
+    errcode = "M_CONFLICT"
+    default_message = "The request conflicts with the current state"
+
+
+class PayloadTooLarge(BridgeError):
+    status = 413
+    errcode = "M_TOO_LARGE"
+    default_message = "The request body is too large"
+
+
+class UnsupportedMediaType(BridgeError):
+    status = 415
+    errcode = "M_UNSUPPORTED_TYPE"
+    default_message = "This type of content is not accepted"
+
+
+class RateLimited(BridgeError):
+    status = 429
+    errcode = "M_LIMIT_EXCEEDED"
+    default_message = "Too many requests; try again later"
+
+
+class HomeserverUnavailable(BridgeError):
+    status = 503
+    errcode = "M_HOMESERVER_UNAVAILABLE"
+    default_message = "The homeserver is unavailable; try again shortly"
+
+
+class ServiceUnavailable(BridgeError):
+    status = 503
+    errcode = "M_SERVICE_UNAVAILABLE"
+    default_message = "A backing service is unavailable; try again shortly"
+
+
+# aiohttp's own HTTP errors (unknown route, wrong method, body too large) get the same shape.
+_HTTP_ERRCODES = {
+    400: "M_BAD_JSON",
+    401: "M_MISSING_TOKEN",
+    403: "M_FORBIDDEN",
+    404: "M_UNRECOGNIZED",
+    405: "M_UNRECOGNIZED",
+    413: "M_TOO_LARGE",
+    415: "M_UNSUPPORTED_TYPE",
+    429: "M_LIMIT_EXCEEDED",
+}
+
+
+def error_response(
+    status: int, body: dict[str, Any], path: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    if path.startswith("/_matrix/"):
+        body = {**body, "error": body.get("message")}
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BridgeError as e:
+        if e.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, e.message)
+        return error_response(e.status, e.body(), request.path, e.headers)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = e.reason if e.text in (None, "", f"{e.status}: {e.reason}") else e.text
+        if e.status == 404:
+            message = "No such endpoint"
+        elif e.status == 405:
+            message = f"Method {request.method} is not allowed here"
+        body = {"message": message, "errcode": _HTTP_ERRCODES.get(e.status, "M_UNKNOWN")}
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(e.status, body, request.path, headers)
+    except Exception:
+        log.exception("Unhandled error in %s %s", request.method, request.path)
+        body = {"message": "Internal server error", "errcode": "M_UNKNOWN"}
+        return error_response(500, body, request.path)
+
+
+async def read_json(request: web.Request) -> Any:
+    """Parse a JSON body or raise a 400 that says what is wrong."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PayloadTooLarge() from e
+    if not raw:
+        raise BadRequest("The request body is empty; a JSON object was expected")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("The request body is not valid JSON", errcode="M_NOT_JSON") from e

@@ -1,0 +1,145 @@
+"""A thin client-server API client acting as the appservice or one of its puppets.
+
+Every request carries the as_token; ``as_user`` masquerades as a puppet (``?user_id=``).
+It retries what the homeserver asks us to retry (429 with ``retry_after_ms``, 502-504,
+connection errors) within a time budget, then raises :class:`HomeserverUnavailable`.
+It counts the writes it sends, so idempotency can be measured rather than assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ..errors import HomeserverUnavailable
+
+log = logging.getLogger("bridge.matrix.homeserver")
+
+_RETRYABLE_STATUS = (502, 503, 504)
+
+
+class MatrixError(Exception):
+    """The homeserver answered with an error it meant (4xx other than 429)."""
+
+    def __init__(self, status: int, errcode: str, message: str, body: Any = None) -> None:
+        super().__init__(f"{status} {errcode}: {message}")
+        self.status = status
+        self.errcode = errcode
+        self.message = message
+        self.body = body
+
+
+def q(value: str) -> str:
+    """Quote one path segment (room ids, user ids, aliases, event ids)."""
+    return quote(value, safe="")
+
+
+class Homeserver:
+    def __init__(
+        self,
+        base_url: str,
+        as_token: str,
+        session: aiohttp.ClientSession,
+        *,
+        retry_budget: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.retry_budget = retry_budget
+        self._auth = {"Authorization": f"Bearer {as_token}"}
+        self.writes = 0
+        self.requests = 0
+        self.rate_limited = 0
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, str] | None = None,
+        as_user: str | None = None,
+        raw: bool = False,
+    ) -> Any:
+        """Send one request; ``path`` starts with ``/_matrix``. Returns the decoded JSON."""
+        query = dict(params or {})
+        if as_user:
+            query["user_id"] = as_user
+        headers = dict(self._auth)
+        if content_type:
+            headers["Content-Type"] = content_type
+        deadline = time.monotonic() + self.retry_budget
+        backoff = 0.25
+        while True:
+            self.requests += 1
+            if method != "GET":
+                self.writes += 1
+            try:
+                async with self.session.request(
+                    method,
+                    self.base_url + path,
+                    json=json,
+                    data=data,
+                    params=query,
+                    headers=headers,
+                ) as resp:
+                    if raw and resp.status < 300:
+                        return await resp.read(), resp.headers.get("Content-Type", "")
+                    body = await _decode(resp)
+                    if resp.status < 300:
+                        return body
+                    errcode = body.get("errcode", "M_UNKNOWN") if isinstance(body, dict) else ""
+                    message = body.get("error", "") if isinstance(body, dict) else str(body)
+                    if resp.status == 429 or errcode == "M_LIMIT_EXCEEDED":
+                        self.rate_limited += 1
+                        wait = _retry_after(resp, body, backoff)
+                    elif resp.status in _RETRYABLE_STATUS:
+                        wait = backoff
+                    else:
+                        raise MatrixError(resp.status, errcode, message, body)
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                wait = backoff
+                message = str(e) or type(e).__name__
+            # A rate-limited or failed request sent nothing durable: don't count it as a write.
+            if method != "GET":
+                self.writes -= 1
+            if time.monotonic() + wait > deadline:
+                log.warning("Giving up on %s %s: %s", method, path.split("?")[0], message)
+                raise HomeserverUnavailable()
+            log.debug("Retrying %s %s in %.2fs (%s)", method, path, wait, message)
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, 8)
+
+    # Convenience verbs.
+    async def get(self, path: str, **kw: Any) -> Any:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return await self.request("POST", path, json={} if json is None else json, **kw)
+
+    async def put(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return await self.request("PUT", path, json={} if json is None else json, **kw)
+
+
+async def _decode(resp: aiohttp.ClientResponse) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        return {"error": (await resp.text())[:200]}
+
+
+def _retry_after(resp: aiohttp.ClientResponse, body: Any, fallback: float) -> float:
+    if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), int | float):
+        return max(body["retry_after_ms"] / 1000, 0.01)
+    header = resp.headers.get("Retry-After")
+    if header and header.isdigit():
+        return float(header)
+    return fallback

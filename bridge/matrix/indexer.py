@@ -1,0 +1,36 @@
+"""Keeps the timeline index current from appservice transactions."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from ..context import DISPATCHER, EVENT_INDEX
+from .dispatcher import Event
+
+log = logging.getLogger("bridge.matrix.indexer")
+
+# Events that count as messages in a conversation.
+INDEXED_TYPES = frozenset({"m.room.message", "m.sticker", "m.room.encrypted"})
+
+
+def setup(app: web.Application) -> None:
+    async def index_event(event: Event) -> None:
+        if event.get("type") not in INDEXED_TYPES or "state_key" in event:
+            return
+        content = event.get("content") or {}
+        if not content:
+            # A redacted event: nothing to show, nothing to count.
+            return
+        await app[EVENT_INDEX].add(
+            event_id=event["event_id"],
+            room_id=event["room_id"],
+            sender=event["sender"],
+            event_type=event["type"],
+            msgtype=content.get("msgtype"),
+            origin_ts=int(event.get("origin_server_ts") or time.time() * 1000),
+        )
+
+    app[DISPATCHER].on_timeline(index_event)

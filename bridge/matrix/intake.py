@@ -1,0 +1,96 @@
+"""The appservice side of the HTTP server: what the homeserver calls on us.
+
+``PUT /_matrix/app/v1/transactions/{txnId}`` is durable: a transaction id is recorded only
+after every event in it was handled, a replay of a recorded id is acknowledged without
+handling, and a failure answers 500 so the homeserver retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from ..context import ALIAS_QUERY, CONFIG, DISPATCHER, TXN_LOG, USER_QUERY
+from ..errors import BadRequest, Forbidden, MissingToken, NotFound, read_json
+
+log = logging.getLogger("bridge.matrix.intake")
+
+routes = web.RouteTableDef()
+# Keys Synapse uses for MSC2409 ephemeral events: the stable one and the legacy one.
+_EPHEMERAL_KEYS = ("ephemeral", "de.sorunome.msc2409.ephemeral")
+# Serialises transactions: the homeserver sends one at a time, but a retry can overlap a
+# slow first attempt, and handling the same id twice at once must not happen.
+_TXN_LOCK = web.AppKey("txn_lock", asyncio.Lock)
+
+
+def check_hs_token(request: web.Request) -> None:
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    # The query parameter is deprecated in the spec but older homeservers still send it.
+    token = token or request.query.get("access_token", "")
+    if not token:
+        raise MissingToken("Missing hs_token", errcode="M_UNAUTHORIZED")
+    expected = request.app[CONFIG]["appservice.hs_token"]
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Forbidden("Invalid hs_token")
+
+
+@routes.put("/_matrix/app/v1/transactions/{txn_id}")
+async def put_transaction(request: web.Request) -> web.Response:
+    check_hs_token(request)
+    txn_id = request.match_info["txn_id"]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("A transaction must be a JSON object")
+    events: list[dict[str, Any]] = [e for e in body.get("events", []) if isinstance(e, dict)]
+    ephemeral: list[dict[str, Any]] = []
+    for key in _EPHEMERAL_KEYS:
+        ephemeral.extend(e for e in body.get(key, []) or [] if isinstance(e, dict))
+    txn_log = request.app[TXN_LOG]
+    async with request.app[_TXN_LOCK]:
+        if await txn_log.seen(txn_id):
+            log.debug("Transaction %s was already handled", txn_id)
+            return web.json_response({})
+        try:
+            await request.app[DISPATCHER].dispatch(events, ephemeral)
+        except Exception:
+            # Not recorded: the homeserver will send it again and we handle it then.
+            log.exception("Handling transaction %s failed; the homeserver will retry", txn_id)
+            raise
+        await txn_log.record(txn_id, len(events) + len(ephemeral))
+    return web.json_response({})
+
+
+@routes.get("/_matrix/app/v1/users/{user_id}")
+async def query_user(request: web.Request) -> web.Response:
+    check_hs_token(request)
+    user_id = request.match_info["user_id"]
+    query = request.app.get(USER_QUERY)
+    if query and await query(user_id):
+        return web.json_response({})
+    raise NotFound("No such user in the CRM", errcode="M_NOT_FOUND")
+
+
+@routes.get("/_matrix/app/v1/rooms/{alias}")
+async def query_alias(request: web.Request) -> web.Response:
+    check_hs_token(request)
+    alias = request.match_info["alias"]
+    query = request.app.get(ALIAS_QUERY)
+    if query and await query(alias):
+        return web.json_response({})
+    raise NotFound("No such project room", errcode="M_NOT_FOUND")
+
+
+@routes.post("/_matrix/app/v1/ping")
+async def ping(request: web.Request) -> web.Response:
+    check_hs_token(request)
+    return web.json_response({})
+
+
+def setup(app: web.Application) -> None:
+    app[_TXN_LOCK] = asyncio.Lock()
+    app.add_routes(routes)

@@ -1,0 +1,184 @@
+"""Shared fixtures: a real Synapse, a real PostgreSQL schema per test, a running bridge.
+
+The session starts one Synapse on a free loopback port, with the registration written by
+``python -m bridge -g``, and one bridge in this process that Synapse talks to. Tests use
+unique ids so they can share both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+
+from bridge.app import BridgeServer
+from bridge.config import Config
+from bridge.context import MATRIX
+from bridge.db import create_database
+from bridge.devstack.synapse import SynapseProcess, free_port
+from bridge.startup import ping_until_ok
+
+POSTGRES_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+# PostgreSQL: one schema per test, dropped afterwards.
+async def create_schema() -> str:
+    schema = unique("test_")
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    return schema
+
+
+async def drop_schema(schema: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+def postgres_args(schema: str) -> dict:
+    return {"server_settings": {"search_path": schema}, "min_size": 1, "max_size": 10}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator:
+    """An upgraded bridge database on each engine."""
+    if request.param == "sqlite":
+        database = create_database(f"sqlite:{tmp_path / 'bridge.db'}")
+        await database.start()
+        yield database
+        await database.stop()
+    else:
+        schema = await create_schema()
+        database = create_database(POSTGRES_DSN, postgres_args(schema))
+        await database.start()
+        yield database
+        await database.stop()
+        await drop_schema(schema)
+
+
+def generate_config(directory: Path, **overrides: object) -> tuple[Path, Path]:
+    """Run the real ``python -m bridge -g``, then set test values in the config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path, registration_path = directory / "config.yaml", directory / "registration.yaml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "-g",
+            "-c",
+            str(config_path),
+            "-r",
+            str(registration_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    data = yaml.safe_load(config_path.read_text())
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "-g",
+            "-c",
+            str(config_path),
+            "-r",
+            str(registration_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return config_path, registration_path
+
+
+class Stack:
+    """What the session-wide fixtures started, for tests to reach into."""
+
+    def __init__(self, synapse: SynapseProcess, config: Config, server: BridgeServer) -> None:
+        self.synapse = synapse
+        self.config = config
+        self.server = server
+
+    @property
+    def app(self):
+        return self.server.app
+
+    @property
+    def bridge_url(self) -> str:
+        return self.config["appservice.address"]
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def synapse_and_config(stack_dir: Path) -> Iterator[tuple[SynapseProcess, Path]]:
+    synapse_port, bridge_port = free_port(), free_port()
+    config_path, registration_path = generate_config(
+        stack_dir / "bridge",
+        **{
+            "homeserver.address": f"http://127.0.0.1:{synapse_port}",
+            "homeserver.domain": "localhost",
+            "homeserver.retry_budget": 20,
+            "appservice.address": f"http://127.0.0.1:{bridge_port}",
+            "appservice.port": bridge_port,
+            "realtime.offline_grace": 1,
+        },
+    )
+    synapse = SynapseProcess(
+        stack_dir / "synapse", port=synapse_port, registration_files=[registration_path]
+    )
+    synapse.start()
+    try:
+        asyncio.run(synapse.wait_ready())
+        yield synapse, config_path
+    finally:
+        synapse.stop()
+
+
+@pytest.fixture(scope="session")
+async def stack(synapse_and_config: tuple[SynapseProcess, Path]) -> AsyncIterator[Stack]:
+    synapse, config_path = synapse_and_config
+    schema = await create_schema()
+    config = Config.load(config_path, environ={})
+    config.set("database.url", POSTGRES_DSN)
+    config.set("database.args", postgres_args(schema))
+    config.set("redis.url", REDIS_URL)
+    config.validate()
+    server = BridgeServer(config)
+    await server.start(ping=False)
+    # Synapse ignores pings until its appservice scheduler runs; retry until it answers.
+    assert await ping_until_ok(server.app[MATRIX], attempts=30, interval=0.5)
+    try:
+        yield Stack(synapse, config, server)
+    finally:
+        await server.stop()
+        await drop_schema(schema)

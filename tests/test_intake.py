@@ -1,0 +1,129 @@
+"""The transaction endpoint in isolation: token checks, replays and failed handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bridge.app import build_app
+from bridge.config import Config
+from bridge.context import DISPATCHER, TXN_LOG
+from bridge.registration import generate
+
+
+@pytest.fixture
+async def client(tmp_path: Path, aiohttp_client) -> TestClient:
+    config_path = tmp_path / "config.yaml"
+    generate(config_path, tmp_path / "registration.yaml")
+    config = Config.load(config_path, environ={})
+    config.set("database.url", f"sqlite:{tmp_path / 'bridge.db'}")
+    app = build_app(config, check_homeserver_on_start=False)
+    return await aiohttp_client(app)
+
+
+def auth(client: TestClient, token: str | None = None) -> dict[str, str]:
+    from bridge.context import CONFIG
+
+    token = token or client.app[CONFIG]["appservice.hs_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def message(event_id: str) -> dict:
+    return {
+        "type": "m.room.message",
+        "event_id": event_id,
+        "room_id": "!room:localhost",
+        "sender": "@alice:localhost",
+        "origin_server_ts": 1700000000000,
+        "content": {"msgtype": "m.text", "body": "hi"},
+    }
+
+
+async def test_missing_token_is_401(client: TestClient) -> None:
+    resp = await client.put("/_matrix/app/v1/transactions/1", json={"events": []})
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["errcode"] == "M_UNAUTHORIZED" and body["message"] and body["error"]
+
+
+async def test_wrong_token_is_403(client: TestClient) -> None:
+    resp = await client.put(
+        "/_matrix/app/v1/transactions/1", json={"events": []}, headers=auth(client, "nope")
+    )
+    assert resp.status == 403
+    assert (await resp.json())["errcode"] == "M_FORBIDDEN"
+    for path in ("/_matrix/app/v1/users/@a:localhost", "/_matrix/app/v1/rooms/%23a:localhost"):
+        assert (await client.get(path, headers=auth(client, "nope"))).status == 403
+    assert (await client.post("/_matrix/app/v1/ping", json={})).status == 401
+
+
+async def test_replayed_transaction_is_not_processed_twice(client: TestClient) -> None:
+    seen: list[str] = []
+
+    async def record(event: dict) -> None:
+        seen.append(event["event_id"])
+
+    client.app[DISPATCHER].on_timeline(record)
+    body = {"events": [message("$1"), message("$2")]}
+    for _ in range(3):
+        resp = await client.put("/_matrix/app/v1/transactions/abc", json=body, headers=auth(client))
+        assert resp.status == 200
+        assert await resp.json() == {}
+    assert seen == ["$1", "$2"]
+    assert await client.app[TXN_LOG].seen("abc")
+
+
+async def test_failed_handling_is_retried_not_lost(client: TestClient) -> None:
+    attempts: list[str] = []
+
+    async def flaky(event: dict) -> None:
+        attempts.append(event["event_id"])
+        if len(attempts) == 1:
+            raise RuntimeError("database hiccup")
+
+    client.app[DISPATCHER].on_timeline(flaky)
+    body = {"events": [message("$x")]}
+    resp = await client.put("/_matrix/app/v1/transactions/t9", json=body, headers=auth(client))
+    assert resp.status == 500
+    assert (await resp.json())["errcode"] == "M_UNKNOWN"
+    assert not await client.app[TXN_LOG].seen("t9")
+    resp = await client.put("/_matrix/app/v1/transactions/t9", json=body, headers=auth(client))
+    assert resp.status == 200
+    assert attempts == ["$x", "$x"]
+    assert await client.app[TXN_LOG].seen("t9")
+
+
+async def test_ephemeral_events_reach_handlers(client: TestClient) -> None:
+    got: list[str] = []
+
+    async def on_ephemeral(event: dict) -> None:
+        got.append(event["type"])
+
+    client.app[DISPATCHER].on_ephemeral(on_ephemeral)
+    body = {
+        "events": [],
+        "ephemeral": [{"type": "m.typing", "room_id": "!r", "content": {"user_ids": []}}],
+        "de.sorunome.msc2409.ephemeral": [{"type": "m.presence", "content": {}}],
+    }
+    resp = await client.put("/_matrix/app/v1/transactions/e1", json=body, headers=auth(client))
+    assert resp.status == 200
+    assert got == ["m.typing", "m.presence"]
+
+
+async def test_malformed_transaction_is_400(client: TestClient) -> None:
+    resp = await client.put(
+        "/_matrix/app/v1/transactions/bad",
+        data=b"{not json",
+        headers={**auth(client), "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert (await resp.json())["errcode"] == "M_NOT_JSON"
+
+
+async def test_health_endpoints(client: TestClient) -> None:
+    assert (await client.get("/health/live")).status == 200
+    resp = await client.get("/health/ready")
+    assert resp.status == 200, await resp.text()
+    assert (await client.get("/no/such/route")).status == 404
