@@ -13,17 +13,27 @@ from . import health
 from .config import Config
 from .context import (
     CONFIG,
+    CONVERSATIONS,
     DATABASE,
     DISPATCHER,
     EVENT_INDEX,
     HOMESERVER,
     IDS,
     MATRIX,
+    PROJECTS,
     READY,
+    RECEIPTS,
+    ROOM_MEMBERS,
     TXN_LOG,
+    USERS,
 )
 from .db import create_database
+from .db.conversation import ConversationStore
+from .db.crm_user import CrmUserStore
+from .db.project import ProjectStore
+from .db.receipt import ReceiptStore
 from .db.room_event import RoomEventIndex
+from .db.room_member import RoomMemberStore
 from .db.txn import TransactionLog
 from .errors import error_middleware
 from .ids import IdMapper
@@ -58,6 +68,11 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
         app[DATABASE] = db
         app[TXN_LOG] = TransactionLog(db)
         app[EVENT_INDEX] = RoomEventIndex(db)
+        app[USERS] = CrmUserStore(db)
+        app[PROJECTS] = ProjectStore(db)
+        app[CONVERSATIONS] = ConversationStore(db)
+        app[ROOM_MEMBERS] = RoomMemberStore(db)
+        app[RECEIPTS] = ReceiptStore(db)
         app[READY]["database"] = True
         yield
         app[READY]["database"] = False

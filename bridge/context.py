@@ -12,7 +12,12 @@ from aiohttp import web
 from mautrix.util.async_db import Database
 
 from .config import Config
+from .db.conversation import ConversationStore
+from .db.crm_user import CrmUserStore
+from .db.project import ProjectStore
+from .db.receipt import ReceiptStore
 from .db.room_event import RoomEventIndex
+from .db.room_member import RoomMemberStore
 from .db.txn import TransactionLog
 from .ids import IdMapper
 from .matrix.client import MatrixClient
@@ -26,6 +31,11 @@ MATRIX = web.AppKey("matrix", MatrixClient)
 DISPATCHER = web.AppKey("dispatcher", EventDispatcher)
 TXN_LOG = web.AppKey("txn_log", TransactionLog)
 EVENT_INDEX = web.AppKey("event_index", RoomEventIndex)
+USERS = web.AppKey("users", CrmUserStore)
+PROJECTS = web.AppKey("projects", ProjectStore)
+CONVERSATIONS = web.AppKey("conversations", ConversationStore)
+ROOM_MEMBERS = web.AppKey("room_members", RoomMemberStore)
+RECEIPTS = web.AppKey("receipts", ReceiptStore)
 IDS = web.AppKey("ids", IdMapper)
 # Set once startup checks passed and the database is open: readiness.
 READY = web.AppKey("ready", dict)

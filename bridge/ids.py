@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 
@@ -92,3 +93,45 @@ class IdMapper:
     def alias_namespace_regex(self) -> str:
         prefix, _, suffix = self.alias_template.partition("{projectid}")
         return f"#{re.escape(prefix)}.+{re.escape(suffix)}:{re.escape(self.domain)}"
+
+
+# Ids the REST facade puts in URLs. Room ids of version 12 rooms are "!" + URL-safe base64,
+# and event ids are "$" + URL-safe base64: dropping the sigil keeps them URL-safe. Anything
+# else (older room versions with ":server") is wrapped in base64url with an "x" prefix.
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _to_url_id(value: str, sigil: str) -> str:
+    body = value[1:]
+    if value.startswith(sigil) and _URL_SAFE.fullmatch(body) and not body.startswith("x"):
+        return body
+    return "x" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def _from_url_id(url_id: str, sigil: str) -> str | None:
+    if not url_id or not _URL_SAFE.fullmatch(url_id):
+        return None
+    if not url_id.startswith("x"):
+        return sigil + url_id
+    padded = url_id[1:] + "=" * (-len(url_id[1:]) % 4)
+    try:
+        value = base64.urlsafe_b64decode(padded).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if value.startswith(sigil) else None
+
+
+def conversation_id_for_room(room_id: str) -> str:
+    return _to_url_id(room_id, "!")
+
+
+def room_id_for_conversation(conversation_id: str) -> str | None:
+    return _from_url_id(conversation_id, "!")
+
+
+def message_id_for_event(event_id: str) -> str:
+    return _to_url_id(event_id, "$")
+
+
+def event_id_for_message(message_id: str) -> str | None:
+    return _from_url_id(message_id, "$")

@@ -25,3 +25,22 @@ def test_foreign_ids_are_not_ours() -> None:
 def test_escaping_is_reversible() -> None:
     assert escape_localpart("AB c") == "=41=42=20c"
     assert unescape_localpart(escape_localpart("ÄÖ=x")) == "ÄÖ=x"
+
+
+def test_url_ids_round_trip() -> None:
+    from bridge.ids import (
+        conversation_id_for_room,
+        event_id_for_message,
+        message_id_for_event,
+        room_id_for_conversation,
+    )
+
+    for room_id in ("!AbC-_12xyz", "!old:example.org", "!xstartswithx"):
+        conversation_id = conversation_id_for_room(room_id)
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", conversation_id)
+        assert room_id_for_conversation(conversation_id) == room_id
+    assert conversation_id_for_room("!AbC-_12xyz") == "AbC-_12xyz"
+    for event_id in ("$ev-_1", "$ev:example.org"):
+        assert event_id_for_message(message_id_for_event(event_id)) == event_id
+    assert room_id_for_conversation("../etc") is None
+    assert event_id_for_message("x!!") is None

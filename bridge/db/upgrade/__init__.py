@@ -4,4 +4,7 @@ from mautrix.util.async_db import UpgradeTable
 
 upgrade_table = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
 
-from . import v01_initial  # noqa: E402,F401
+# Each module registers itself on import; the import order is the version order.
+from . import v01_initial, v02_directory, v03_chat, v04_realtime  # noqa: E402
+
+__all__ = ["upgrade_table", "v01_initial", "v02_directory", "v03_chat", "v04_realtime"]

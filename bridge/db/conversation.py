@@ -1,0 +1,86 @@
+"""Conversations as the facade lists them: one per project room or DM room."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mautrix.util.async_db import Database
+
+from ..ids import conversation_id_for_room
+from .crm_user import now_ms
+
+COLUMNS = (
+    "conversation_id, room_id, kind, project_id, direct_key, created_at, last_event_id, "
+    "last_activity"
+)
+
+PROJECT = "project"
+DIRECT = "direct"
+
+
+def direct_key(crm_user_a: str, crm_user_b: str) -> str:
+    """The one DM between two CRM users, whichever of them asks."""
+    return "\x1f".join(sorted((crm_user_a, crm_user_b)))
+
+
+@dataclass
+class Conversation:
+    conversation_id: str
+    room_id: str
+    kind: str
+    project_id: str | None = None
+    direct_key: str | None = None
+    created_at: int = field(default_factory=now_ms)
+    last_event_id: str | None = None
+    last_activity: int = field(default_factory=now_ms)
+
+
+class ConversationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM conversation WHERE conversation_id=$1", conversation_id
+        )
+        return Conversation(**row) if row else None
+
+    async def get_by_room(self, room_id: str) -> Conversation | None:
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM conversation WHERE room_id=$1", room_id
+        )
+        return Conversation(**row) if row else None
+
+    async def get_direct(self, key: str) -> Conversation | None:
+        row = await self.db.fetchrow(f"SELECT {COLUMNS} FROM conversation WHERE direct_key=$1", key)
+        return Conversation(**row) if row else None
+
+    async def add(
+        self,
+        room_id: str,
+        kind: str,
+        project_id: str | None = None,
+        key: str | None = None,
+    ) -> Conversation:
+        conversation = Conversation(
+            conversation_id=conversation_id_for_room(room_id),
+            room_id=room_id,
+            kind=kind,
+            project_id=project_id,
+            direct_key=key,
+        )
+        await self.db.execute(
+            f"INSERT INTO conversation ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            "ON CONFLICT (room_id) DO NOTHING",
+            conversation.conversation_id, room_id, kind, project_id, key,
+            conversation.created_at, None, conversation.last_activity,
+        )  # fmt: skip
+        return await self.get_by_room(room_id) or conversation
+
+    async def touch(self, room_id: str, event_id: str, ts: int) -> None:
+        """Move the conversation's last activity forward (never backward)."""
+        await self.db.execute(
+            "UPDATE conversation SET last_event_id=$2, last_activity=$3 "
+            "WHERE room_id=$1 AND last_activity <= $3",
+            room_id, event_id, ts,
+        )  # fmt: skip

@@ -1,0 +1,107 @@
+"""CRM users and the state of their puppets as last applied to Matrix (table ``crm_user``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from mautrix.util.async_db import Database
+
+COLUMNS = (
+    "crm_user_id, mxid, name, email, avatar, role, active, matrix_id, registered, "
+    "applied_displayname, applied_avatar, avatar_mxc, created_at, updated_at"
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class CrmUser:
+    crm_user_id: str
+    mxid: str
+    name: str
+    email: str
+    avatar: str | None = None
+    role: str = "employee"
+    active: bool = True
+    # The person's own Matrix account, linked to this CRM user (the Element story).
+    matrix_id: str | None = None
+    # What was last applied to Matrix, so unchanged users cost no homeserver writes.
+    registered: bool = False
+    applied_displayname: str | None = None
+    applied_avatar: str | None = None
+    avatar_mxc: str | None = None
+    created_at: int = field(default_factory=now_ms)
+    updated_at: int = field(default_factory=now_ms)
+
+    def values(self) -> tuple:
+        return (
+            self.crm_user_id, self.mxid, self.name, self.email, self.avatar, self.role,
+            self.active, self.matrix_id, self.registered, self.applied_displayname,
+            self.applied_avatar, self.avatar_mxc, self.created_at, self.updated_at,
+        )  # fmt: skip
+
+    @property
+    def mxids(self) -> list[str]:
+        """Every Matrix account that speaks for this user: the puppet, then the linked one."""
+        return [self.mxid, self.matrix_id] if self.matrix_id else [self.mxid]
+
+
+def _row(row) -> CrmUser | None:
+    if row is None:
+        return None
+    data = dict(row)
+    data["active"] = bool(data["active"])
+    data["registered"] = bool(data["registered"])
+    return CrmUser(**data)
+
+
+class CrmUserStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, crm_user_id: str) -> CrmUser | None:
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM crm_user WHERE crm_user_id=$1", crm_user_id
+        )
+        return _row(row)
+
+    async def get_by_mxid(self, mxid: str) -> CrmUser | None:
+        """The CRM user behind a puppet or a linked Matrix account."""
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM crm_user WHERE mxid=$1 OR matrix_id=$1 "
+            "ORDER BY (mxid=$1) DESC LIMIT 1",
+            mxid,
+        )
+        return _row(row)
+
+    async def get_many(self, crm_user_ids: list[str]) -> dict[str, CrmUser]:
+        if not crm_user_ids:
+            return {}
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(crm_user_ids)))
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM crm_user WHERE crm_user_id IN ({placeholders})",
+            *crm_user_ids,
+        )
+        return {user.crm_user_id: user for user in map(_row, rows) if user}
+
+    async def all(self, active_only: bool = False) -> list[CrmUser]:
+        where = " WHERE active" if active_only else ""
+        rows = await self.db.fetch(f"SELECT {COLUMNS} FROM crm_user{where} ORDER BY name")
+        return [user for user in map(_row, rows) if user]
+
+    async def upsert(self, user: CrmUser) -> None:
+        user.updated_at = now_ms()
+        placeholders = ", ".join(f"${i + 1}" for i in range(14))
+        updates = ", ".join(
+            f"{col}=excluded.{col}"
+            for col in COLUMNS.replace(" ", "").split(",")
+            if col not in ("crm_user_id", "created_at")
+        )
+        await self.db.execute(
+            f"INSERT INTO crm_user ({COLUMNS}) VALUES ({placeholders}) "
+            f"ON CONFLICT (crm_user_id) DO UPDATE SET {updates}",
+            *user.values(),
+        )

@@ -1,0 +1,107 @@
+"""CRM projects, their rooms and members (tables ``project`` and ``project_member``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+from .crm_user import now_ms
+
+COLUMNS = (
+    "project_id, name, description, emoji, color, created_by, archived, room_id, applied, "
+    "created_at, updated_at"
+)
+
+
+@dataclass
+class Project:
+    project_id: str
+    name: str
+    description: str | None = None
+    emoji: str | None = None
+    color: str | None = None
+    created_by: str | None = None
+    archived: bool = False
+    room_id: str | None = None
+    # What the bridge last applied to the room (name, topic, link, power levels...).
+    applied: dict[str, Any] = field(default_factory=dict)
+    created_at: int = field(default_factory=now_ms)
+    updated_at: int = field(default_factory=now_ms)
+    # Current CRM members, loaded with the project.
+    members: list[str] = field(default_factory=list)
+
+
+def _row(row, members: list[str] | None = None) -> Project | None:
+    if row is None:
+        return None
+    data = dict(row)
+    data["archived"] = bool(data["archived"])
+    data["applied"] = json.loads(data["applied"]) if data["applied"] else {}
+    return Project(**data, members=members or [])
+
+
+class ProjectStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, project_id: str) -> Project | None:
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM project WHERE project_id=$1", project_id
+        )
+        if row is None:
+            return None
+        return _row(row, await self.members(project_id))
+
+    async def get_by_room(self, room_id: str) -> Project | None:
+        row = await self.db.fetchrow(f"SELECT {COLUMNS} FROM project WHERE room_id=$1", room_id)
+        if row is None:
+            return None
+        return _row(row, await self.members(row["project_id"]))
+
+    async def all(self) -> list[Project]:
+        rows = await self.db.fetch(f"SELECT {COLUMNS} FROM project ORDER BY name")
+        members: dict[str, list[str]] = {}
+        for member in await self.db.fetch(
+            "SELECT project_id, crm_user_id FROM project_member ORDER BY crm_user_id"
+        ):
+            members.setdefault(member["project_id"], []).append(member["crm_user_id"])
+        return [p for p in (_row(r, members.get(r["project_id"], [])) for r in rows) if p]
+
+    async def members(self, project_id: str) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT crm_user_id FROM project_member WHERE project_id=$1 ORDER BY crm_user_id",
+            project_id,
+        )
+        return [r["crm_user_id"] for r in rows]
+
+    async def projects_of(self, crm_user_id: str) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT project_id FROM project_member WHERE crm_user_id=$1", crm_user_id
+        )
+        return [r["project_id"] for r in rows]
+
+    async def upsert(self, project: Project) -> None:
+        """Save the project and replace its member list, in one transaction."""
+        project.updated_at = now_ms()
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO project ({COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "ON CONFLICT (project_id) DO UPDATE SET name=excluded.name, "
+                "description=excluded.description, emoji=excluded.emoji, "
+                "color=excluded.color, created_by=excluded.created_by, "
+                "archived=excluded.archived, room_id=excluded.room_id, "
+                "applied=excluded.applied, updated_at=excluded.updated_at",
+                project.project_id, project.name, project.description, project.emoji,
+                project.color, project.created_by, project.archived, project.room_id,
+                json.dumps(project.applied), project.created_at, project.updated_at,
+            )  # fmt: skip
+            await conn.execute("DELETE FROM project_member WHERE project_id=$1", project.project_id)
+            if project.members:
+                await conn.executemany(
+                    "INSERT INTO project_member (project_id, crm_user_id) VALUES ($1, $2)",
+                    [(project.project_id, member) for member in project.members],
+                )

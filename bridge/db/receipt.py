@@ -1,0 +1,51 @@
+"""The newest read receipt per user and room (a receipt at E reads everything up to E)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mautrix.util.async_db import Database
+
+
+@dataclass
+class Receipt:
+    room_id: str
+    mxid: str
+    event_id: str
+    seq: int
+    ts: int
+
+
+class ReceiptStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def advance(self, room_id: str, mxid: str, event_id: str, seq: int, ts: int) -> bool:
+        """Store a receipt unless the user already read further; True when it moved."""
+        result = await self.db.execute(
+            "INSERT INTO receipt (room_id, mxid, event_id, seq, ts) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (room_id, mxid) DO UPDATE SET event_id=excluded.event_id, "
+            "seq=excluded.seq, ts=excluded.ts WHERE receipt.seq < excluded.seq",
+            room_id, mxid, event_id, seq, ts,
+        )  # fmt: skip
+        return _rows_changed(result) > 0
+
+    async def of_room(self, room_id: str) -> list[Receipt]:
+        rows = await self.db.fetch(
+            "SELECT room_id, mxid, event_id, seq, ts FROM receipt WHERE room_id=$1", room_id
+        )
+        return [Receipt(**r) for r in rows]
+
+    async def get(self, room_id: str, mxid: str) -> Receipt | None:
+        row = await self.db.fetchrow(
+            "SELECT room_id, mxid, event_id, seq, ts FROM receipt WHERE room_id=$1 AND mxid=$2",
+            room_id, mxid,
+        )  # fmt: skip
+        return Receipt(**row) if row else None
+
+
+def _rows_changed(result: object) -> int:
+    # asyncpg returns a status string ("INSERT 0 1"); aiosqlite returns a cursor.
+    if isinstance(result, str):
+        return int(result.rsplit(" ", 1)[-1] or 0)
+    return int(getattr(result, "rowcount", 0) or 0)
