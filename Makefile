@@ -22,16 +22,16 @@ run: $(STAMP)
 
 ## Lint, format check and the whole test suite against real Synapse, PostgreSQL and Redis.
 test: $(STAMP)
-	$(BIN)/ruff check bridge tests
-	$(BIN)/ruff format --check bridge tests
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff check bridge tests bench
 
 format: $(STAMP)
-	$(BIN)/ruff format bridge tests
-	$(BIN)/ruff check --fix bridge tests
+	$(BIN)/ruff format bridge tests bench
+	$(BIN)/ruff check --fix bridge tests bench
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .ruff_cache
