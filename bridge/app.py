@@ -19,6 +19,7 @@ from .context import (
     EVENT_INDEX,
     HOMESERVER,
     IDS,
+    LOCAL_ECHO,
     MATRIX,
     PROJECTS,
     READY,
@@ -57,6 +58,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app[IDS] = IdMapper.from_config(config)
     app[DISPATCHER] = EventDispatcher()
     app[READY] = {"database": False, "homeserver": False}
+    app[LOCAL_ECHO] = []
     app.add_routes(health.routes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -40,6 +40,11 @@ IDS = web.AppKey("ids", IdMapper)
 # Set once startup checks passed and the database is open: readiness.
 READY = web.AppKey("ready", dict)
 
+# Called with (conversation, message) right after the facade sent a message, before the
+# homeserver's transaction brings it back, so real-time clients see it at once.
+MessageListener = Callable[..., Awaitable[None]]
+LOCAL_ECHO = web.AppKey("local_echo", list)
+
 # "Does the CRM know this mxid / alias?" Filled in by the directory side.
 ExistenceQuery = Callable[[str], Awaitable[bool]]
 USER_QUERY = web.AppKey("user_query", ExistenceQuery)
