@@ -84,3 +84,16 @@ class ConversationStore:
             "WHERE room_id=$1 AND last_activity <= $3",
             room_id, event_id, ts,
         )  # fmt: skip
+
+    async def ids_joined_by(self, mxids: list[str]) -> list[str]:
+        """Conversations whose room any of these Matrix accounts has joined."""
+        if not mxids:
+            return []
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(mxids)))
+        rows = await self.db.fetch(
+            "SELECT DISTINCT c.conversation_id FROM conversation c "
+            "JOIN room_member m ON m.room_id = c.room_id "
+            f"WHERE m.membership = 'join' AND m.mxid IN ({placeholders})",
+            *mxids,
+        )
+        return [r["conversation_id"] for r in rows]

@@ -105,3 +105,37 @@ class CrmUserStore:
             f"ON CONFLICT (crm_user_id) DO UPDATE SET {updates}",
             *user.values(),
         )
+
+    async def get_by_mxids(self, mxids: list[str]) -> dict[str, CrmUser]:
+        """CRM users behind puppets or linked accounts, keyed by each mxid asked for."""
+        if not mxids:
+            return {}
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(mxids)))
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM crm_user WHERE mxid IN ({placeholders}) "
+            f"OR matrix_id IN ({placeholders})",
+            *mxids,
+        )
+        found: dict[str, CrmUser] = {}
+        wanted = set(mxids)
+        for user in map(_row, rows):
+            if user is None:
+                continue
+            if user.matrix_id in wanted and user.matrix_id not in found:
+                found[user.matrix_id] = user
+        for user in map(_row, rows):
+            if user is not None and user.mxid in wanted:
+                found[user.mxid] = user
+        return found
+
+    async def applied_presences(self) -> dict[str, str]:
+        """Presence the directory last forced on puppets (deactivated users: 'offline')."""
+        rows = await self.db.fetch(
+            "SELECT crm_user_id, applied_presence FROM crm_user WHERE applied_presence IS NOT NULL"
+        )
+        return {r["crm_user_id"]: r["applied_presence"] for r in rows}
+
+    async def set_applied_presence(self, crm_user_id: str, presence: str | None) -> None:
+        await self.db.execute(
+            "UPDATE crm_user SET applied_presence=$2 WHERE crm_user_id=$1", crm_user_id, presence
+        )

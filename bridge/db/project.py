@@ -105,3 +105,20 @@ class ProjectStore:
                     "INSERT INTO project_member (project_id, crm_user_id) VALUES ($1, $2)",
                     [(project.project_id, member) for member in project.members],
                 )
+
+    async def get_many(self, project_ids: list[str]) -> dict[str, Project]:
+        """Projects by id, without their member lists (for listing conversations)."""
+        if not project_ids:
+            return {}
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(project_ids)))
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM project WHERE project_id IN ({placeholders})", *project_ids
+        )
+        return {p.project_id: p for p in (_row(r) for r in rows) if p}
+
+    async def save_applied(self, project_id: str, room_id: str | None, applied: dict) -> None:
+        """Record the room and the state the directory applied to it (members untouched)."""
+        await self.db.execute(
+            "UPDATE project SET room_id=$2, applied=$3, updated_at=$4 WHERE project_id=$1",
+            project_id, room_id, json.dumps(applied), now_ms(),
+        )  # fmt: skip

@@ -65,3 +65,21 @@ class RoomEventIndex:
 
     async def count(self, room_id: str) -> int:
         return await self.db.fetchval("SELECT COUNT(*) FROM room_event WHERE room_id=$1", room_id)
+
+    async def get_many(self, event_ids: list[str]) -> dict[str, RoomEvent]:
+        if not event_ids:
+            return {}
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(event_ids)))
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM room_event WHERE event_id IN ({placeholders})", *event_ids
+        )
+        return {row["event_id"]: RoomEvent(**row) for row in rows}
+
+    async def between(self, room_id: str, after_seq: int, upto_seq: int) -> list[RoomEvent]:
+        """Events of a room with after_seq < seq <= upto_seq, oldest first."""
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND seq > $2 AND seq <= $3 "
+            "ORDER BY seq",
+            room_id, after_seq, upto_seq,
+        )  # fmt: skip
+        return [RoomEvent(**row) for row in rows]

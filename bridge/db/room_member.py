@@ -32,3 +32,27 @@ class RoomMemberStore:
             "SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join'", mxid
         )
         return [r["room_id"] for r in rows]
+
+    async def of_rooms(self, room_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Membership of several rooms at once: {room_id: {mxid: membership}}."""
+        out: dict[str, dict[str, str]] = {room_id: {} for room_id in room_ids}
+        if not room_ids:
+            return out
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(room_ids)))
+        rows = await self.db.fetch(
+            f"SELECT room_id, mxid, membership FROM room_member WHERE room_id IN ({placeholders})",
+            *room_ids,
+        )
+        for r in rows:
+            out[r["room_id"]][r["mxid"]] = r["membership"]
+        return out
+
+    async def set_many(self, room_id: str, memberships: dict[str, str]) -> None:
+        """Several members of one room in one round trip (a room created with invites)."""
+        if not memberships:
+            return
+        await self.db.executemany(
+            "INSERT INTO room_member (room_id, mxid, membership) VALUES ($1, $2, $3) "
+            "ON CONFLICT (room_id, mxid) DO UPDATE SET membership=excluded.membership",
+            [(room_id, mxid, membership) for mxid, membership in memberships.items()],
+        )

@@ -1,9 +1,71 @@
-"""The realtime side of the bridge."""
+"""The real-time side: the seed's Socket.IO events, fed by Matrix, across processes.
+
+* server.py    the Socket.IO server on the aiohttp app, Redis-backed across processes
+* handlers.py  connect (JWT), join/leave, send_message, typing, mark_as_read
+* fanout.py    room events → new_message / conversation_update, deduplicated
+* ephemeral.py m.typing / m.receipt / m.presence → user_typing, messages_read, user_online...
+* presence.py  first socket → online, last socket + grace → offline
+* registry.py  every user's sockets across processes; dedup.py, pump.py, rooms.py helpers
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..context import CONFIG, DISPATCHER, LOCAL_ECHO
+from ..matrix.dispatcher import Event
+from . import handlers
+from .fanout import is_conversation_change, is_message
+from .server import create_server
+from .service import PRESENCE, REALTIME, SIO, Realtime, context
+
+__all__ = ["PRESENCE", "REALTIME", "SIO", "Realtime", "setup"]
+
 
 def setup(app: web.Application) -> None:
-    """Attach this side's routes, event handlers and background tasks to the app."""
+    """Attach Socket.IO at /socket.io/, the Matrix event handlers and the local echo."""
+    sio = create_server(app[CONFIG])
+    sio.attach(app)
+    app[SIO] = sio
+    sockets: dict[str, handlers.Socket] = {}
+    handlers.register(app, sio, sockets, PRESENCE)
+    app.cleanup_ctx.append(context(app))
+
+    async def close_sockets(app: web.Application) -> None:
+        await handlers.close_all(sio)
+
+    app.on_shutdown.append(close_sockets)
+
+    async def local_echo(conversation: object, message: dict) -> None:
+        if REALTIME in app:
+            await app[REALTIME].fanout.local_echo(conversation, message)
+
+    app[LOCAL_ECHO].append(local_echo)
+
+    async def on_timeline(event: Event) -> None:
+        if REALTIME not in app:
+            return
+        realtime = app[REALTIME]
+        if is_message(event):
+            realtime.live.submit(lambda: realtime.fanout.message_event(event))
+        elif is_conversation_change(event):
+            if event.get("type") == "m.room.member":
+                # The directory side has already recorded the membership (crm/drift.py).
+                realtime.live.submit(lambda: realtime.fanout.membership(event))
+            realtime.fanout.schedule_change(event["room_id"], realtime.slow)
+
+    async def on_ephemeral(event: Event) -> None:
+        if REALTIME not in app:
+            return
+        realtime = app[REALTIME]
+        kind = event.get("type")
+        if kind == "m.typing":
+            realtime.live.submit(lambda: realtime.relays.typing(event))
+        elif kind == "m.receipt":
+            realtime.live.submit(lambda: realtime.relays.receipt(event, realtime.slow))
+        elif kind == "m.presence":
+            connected = realtime.registry.connected
+            realtime.live.submit(lambda: realtime.relays.presence(event, connected))
+
+    app[DISPATCHER].on_timeline(on_timeline)
+    app[DISPATCHER].on_ephemeral(on_ephemeral)

@@ -1,4 +1,4 @@
-"""Schema changes of the crm side (reserved; nothing has shipped yet, so it may change)."""
+"""Schema changes of the crm side."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from mautrix.util.async_db import Connection
 from . import upgrade_table
 
 
-@upgrade_table.register(description="directory schema additions")
+@upgrade_table.register(description="Directory: presence applied to deactivated puppets")
 async def upgrade_v2(conn: Connection) -> None:
-    """No changes yet."""
+    # 'offline' once a deactivated user's puppet was set offline, so re-syncs skip it.
+    await conn.execute("ALTER TABLE crm_user ADD COLUMN applied_presence TEXT")

@@ -1,4 +1,4 @@
-"""Schema changes of the realtime side (reserved; nothing has shipped yet, so it may change)."""
+"""Schema changes of the realtime side: how far receipts were announced to sockets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ from mautrix.util.async_db import Connection
 from . import upgrade_table
 
 
-@upgrade_table.register(description="realtime schema additions")
+@upgrade_table.register(description="realtime: announced receipts")
 async def upgrade_v4(conn: Connection) -> None:
-    """No changes yet."""
+    await conn.execute(
+        """CREATE TABLE announced_receipt (
+            room_id TEXT NOT NULL,
+            mxid    TEXT NOT NULL,
+            seq     BIGINT NOT NULL,
+            PRIMARY KEY (room_id, mxid)
+        )"""
+    )

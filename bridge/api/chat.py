@@ -1,0 +1,398 @@
+"""The chat service behind the REST routes and the real-time channel.
+
+It answers from the bridge's own index (conversations, members, event order, receipts) and
+asks the homeserver only for what the index does not hold: message bodies (cached in
+memory, never persisted), history pages and profiles of Matrix-only users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from ..context import (
+    CONVERSATIONS,
+    DATABASE,
+    EVENT_INDEX,
+    IDS,
+    MATRIX,
+    PROJECTS,
+    ROOM_MEMBERS,
+    USERS,
+)
+from ..db.client_message import ClientMessageStore
+from ..db.conversation import Conversation
+from ..db.crm_user import CrmUser
+from ..db.media import MediaStore
+from ..errors import NotFound
+from ..ids import conversation_id_for_room, room_id_for_conversation
+from ..matrix.homeserver import MatrixError
+from . import direct, history, messaging, serialize
+from .serialize import ReadState
+
+log = logging.getLogger("bridge.api.chat")
+
+CONVERSATION_NOT_FOUND = "Conversation not found"
+_PROFILE_TTL = 300.0
+_EVENT_CACHE_SIZE = 20000
+
+
+class EventCache:
+    """Recent message events by id, so lastMessage needs no homeserver call. Memory only."""
+
+    def __init__(self, size: int = _EVENT_CACHE_SIZE) -> None:
+        self.size = size
+        self._events: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def put(self, event: dict[str, Any]) -> None:
+        self._events[event["event_id"]] = event
+        self._events.move_to_end(event["event_id"])
+        while len(self._events) > self.size:
+            self._events.popitem(last=False)
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        return self._events.get(event_id)
+
+
+class ChatService:
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.events = EventCache()
+        self._profiles: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._fetch_limit = asyncio.Semaphore(8)
+        self._by_room: dict[str, Conversation] = {}
+        self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
+        # Sent by /send, not yet back from the homeserver: room -> (event id, ts).
+        self.pending: dict[str, tuple[str, int]] = {}
+
+    # Stores, opened by the app's database context.
+    @property
+    def client_messages(self) -> ClientMessageStore:
+        return ClientMessageStore(self.app[DATABASE])
+
+    @property
+    def media(self) -> MediaStore:
+        return MediaStore(self.app[DATABASE])
+
+    # Who and where.
+    async def conversation_for(
+        self, user: CrmUser, conversation_id: str, *, recent: bool = False
+    ) -> Conversation:
+        """The conversation if the user takes part; 404 otherwise, whether or not it exists.
+
+        ``recent`` accepts a membership confirmed in the last two seconds: for sends, where
+        the homeserver checks membership again anyway.
+        """
+        key = (user.mxid, conversation_id)
+        if recent and (hit := self._members_seen.get(key)) and time.monotonic() - hit[0] < 2:
+            return hit[1]
+        if not conversation_id or room_id_for_conversation(conversation_id) is None:
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        # One query: the conversation, only when the user's puppet has joined its room.
+        row = await self.app[DATABASE].fetchrow(
+            "SELECT c.conversation_id, c.room_id, c.kind, c.project_id, c.direct_key, "
+            "c.created_at, c.last_event_id, c.last_activity FROM conversation c "
+            "JOIN room_member m ON m.room_id = c.room_id "
+            "WHERE c.conversation_id=$1 AND m.mxid=$2 AND m.membership='join'",
+            conversation_id, user.mxid,
+        )  # fmt: skip
+        if row is None:
+            self._members_seen.pop(key, None)
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        conversation = Conversation(**row)
+        if len(self._members_seen) > 50000:
+            self._members_seen.clear()
+        self._members_seen[key] = (time.monotonic(), conversation)
+        return conversation
+
+    async def participants(self, conversation: Conversation) -> list[CrmUser]:
+        members = await self.app[ROOM_MEMBERS].of_room(conversation.room_id)
+        joined = [mxid for mxid, membership in members.items() if membership == "join"]
+        users = await self.app[USERS].get_by_mxids(joined)
+        seen: dict[str, CrmUser] = {}
+        for mxid in joined:
+            if (user := users.get(mxid)) and user.crm_user_id not in seen:
+                seen[user.crm_user_id] = user
+        return list(seen.values())
+
+    async def profile(self, mxid: str) -> dict[str, Any]:
+        cached = self._profiles.get(mxid)
+        if cached and time.monotonic() - cached[0] < _PROFILE_TTL:
+            return cached[1]
+        try:
+            profile = await self.app[MATRIX].get_profile(mxid)
+        except (MatrixError, web.HTTPException, Exception) as e:  # a profile is decoration
+            log.debug("No profile for %s: %s", mxid, e)
+            profile = {}
+        self._profiles[mxid] = (time.monotonic(), profile)
+        return profile
+
+    async def user_object(self, mxid_or_user: str | CrmUser) -> dict[str, Any]:
+        if isinstance(mxid_or_user, CrmUser):
+            return serialize.user_object(mxid_or_user)
+        user = await self.app[USERS].get_by_mxid(mxid_or_user)
+        if user is not None:
+            return serialize.user_object(user)
+        return serialize.matrix_user_object(mxid_or_user, await self.profile(mxid_or_user))
+
+    async def _senders(
+        self, mxids: set[str], known: dict[str, CrmUser] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """User objects for senders: CRM users from the index, others from their profiles."""
+        users = dict(known or {})
+        missing = [m for m in mxids if m not in users]
+        users.update(await self.app[USERS].get_by_mxids(missing))
+        out = {mxid: serialize.user_object(user) for mxid, user in users.items() if mxid in mxids}
+        strangers = [m for m in mxids if m not in out]
+        profiles = await asyncio.gather(*(self.profile(m) for m in strangers))
+        for mxid, profile in zip(strangers, profiles, strict=True):
+            out[mxid] = serialize.matrix_user_object(mxid, profile)
+        return out
+
+    # Messages.
+    async def _receipt_rows(self, room_ids: list[str]) -> list[Any]:
+        if not room_ids:
+            return []
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(room_ids)))
+        return await self.app[DATABASE].fetch(
+            "SELECT r.room_id, r.mxid, r.seq, r.ts, COALESCE(e.origin_ts, 0) AS event_ts "
+            "FROM receipt r LEFT JOIN room_event e ON e.event_id = r.event_id "
+            f"WHERE r.room_id IN ({placeholders})",
+            *room_ids,
+        )
+
+    @staticmethod
+    def _states(
+        room_ids: list[str], rows: list[Any], users: dict[str, CrmUser]
+    ) -> dict[str, ReadState]:
+        """Receipts per room, readers named by CRM user id when they are CRM users."""
+        states: dict[str, ReadState] = {room_id: ReadState() for room_id in room_ids}
+        for r in rows:
+            reader = users[r["mxid"]].crm_user_id if r["mxid"] in users else r["mxid"]
+            states[r["room_id"]].add(reader, int(r["seq"]), int(r["event_ts"]), int(r["ts"]))
+        return states
+
+    async def read_states(
+        self, room_ids: list[str], users: dict[str, CrmUser] | None = None
+    ) -> dict[str, ReadState]:
+        rows = await self._receipt_rows(room_ids)
+        known = dict(users or {})
+        unknown = list({r["mxid"] for r in rows} - set(known))
+        known.update(await self.app[USERS].get_by_mxids(unknown))
+        return self._states(room_ids, rows, known)
+
+    async def messages_from_events(
+        self, conversation: Conversation, events: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        if not events:
+            return []
+        seqs, rows = await asyncio.gather(
+            self.app[EVENT_INDEX].get_many([e["event_id"] for e in events]),
+            self._receipt_rows([conversation.room_id]),
+        )
+        senders = {e["sender"] for e in events}
+        users = await self.app[USERS].get_by_mxids(sorted(senders | {r["mxid"] for r in rows}))
+        state = self._states([conversation.room_id], rows, users)[conversation.room_id]
+        objects = await self._senders(senders, users)
+        return [
+            serialize.message_object(
+                event,
+                conversation.conversation_id,
+                objects[event["sender"]],
+                state,
+                seqs[event["event_id"]].seq if event["event_id"] in seqs else None,
+            )
+            for event in events
+        ]
+
+    async def conversation_by_room(self, room_id: str) -> Conversation | None:
+        """A conversation's identity (id, room, kind, project) never changes: cached."""
+        if cached := self._by_room.get(room_id):
+            return cached
+        conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
+        if conversation is not None:
+            self._by_room[room_id] = conversation
+        return conversation
+
+    async def message_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        conversation = await self.conversation_by_room(event["room_id"])
+        if conversation is None:
+            conversation = Conversation(
+                conversation_id=conversation_id_for_room(event["room_id"]),
+                room_id=event["room_id"],
+                kind="unknown",
+            )
+        return (await self.messages_from_events(conversation, [event]))[0]
+
+    async def fetch_event(self, room_id: str, event_id: str, as_user: str) -> dict[str, Any] | None:
+        """A message body from the cache, or from the homeserver (then cached)."""
+        if cached := self.events.get(event_id):
+            return cached
+        async with self._fetch_limit:
+            try:
+                event = await self.app[MATRIX].get_event(room_id, event_id, as_user=as_user)
+            except MatrixError as e:
+                log.debug("Cannot fetch %s in %s: %s", event_id, room_id, e)
+                return None
+        event.setdefault("room_id", room_id)
+        if event.get("content"):
+            self.events.put(event)
+        return event
+
+    # Conversation lists.
+    async def conversations_for(
+        self, user: CrmUser, kind: str | None = None, room_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The user's conversations, most recent activity first, from the index only.
+
+        A fixed number of queries whatever the number of conversations, run concurrently;
+        message bodies come from the in-memory cache (misses are fetched, eight at a time).
+        """
+        db = self.app[DATABASE]
+        mine = "SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join'"
+        extra, args = "", [user.mxid]
+        if kind:
+            args.append(kind)
+            extra += f" AND c.kind=${len(args)}"
+        if room_id:
+            args.append(room_id)
+            extra += f" AND c.room_id=${len(args)}"
+        rows = await db.fetch(
+            "SELECT c.conversation_id, c.room_id, c.kind, c.project_id, c.direct_key, "
+            "c.created_at, c.last_event_id, c.last_activity FROM conversation c "
+            f"WHERE c.room_id IN ({mine}){extra} ORDER BY c.last_activity DESC",
+            *args,
+        )
+        conversations = [Conversation(**row) for row in rows]
+        if not conversations:
+            return []
+        if self.pending:
+            for c in conversations:
+                pending = self.pending.get(c.room_id)
+                if pending and pending[1] >= c.last_activity and pending[0] != c.last_event_id:
+                    c.last_event_id, c.last_activity = pending
+            conversations.sort(key=lambda c: c.last_activity, reverse=True)
+        room_ids = [c.room_id for c in conversations]
+        filtered = bool(kind or room_id)
+
+        def scope(first: int) -> tuple[str, list[str]]:
+            """The rooms in question: all the user's (a subquery) or the filtered few."""
+            if not filtered:
+                return (
+                    f"SELECT room_id FROM room_member WHERE mxid=${first} AND membership='join'",
+                    [user.mxid],
+                )
+            return ", ".join(f"${first + i}" for i in range(len(room_ids))), room_ids
+
+        own = user.matrix_id or user.mxid
+        unread_scope, unread_args = scope(3)
+        member_scope, member_args = scope(1)
+        receipt_scope, receipt_args = scope(1)
+        last_ids = [c.last_event_id for c in conversations if c.last_event_id]
+        cached = {i: e for i in last_ids if (e := self.events.get(i)) is not None}
+        missing = [c for c in conversations if c.last_event_id and c.last_event_id not in cached]
+        unread_rows, member_rows, receipt_rows, seqs, projects, fetched = await asyncio.gather(
+            db.fetch(
+                "SELECT e.room_id, COUNT(*) AS unread FROM room_event e "
+                "LEFT JOIN (SELECT room_id, MAX(seq) AS seq FROM receipt "
+                "WHERE mxid=$1 OR mxid=$2 GROUP BY room_id) r ON r.room_id = e.room_id "
+                f"WHERE e.room_id IN ({unread_scope}) AND e.seq > COALESCE(r.seq, 0) "
+                "AND e.sender <> $1 AND e.sender <> $2 GROUP BY e.room_id",
+                user.mxid, own, *unread_args,
+            ),
+            db.fetch(
+                "SELECT room_id, mxid FROM room_member WHERE membership='join' "
+                f"AND room_id IN ({member_scope})",
+                *member_args,
+            ),
+            db.fetch(
+                "SELECT r.room_id, r.mxid, r.seq, r.ts, COALESCE(e.origin_ts, 0) AS event_ts "
+                "FROM receipt r LEFT JOIN room_event e ON e.event_id = r.event_id "
+                f"WHERE r.room_id IN ({receipt_scope})",
+                *receipt_args,
+            ),
+            self.app[EVENT_INDEX].get_many(last_ids),
+            self.app[PROJECTS].get_many([c.project_id for c in conversations if c.project_id]),
+            asyncio.gather(
+                *(self.fetch_event(c.room_id, c.last_event_id, user.mxid) for c in missing)
+            ),
+        )  # fmt: skip
+        wanted = set(room_ids)
+        unread = {r["room_id"]: int(r["unread"]) for r in unread_rows}
+        last_events = {**cached, **{e["event_id"]: e for e in fetched if e and e.get("content")}}
+        bot = self.app[IDS].bot_mxid
+        members: dict[str, list[str]] = {}
+        for r in member_rows:
+            if r["mxid"] != bot and r["room_id"] in wanted:
+                members.setdefault(r["room_id"], []).append(r["mxid"])
+        receipt_rows = [r for r in receipt_rows if r["room_id"] in wanted]
+        mxids = {m for ms in members.values() for m in ms}
+        mxids |= {r["mxid"] for r in receipt_rows}
+        senders = {e["sender"] for e in last_events.values()}
+        users = await self.app[USERS].get_by_mxids(sorted(mxids | senders))
+        states = self._states(room_ids, receipt_rows, users)
+        objects = await self._senders(senders, users)
+        for mxid in mxids - set(objects):
+            objects[mxid] = (
+                serialize.user_object(users[mxid])
+                if mxid in users
+                else serialize.matrix_user_object(mxid, self._profiles.get(mxid, (0, {}))[1])
+            )
+        out = []
+        for c in conversations:
+            participants: list[dict[str, Any]] = []
+            seen: set[str] = set()
+            for mxid in members.get(c.room_id, []):
+                obj = objects[mxid]
+                if obj["_id"] not in seen:
+                    seen.add(obj["_id"])
+                    participants.append(obj)
+            last = None
+            if c.last_event_id and (event := last_events.get(c.last_event_id)):
+                seq = seqs[c.last_event_id].seq if c.last_event_id in seqs else None
+                last = serialize.message_object(
+                    event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
+                )
+            project = projects.get(c.project_id) if c.project_id else None
+            out.append(
+                serialize.conversation_object(
+                    c, participants, project, last, unread.get(c.room_id, 0)
+                )
+            )
+        return out
+
+    # Writes (see messaging.py and direct.py).
+    async def send(
+        self,
+        user: CrmUser,
+        conversation_id: str,
+        content: Any,
+        type: Any = "text",
+        attachments: Any = None,
+        client_message_id: Any = None,
+    ) -> dict[str, Any]:
+        """Send as the user's puppet; the seed message plus conversationId and cursor."""
+        return await messaging.send(
+            self, user, conversation_id, content, type, attachments, client_message_id
+        )
+
+    async def mark_read(
+        self, user: CrmUser, conversation_id: str, message_id: Any = None
+    ) -> list[str]:
+        return await messaging.mark_read(self, user, conversation_id, message_id)
+
+    async def create_direct(self, user: CrmUser, other_id: Any) -> tuple[dict[str, Any], bool]:
+        conversation, created = await direct.create_direct(self, user, other_id)
+        listed = await self.conversations_for(user, room_id=conversation.room_id)
+        if not listed:
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        return listed[0], created
+
+    async def history(self, user: CrmUser, conversation_id: str, query: Any) -> dict[str, Any]:
+        conversation = await self.conversation_for(user, conversation_id)
+        return await history.page(self, user, conversation, query)

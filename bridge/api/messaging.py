@@ -1,0 +1,218 @@
+"""Sending messages and read markers as the user's puppet."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
+from ..db.crm_user import CrmUser
+from ..db.room_event import RoomEvent
+from ..errors import Conflict, Forbidden, InvalidParam, NotFound
+from ..ids import event_id_for_message, message_id_for_event
+from ..matrix.homeserver import MatrixError
+from . import serialize
+from .serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
+
+if TYPE_CHECKING:
+    from .chat import ChatService
+
+CONVERSATION_NOT_FOUND = "Conversation not found"
+
+log = logging.getLogger("bridge.api.messaging")
+
+MAX_CONTENT = 20000
+MAX_ATTACHMENTS = 10
+MAX_CLIENT_MESSAGE_ID = 128
+
+
+def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
+    if kind not in MESSAGE_TYPES:
+        raise InvalidParam("type must be one of text, file, image, link")
+    if not isinstance(content, str):
+        raise InvalidParam("content must be a string")
+    if len(content) > MAX_CONTENT:
+        raise InvalidParam(f"content is longer than {MAX_CONTENT} characters")
+    if attachments is not None and not isinstance(attachments, list):
+        raise InvalidParam("attachments must be an array")
+    if attachments and len(attachments) > MAX_ATTACHMENTS:
+        raise InvalidParam(f"At most {MAX_ATTACHMENTS} attachments per message")
+    if not content.strip() and not attachments:
+        raise InvalidParam("content must not be empty")
+    if client_message_id is not None and (
+        not isinstance(client_message_id, str)
+        or not 0 < len(client_message_id) <= MAX_CLIENT_MESSAGE_ID
+    ):
+        raise InvalidParam(f"clientMessageId must be a string of 1-{MAX_CLIENT_MESSAGE_ID} chars")
+
+
+async def _resolve_attachments(service: ChatService, attachments: list[Any]) -> list[dict]:
+    """Attachments must be files uploaded through /api/chat/upload; we trust our own record."""
+    resolved = []
+    for item in attachments:
+        url = item.get("url") if isinstance(item, dict) else None
+        mxc = serialize.mxc_of_url(url) if isinstance(url, str) else None
+        media = await service.media.get(mxc) if mxc else None
+        if media is None:
+            raise InvalidParam("Each attachment must be a file returned by /api/chat/upload")
+        resolved.append(
+            {
+                "mxc": media.mxc,
+                "filename": media.filename,
+                "originalName": media.original_name,
+                "mimetype": media.mimetype,
+                "size": media.size,
+            }
+        )
+    return resolved
+
+
+def build_content(text: str, kind: str, attachments: list[dict]) -> dict[str, Any]:
+    """A standard Matrix message Element renders, plus the seed fields under CRM_FIELD."""
+    crm = {"type": kind, "content": text, "attachments": attachments}
+    if not attachments:
+        return {"msgtype": "m.text", "body": text, CRM_FIELD: crm}
+    first = attachments[0]
+    msgtype = "m.image" if first["mimetype"].startswith("image/") else "m.file"
+    content: dict[str, Any] = {
+        "msgtype": msgtype,
+        "body": text.strip() or first["originalName"],
+        "filename": first["originalName"],
+        "url": first["mxc"],
+        "info": {"mimetype": first["mimetype"], "size": first["size"]},
+        CRM_FIELD: crm,
+    }
+    return content
+
+
+def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) -> str:
+    if client_message_id is None:
+        return service.app[MATRIX].txn_id()
+    digest = hashlib.sha256(f"{user.crm_user_id}\x1f{client_message_id}".encode()).hexdigest()
+    return f"crmc{digest[:40]}"
+
+
+async def send(
+    service: ChatService,
+    user: CrmUser,
+    conversation_id: str,
+    content: Any,
+    kind: Any = "text",
+    attachments: Any = None,
+    client_message_id: Any = None,
+) -> dict[str, Any]:
+    _check(content, kind, attachments, client_message_id)
+    conversation = await service.conversation_for(user, conversation_id, recent=True)
+    if client_message_id is not None:
+        earlier = await service.client_messages.get(user.crm_user_id, client_message_id)
+        if earlier is not None:
+            return await _replay(
+                service, user, conversation, earlier.conversation_id, earlier.event_id
+            )
+    resolved = await _resolve_attachments(service, attachments or [])
+    body = build_content(content, kind, resolved)
+    try:
+        event_id = await service.app[MATRIX].send_event(
+            conversation.room_id,
+            "m.room.message",
+            body,
+            as_user=user.mxid,
+            txn_id=_txn_id(service, user, client_message_id),
+        )
+    except MatrixError as e:
+        if e.status == 403 and "not in room" in e.message:
+            raise NotFound(CONVERSATION_NOT_FOUND) from e
+        if e.status == 403:
+            raise Forbidden("You cannot post in this conversation") from e
+        raise
+    if client_message_id is not None:
+        row = await service.client_messages.put(
+            user.crm_user_id, client_message_id, conversation.conversation_id, event_id
+        )
+        event_id = row.event_id
+    now = int(time.time() * 1000)
+    event = {
+        "event_id": event_id,
+        "room_id": conversation.room_id,
+        "sender": user.mxid,
+        "type": "m.room.message",
+        "content": body,
+        "origin_server_ts": now,
+    }
+    cached = service.events.get(event_id)
+    if cached is None:
+        service.events.put(event)
+    else:
+        event = cached
+    # The transaction indexes it shortly; until then listings take it from memory.
+    service.pending[conversation.room_id] = (event_id, now)
+    message = serialize.message_object(
+        event, conversation.conversation_id, serialize.user_object(user), ReadState(), None
+    )
+    message["cursor"] = message["_id"]
+    for listener in list(service.app[LOCAL_ECHO]):
+        try:
+            await listener(conversation, message)
+        except Exception:
+            log.exception("A local echo listener failed")
+    return message
+
+
+async def _replay(
+    service: ChatService, user: CrmUser, conversation, earlier_conversation_id: str, event_id: str
+) -> dict[str, Any]:
+    if earlier_conversation_id != conversation.conversation_id:
+        raise Conflict("This clientMessageId was already used in another conversation")
+    event = await service.fetch_event(conversation.room_id, event_id, user.mxid)
+    if event is None:
+        raise NotFound("The earlier message with this clientMessageId is gone")
+    message = (await service.messages_from_events(conversation, [event]))[0]
+    message["cursor"] = message["_id"]
+    return message
+
+
+async def _index_sent(service: ChatService, room_id: str, event_id: str) -> RoomEvent | None:
+    """A message sent through us that the transaction has not brought back yet."""
+    event = service.events.get(event_id)
+    if event is None or event.get("room_id") != room_id:
+        return None
+    indexed, _ = await service.app[EVENT_INDEX].add(
+        event_id, room_id, event["sender"], event["type"],
+        (event.get("content") or {}).get("msgtype"), int(event["origin_server_ts"]),
+    )  # fmt: skip
+    return indexed
+
+
+async def mark_read(
+    service: ChatService, user: CrmUser, conversation_id: str, message_id: Any = None
+) -> list[str]:
+    """Move the user's read receipt (and fully-read marker) forward; returns newly read ids."""
+    if message_id is not None and not isinstance(message_id, str):
+        raise InvalidParam("messageId must be a string")
+    conversation = await service.conversation_for(user, conversation_id)
+    index = service.app[EVENT_INDEX]
+    if message_id is not None:
+        event_id = event_id_for_message(message_id)
+        target = await index.get(event_id) if event_id else None
+        if target is None and event_id:
+            target = await _index_sent(service, conversation.room_id, event_id)
+        if target is None or target.room_id != conversation.room_id:
+            raise NotFound("Message not found")
+    else:
+        target = await index.latest(conversation.room_id)
+        if target is None:
+            return []
+    previous = await service.app[RECEIPTS].get(conversation.room_id, user.mxid)
+    if previous is not None and previous.seq >= target.seq:
+        return []
+    await service.app[MATRIX].set_read_markers(conversation.room_id, target.event_id, user.mxid)
+    now = int(time.time() * 1000)
+    await service.app[RECEIPTS].advance(
+        conversation.room_id, user.mxid, target.event_id, target.seq, now
+    )
+    after = previous.seq if previous else 0
+    newly = await index.between(conversation.room_id, after, target.seq)
+    own = {user.mxid, user.matrix_id}
+    return [message_id_for_event(e.event_id) for e in newly if e.sender not in own]

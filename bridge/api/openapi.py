@@ -1,0 +1,463 @@
+"""The OpenAPI 3 description of the facade, served at /api/openapi.json (docs at /api/docs).
+
+Kept beside the handlers and checked against the router by the tests, so the two agree.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+routes = web.RouteTableDef()
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 512}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["message", "errcode"],
+        "properties": {
+            "message": {"type": "string", "description": "A sentence for people"},
+            "errcode": {"type": "string", "description": "A code for programs"},
+            "retry_after_ms": {"type": "integer"},
+        },
+    },
+    "User": {
+        "type": "object",
+        "required": ["_id", "name", "email", "avatar"],
+        "properties": {
+            "_id": {
+                "type": "string",
+                "description": "CRM user id, or the mxid of a Matrix-only user",
+            },
+            "name": {"type": "string"},
+            "email": _NULLABLE_STR,
+            "avatar": _NULLABLE_STR,
+        },
+    },
+    "DirectoryUser": {
+        "allOf": [
+            _ref("User"),
+            {
+                "type": "object",
+                "required": ["role", "isOnline", "lastSeen"],
+                "properties": {
+                    "role": {"type": "string"},
+                    "isOnline": {"type": "boolean"},
+                    "lastSeen": _NULLABLE_STR,
+                    "matrixId": _NULLABLE_STR,
+                },
+            },
+        ]
+    },
+    "ProjectRef": {
+        "type": "object",
+        "required": ["_id", "name", "emoji", "color"],
+        "properties": {
+            "_id": {"type": "string"},
+            "name": {"type": "string"},
+            "emoji": _NULLABLE_STR,
+            "color": _NULLABLE_STR,
+        },
+    },
+    "Project": {
+        "allOf": [
+            _ref("ProjectRef"),
+            {
+                "type": "object",
+                "required": ["members", "conversationId"],
+                "properties": {
+                    "description": _NULLABLE_STR,
+                    "members": {"type": "array", "items": _ref("User")},
+                    "createdBy": _NULLABLE_STR,
+                    "archived": {"type": "boolean"},
+                    "conversationId": _NULLABLE_STR,
+                    "createdAt": _NULLABLE_STR,
+                    "updatedAt": _NULLABLE_STR,
+                },
+            },
+        ]
+    },
+    "Attachment": {
+        "type": "object",
+        "required": ["filename", "originalName", "mimetype", "size", "url"],
+        "properties": {
+            "filename": {"type": "string"},
+            "originalName": {"type": "string"},
+            "mimetype": {"type": "string"},
+            "size": {"type": "integer", "minimum": 0},
+            "url": {"type": "string", "description": "Authenticated download path"},
+        },
+    },
+    "Message": {
+        "type": "object",
+        "required": [
+            "_id",
+            "conversation",
+            "conversationId",
+            "sender",
+            "content",
+            "type",
+            "attachments",
+            "readBy",
+            "createdAt",
+            "updatedAt",
+            "matrixRoomId",
+            "eventId",
+        ],
+        "properties": {
+            "_id": {"type": "string"},
+            "conversation": {"type": "string"},
+            "conversationId": {"type": "string"},
+            "sender": _ref("User"),
+            "content": {"type": "string"},
+            "type": {"type": "string", "enum": ["text", "file", "image", "link"]},
+            "attachments": {"type": "array", "items": _ref("Attachment")},
+            "readBy": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["user", "readAt"],
+                    "properties": {"user": {"type": "string"}, "readAt": _NULLABLE_STR},
+                },
+            },
+            "createdAt": _NULLABLE_STR,
+            "updatedAt": _NULLABLE_STR,
+            "matrixRoomId": _NULLABLE_STR,
+            "eventId": {"type": "string"},
+            "cursor": {"type": "string"},
+        },
+    },
+    "Conversation": {
+        "type": "object",
+        "required": [
+            "_id",
+            "type",
+            "name",
+            "participants",
+            "project",
+            "lastMessage",
+            "lastActivity",
+            "unreadCount",
+            "matrixRoomId",
+        ],
+        "properties": {
+            "_id": {"type": "string"},
+            "type": {"type": "string", "enum": ["direct", "project"]},
+            "name": _NULLABLE_STR,
+            "participants": {"type": "array", "items": _ref("User")},
+            "project": {"oneOf": [_ref("ProjectRef"), {"type": "null"}]},
+            "lastMessage": {"oneOf": [_ref("Message"), {"type": "null"}]},
+            "lastActivity": _NULLABLE_STR,
+            "unreadCount": {"type": "integer", "minimum": 0},
+            "createdAt": _NULLABLE_STR,
+            "updatedAt": _NULLABLE_STR,
+            "matrixRoomId": {"type": "string"},
+        },
+    },
+    "MessagePage": {
+        "type": "object",
+        "required": ["messages", "hasMore", "nextCursor"],
+        "properties": {
+            "messages": {"type": "array", "items": _ref("Message")},
+            "hasMore": {"type": "boolean"},
+            "nextCursor": _NULLABLE_STR,
+        },
+    },
+    "Upload": {
+        "allOf": [
+            _ref("Attachment"),
+            {
+                "type": "object",
+                "required": ["files", "attachments"],
+                "properties": {
+                    "files": {"type": "array", "items": _ref("Attachment")},
+                    "attachments": {"type": "array", "items": _ref("Attachment")},
+                },
+            },
+        ]
+    },
+}
+
+_RATE_HEADERS = {
+    name: {"schema": {"type": "integer"}, "description": desc}
+    for name, desc in (
+        ("X-RateLimit-Limit", "Requests allowed per window for this route"),
+        ("X-RateLimit-Remaining", "Requests left in this window"),
+        ("X-RateLimit-Reset", "Seconds until the window ends"),
+    )
+}
+
+_ERRORS = {
+    "400": "Malformed request (M_BAD_JSON, M_NOT_JSON, M_INVALID_PARAM)",
+    "401": "Missing, invalid or expired token, or unknown user (M_MISSING_TOKEN, M_UNKNOWN_TOKEN)",
+    "403": "Deactivated user, or not allowed (M_USER_DEACTIVATED, M_FORBIDDEN)",
+    "404": "Not found, or not a participant (M_NOT_FOUND)",
+    "409": "Conflict (M_CONFLICT)",
+    "413": "Body or file too large (M_TOO_LARGE)",
+    "415": "Content type not accepted (M_UNSUPPORTED_TYPE)",
+    "429": "Rate limited (M_LIMIT_EXCEEDED), see Retry-After",
+    "503": "Homeserver unavailable (M_HOMESERVER_UNAVAILABLE)",
+}
+
+
+def _error(code: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERRORS[code],
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+    if code == "400":
+        # aiohttp's HTTP parser refuses over-long request lines before any handler runs.
+        response["content"]["text/plain"] = {"schema": {"type": "string"}}
+    if code == "429":
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}, **_RATE_HEADERS}
+    return response
+
+
+def _ok(status: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        status: {
+            "description": description,
+            "headers": dict(_RATE_HEADERS),
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    errors: tuple[str, ...],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearerAuth": []}],
+        "responses": {**ok, **{c: _error(c) for c in ("401", "403", "429", *errors)}},
+    }
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+_CONVERSATION_LIST = {"type": "array", "items": _ref("Conversation")}
+_SEND_BODY = {
+    "type": "object",
+    "required": ["conversationId", "content"],
+    "properties": {
+        "conversationId": {"type": "string"},
+        "content": {"type": "string", "maxLength": 20000},
+        "type": {"type": "string", "enum": ["text", "file", "image", "link"], "default": "text"},
+        "attachments": {"type": "array", "maxItems": 10, "items": _ref("Attachment")},
+        "clientMessageId": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
+}
+_MARK_READ_BODY = {
+    "type": "object",
+    "required": ["conversationId"],
+    "properties": {"conversationId": {"type": "string"}, "messageId": {"type": "string"}},
+}
+_DIRECT_BODY = {
+    "type": "object",
+    "anyOf": [{"required": ["userId"]}, {"required": ["participantId"]}],
+    "properties": {
+        "userId": {"type": "string", "description": "The other CRM user"},
+        "participantId": {"type": "string", "description": "Same as userId"},
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/api/chat/conversations": {
+        "get": _op(
+            "All conversations of the user, most recent activity first",
+            _ok("200", _CONVERSATION_LIST, "A bare array of conversations"),
+            ("503",),
+        )
+    },
+    "/api/chat/project": {
+        "get": _op(
+            "The user's project conversations",
+            _ok("200", _CONVERSATION_LIST, "A bare array of project conversations"),
+            ("503",),
+        )
+    },
+    "/api/chat/direct": {
+        "get": _op(
+            "The user's direct conversations",
+            _ok("200", _CONVERSATION_LIST, "A bare array of direct conversations"),
+            ("503",),
+        )
+    },
+    "/api/chat/messages/{conversationId}": {
+        "get": _op(
+            "A page of messages, served from the homeserver",
+            _ok("200", _ref("MessagePage"), "Messages oldest to newest within the page"),
+            ("400", "404", "503"),
+            description=(
+                "page=1 holds the newest `limit` messages; page 2 the ones before. "
+                "Alternatively `before` or `after` a message id; `nextCursor` continues."
+            ),
+            params=[
+                {"name": "conversationId", "in": "path", "required": True, "schema": _ID},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+                {"name": "before", "in": "query", "schema": _ID},
+                {"name": "after", "in": "query", "schema": _ID},
+            ],
+        )
+    },
+    "/api/chat/send": {
+        "post": _op(
+            "Send a message as the user",
+            _ok("201", _ref("Message"), "The message, with conversationId and cursor"),
+            ("400", "404", "409", "413", "503"),
+            body=_SEND_BODY,
+            description="clientMessageId makes a retry idempotent: one message, same response.",
+        )
+    },
+    "/api/chat/mark-read": {
+        "post": _op(
+            "Mark messages read up to messageId (or the latest)",
+            _ok(
+                "200",
+                {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "messageIds": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "Messages marked as read",
+            ),
+            ("400", "404", "413", "503"),
+            body=_MARK_READ_BODY,
+        )
+    },
+    "/api/chat/direct/create": {
+        "post": _op(
+            "The direct conversation with another user, created if missing",
+            {
+                **_ok("200", _ref("Conversation"), "The existing conversation"),
+                **_ok("201", _ref("Conversation"), "A new conversation"),
+            },
+            ("400", "404", "413", "503"),
+            body=_DIRECT_BODY,
+        )
+    },
+    "/api/chat/upload": {
+        "post": {
+            **_op(
+                "Upload files to the Matrix media repository",
+                _ok("201", _ref("Upload"), "Attachment objects for /api/chat/send"),
+                ("400", "413", "415", "503"),
+                description="Types are checked by content against api.upload_types.",
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                        }
+                    }
+                },
+            },
+        }
+    },
+    "/api/chat/media/{server}/{mediaId}": {
+        "get": {
+            **_op(
+                "Download an attachment (Bearer header, or ?token= for <img src>)",
+                {
+                    "200": {
+                        "description": "The file",
+                        "headers": dict(_RATE_HEADERS),
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    }
+                },
+                ("404", "503"),
+                params=[
+                    {
+                        "name": "server",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "mediaId", "in": "path", "required": True, "schema": _ID},
+                ],
+            ),
+        }
+    },
+    "/api/users": {
+        "get": _op(
+            "The directory: every other active user, with Matrix presence",
+            _ok("200", {"type": "array", "items": _ref("DirectoryUser")}, "Users"),
+            ("503",),
+        )
+    },
+    "/api/projects": {
+        "get": _op(
+            "The user's projects",
+            _ok("200", {"type": "array", "items": _ref("Project")}, "Projects"),
+            ("503",),
+        )
+    },
+    "/api/auth/me": {
+        "get": _op(
+            "The authenticated user",
+            _ok("200", _ref("DirectoryUser"), "The user"),
+            ("503",),
+        )
+    },
+}
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CRM chat facade",
+            "version": "1.0.0",
+            "description": "The seed backend's REST API, served from Matrix. See docs/api.md.",
+        },
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+@routes.get("/api/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(spec())
+
+
+@routes.get("/api/docs")
+async def docs(request: web.Request) -> web.Response:
+    html = resources.files("bridge.api").joinpath("docs.html").read_text("utf-8")
+    return web.Response(text=html, content_type="text/html")

@@ -1,0 +1,77 @@
+"""What every facade route shares: bearer auth, rate limits and bounded JSON bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..context import CONFIG
+from ..db.crm_user import CrmUser
+from ..errors import BadRequest, MissingToken, PayloadTooLarge
+from .auth import bearer_token, user_for, verifier
+from .ratelimit import RateLimiter
+
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+USER = web.RequestKey("crm_user", CrmUser)
+
+UserHandler = Callable[[web.Request, CrmUser], Awaitable[web.StreamResponse]]
+
+
+def authed(route: str, *, allow_query_token: bool = False) -> Callable[[UserHandler], Any]:
+    """Authenticate the CRM user, count the request against their limit for this route."""
+
+    def decorate(handler: UserHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            token = bearer_token(request, allow_query=allow_query_token)
+            if not token:
+                raise MissingToken()
+            crm_user_id = verifier(request.app).verify(token)
+            # The signed token names the user: count the request while loading them.
+            user, headers = await asyncio.gather(
+                user_for(request.app, crm_user_id),
+                request.app[RATE_LIMITER].hit(crm_user_id, route),
+            )
+            request[USER] = user
+            response = await handler(request, user)
+            response.headers.update(headers)
+            return response
+
+        return wrapped
+
+    return decorate
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, within api.max_body_size, or a 4xx that says what is wrong."""
+    limit = int(request.app[CONFIG]["api.max_body_size"])
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+    try:
+        raw = await request.content.read(limit + 1)
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes") from e
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+    if not raw:
+        raise BadRequest("The request body is empty; a JSON object was expected")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("The request body is not valid JSON", errcode="M_NOT_JSON") from e
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    return body
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

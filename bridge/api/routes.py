@@ -1,0 +1,80 @@
+"""Wires the facade into the app: service, rate limiter, routes, CORS and event handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+from redis.asyncio import Redis
+
+from ..context import CONFIG
+from . import CHAT, index, openapi, routes_chat, routes_directory, uploads
+from .auth import SEEN_USERS, VERIFIER, JwtVerifier
+from .chat import ChatService
+from .direct import DM_LOCKS
+from .plumbing import RATE_LIMITER
+from .ratelimit import RateLimiter
+
+log = logging.getLogger("bridge.api")
+
+API_PREFIX = "/api/"
+# Served by the directory side, not by this facade.
+FOREIGN_PREFIXES = ("/api/admin/",)
+
+
+def setup(app: web.Application) -> None:
+    config = app[CONFIG]
+    app[CHAT] = ChatService(app)
+    app[VERIFIER] = JwtVerifier.from_config(config)
+    app[DM_LOCKS] = {}
+    app[SEEN_USERS] = {}
+    limits = config["api.rate_limit"]
+    app[RATE_LIMITER] = RateLimiter(
+        int(limits["requests"]), float(limits["window_seconds"]), int(limits["send_requests"])
+    )
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        url = config.get("redis.url")
+        redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) if url else None
+        app[RATE_LIMITER].redis = redis
+        yield
+        app[RATE_LIMITER].redis = None
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+    app.cleanup_ctx.append(redis_ctx)
+    index.setup(app)
+    routes_directory.setup(app)
+    registered = [
+        *app.router.add_routes(routes_chat.routes),
+        *app.router.add_routes(uploads.routes),
+        *app.router.add_routes(openapi.routes),
+    ]
+    registered += [
+        r for r in app.router.routes() if r.resource and str(r.resource.canonical) in (
+            "/api/users", "/api/projects", "/api/auth/me"
+        )
+    ]  # fmt: skip
+    origins = [str(o) for o in config.get("api.cors_origins") or []]
+    if origins:
+        cors = aiohttp_cors.setup(
+            app,
+            defaults={
+                origin: aiohttp_cors.ResourceOptions(
+                    allow_credentials=True,
+                    expose_headers=(
+                        "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                        "Retry-After",
+                    ),
+                    allow_headers=("Authorization", "Content-Type"),
+                    max_age=600,
+                )
+                for origin in origins
+            },
+        )  # fmt: skip
+        for route in registered:
+            cors.add(route)

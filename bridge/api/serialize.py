@@ -1,0 +1,206 @@
+"""The seed's JSON shapes: users, projects, conversations and messages.
+
+Pure functions: the caller loads what they need (users, receipts, sequence numbers) in
+bulk, so listing 200 conversations costs a handful of queries, not one per item.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..db.conversation import Conversation
+from ..db.crm_user import CrmUser
+from ..db.project import Project
+from ..ids import message_id_for_event
+
+MESSAGE_TYPES = ("text", "file", "image", "link")
+# Our own record of the seed fields, carried inside the Matrix event beside the standard ones.
+CRM_FIELD = "com.crm.message"
+_MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "file", "m.audio": "file"}
+
+
+def iso(ms: int | float | None) -> str | None:
+    """JavaScript's Date.toJSON(): 2026-11-23T22:52:41.123Z."""
+    if ms is None:
+        return None
+    return _iso(int(ms))
+
+
+@functools.lru_cache(maxsize=65536)
+def _iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def media_url(mxc: str | None) -> str | None:
+    """The facade's authenticated download path for an mxc:// URI."""
+    if not isinstance(mxc, str) or not mxc.startswith("mxc://"):
+        return None
+    server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+    if not server or not media_id or "/" in media_id:
+        return None
+    return f"/api/chat/media/{server}/{media_id}"
+
+
+def mxc_of_url(url: str) -> str | None:
+    """The mxc:// URI behind a download path we handed out (absolute URLs accepted)."""
+    marker = "/api/chat/media/"
+    if not isinstance(url, str) or marker not in url:
+        return None
+    rest = url.split(marker, 1)[1].split("?", 1)[0]
+    server, _, media_id = rest.partition("/")
+    if not server or not media_id or "/" in media_id:
+        return None
+    return f"mxc://{server}/{media_id}"
+
+
+def user_object(user: CrmUser) -> dict[str, Any]:
+    return {"_id": user.crm_user_id, "name": user.name, "email": user.email, "avatar": user.avatar}
+
+
+def matrix_user_object(mxid: str, profile: dict[str, Any]) -> dict[str, Any]:
+    """A Matrix account that is no CRM user: its mxid is its id."""
+    name = profile.get("displayname") or mxid.removeprefix("@").split(":", 1)[0]
+    return {
+        "_id": mxid,
+        "name": name,
+        "email": None,
+        "avatar": media_url(profile.get("avatar_url")),
+    }
+
+
+def project_object(project: Project) -> dict[str, Any]:
+    return {
+        "_id": project.project_id,
+        "name": project.name,
+        "emoji": project.emoji,
+        "color": project.color,
+    }
+
+
+@dataclass
+class ReadState:
+    """Receipts of one room: who read up to which sequence number, and when."""
+
+    # reader id (CRM user id or mxid) -> (seq, origin_ts of the receipt's event, receipt ts)
+    readers: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def add(self, reader: str, seq: int, event_ts: int, ts: int) -> None:
+        if reader not in self.readers or self.readers[reader][0] < seq:
+            self.readers[reader] = (seq, event_ts, ts)
+
+    def read_by(self, sender_id: str, seq: int | None, origin_ts: int) -> list[dict[str, Any]]:
+        entries = [{"user": sender_id, "readAt": iso(origin_ts)}]
+        for reader, (read_seq, event_ts, ts) in self.readers.items():
+            if reader == sender_id:
+                continue
+            covered = read_seq >= seq if seq is not None else event_ts >= origin_ts
+            if covered:
+                entries.append({"user": reader, "readAt": iso(max(ts, origin_ts))})
+        return entries
+
+
+def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
+    """Attachment objects of a Matrix message; URLs always come from the mxc URIs."""
+    crm = content.get(CRM_FIELD)
+    listed = crm.get("attachments") if isinstance(crm, dict) else None
+    out: list[dict[str, Any]] = []
+    if isinstance(listed, list):
+        for item in listed[:10]:
+            if not isinstance(item, dict) or not (url := media_url(item.get("mxc"))):
+                continue
+            out.append(
+                {
+                    "filename": str(item.get("filename") or url.rsplit("/", 1)[-1]),
+                    "originalName": str(item.get("originalName") or ""),
+                    "mimetype": str(item.get("mimetype") or "application/octet-stream"),
+                    "size": item.get("size") if isinstance(item.get("size"), int) else 0,
+                    "url": url,
+                }
+            )
+        if out:
+            return out
+    url = media_url(content.get("url"))
+    if url is None:
+        return []
+    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    name = content.get("filename") or content.get("body") or url.rsplit("/", 1)[-1]
+    return [
+        {
+            "filename": url.rsplit("/", 1)[-1],
+            "originalName": str(name),
+            "mimetype": str(info.get("mimetype") or "application/octet-stream"),
+            "size": info.get("size") if isinstance(info.get("size"), int) else 0,
+            "url": url,
+        }
+    ]
+
+
+def type_and_text(event_type: str, content: dict[str, Any]) -> tuple[str, str]:
+    crm = content.get(CRM_FIELD)
+    body = content.get("body") if isinstance(content.get("body"), str) else ""
+    if event_type == "m.sticker":
+        kind = "image"
+    else:
+        kind = _MEDIA_MSGTYPES.get(str(content.get("msgtype")), "text")
+    text = body
+    if kind != "text" and isinstance(content.get("filename"), str) and body == content["filename"]:
+        text = body
+    if isinstance(crm, dict):
+        if crm.get("type") in MESSAGE_TYPES:
+            kind = crm["type"]
+        if isinstance(crm.get("content"), str):
+            text = crm["content"]
+    return kind, text
+
+
+def message_object(
+    event: dict[str, Any],
+    conversation_id: str,
+    sender: dict[str, Any],
+    read_state: ReadState,
+    seq: int | None,
+) -> dict[str, Any]:
+    content = event.get("content") or {}
+    kind, text = type_and_text(event.get("type", ""), content)
+    ts = int(event.get("origin_server_ts") or 0)
+    message_id = message_id_for_event(event["event_id"])
+    return {
+        "_id": message_id,
+        "conversation": conversation_id,
+        "conversationId": conversation_id,
+        "sender": sender,
+        "content": text,
+        "type": kind,
+        "attachments": attachments_of(content),
+        "readBy": read_state.read_by(sender["_id"], seq, ts),
+        "createdAt": iso(ts),
+        "updatedAt": iso(ts),
+        "matrixRoomId": event.get("room_id"),
+        "eventId": event["event_id"],
+    }
+
+
+def conversation_object(
+    conversation: Conversation,
+    participants: list[dict[str, Any]],
+    project: Project | None,
+    last_message: dict[str, Any] | None,
+    unread: int,
+) -> dict[str, Any]:
+    return {
+        "_id": conversation.conversation_id,
+        "type": conversation.kind,
+        "name": project.name if project else None,
+        "participants": participants,
+        "project": project_object(project) if project else None,
+        "lastMessage": last_message,
+        "lastActivity": iso(conversation.last_activity),
+        "unreadCount": unread,
+        "createdAt": iso(conversation.created_at),
+        "updatedAt": iso(conversation.last_activity),
+        "matrixRoomId": conversation.room_id,
+    }

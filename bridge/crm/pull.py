@@ -1,0 +1,62 @@
+"""Optional pull mode: poll a CRM URL that serves the same snapshot as ``POST /sync``.
+
+Never forced: a CRM export that comes back empty or partial cannot remove anybody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..context import CONFIG, HOMESERVER
+from . import operations
+from .admin_api import bridge_accounts, roles
+from .snapshot import parse_snapshot
+
+log = logging.getLogger("bridge.crm.pull")
+
+PULL_TASK = web.AppKey("crm_pull_task", asyncio.Task)
+
+
+async def pull_once(app: web.Application, url: str, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with app[HOMESERVER].session.get(
+        url, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
+    ) as resp:
+        resp.raise_for_status()
+        body = await resp.json(content_type=None)
+    snapshot = parse_snapshot(body, roles(app), bridge_accounts(app))
+    return await operations.sync(app, snapshot)
+
+
+async def _loop(app: web.Application) -> None:
+    config = app[CONFIG]
+    url, token = config["sync.pull_url"], config.get("sync.pull_token")
+    interval = max(float(config.get("sync.pull_interval", 300)), 5.0)
+    while True:
+        try:
+            result = await pull_once(app, url, token)
+            log.info("Pulled the CRM directory: %d write(s)", result["writes"]["made"])
+        except Exception as e:  # a failing CRM must not stop the bridge; try again later
+            log.warning("Pulling the CRM directory from %s failed: %s", url.split("?")[0], e)
+        await asyncio.sleep(interval)
+
+
+def setup(app: web.Application) -> None:
+    async def pull_ctx(app: web.Application) -> AsyncIterator[None]:
+        if app[CONFIG].get("sync.pull_url"):
+            app[PULL_TASK] = asyncio.create_task(_loop(app))
+        yield
+        task = app.get(PULL_TASK)
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(pull_ctx)

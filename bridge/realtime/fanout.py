@@ -1,0 +1,185 @@
+"""Room events from Matrix to sockets: new messages, and changes to a conversation.
+
+* A message is emitted once per event id, from whichever path sees it first: the local echo
+  of the facade that sent it (as soon as Synapse returned the event id) or the appservice
+  transaction. ``new_message`` and ``conversation_update`` go to the conversation's room,
+  sender included. Each message carries a safe ``cursor`` for catch-up (see cursors.py).
+* A name, topic, avatar, project-link or power-level change, or a membership change, sends
+  ``conversation_update`` with the full conversation object to every participant. A CRM
+  user who joins has all their sockets (in any process) enter the conversation's room; one
+  who leaves has them leave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import socketio
+from aiohttp import web
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from ..api import CHAT
+from ..context import CONVERSATIONS, USERS
+from ..db.conversation import Conversation
+from ..db.crm_user import CrmUser
+from ..matrix.dispatcher import Event
+from ..matrix.indexer import INDEXED_TYPES
+from .cursors import Frontier
+from .dedup import Claims
+from .pump import Lane
+from .registry import SocketRegistry
+from .rooms import conversation_room, participants, user_room
+
+log = logging.getLogger("bridge.realtime.fanout")
+
+# State events after which a conversation object changes.
+CONVERSATION_STATE = frozenset(
+    {"m.room.name", "m.room.topic", "m.room.avatar", "m.room.power_levels", "m.room.member"}
+)
+PROJECT_LINK_PREFIX = "com.crm."
+
+
+def conversation_update(conversation_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": conversation_id,
+        "lastMessage": message.get("content"),
+        "lastMessageTime": message.get("createdAt"),
+    }
+
+
+class Fanout:
+    def __init__(
+        self,
+        app: web.Application,
+        sio: socketio.AsyncServer,
+        claims: Claims,
+        registry: SocketRegistry,
+        frontier: Frontier,
+    ) -> None:
+        self.app = app
+        self.sio = sio
+        self.claims = claims
+        self.registry = registry
+        self.frontier = frontier
+        self._pending_changes: set[str] = set()
+
+    # Messages.
+    async def message(
+        self, conversation_id: str, message: dict[str, Any], cursor: str | None
+    ) -> bool:
+        """Emit a message unless some path already did; True when this call emitted it."""
+        key = message.get("eventId") or message.get("_id")
+        if not key or not await self.claims.claim(str(key)):
+            return False
+        payload = {**message, "conversationId": conversation_id, "cursor": cursor}
+        room = conversation_room(conversation_id)
+        await self.sio.emit("new_message", payload, to=room)
+        await self.sio.emit(
+            "conversation_update", conversation_update(conversation_id, payload), to=room
+        )
+        return True
+
+    async def local_echo(self, conversation: Conversation | Any, message: dict[str, Any]) -> None:
+        conversation_id = getattr(conversation, "conversation_id", None) or message.get(
+            "conversationId"
+        )
+        if conversation_id:
+            cursor = await self.frontier.get(conversation_id)
+            await self.message(conversation_id, message, cursor)
+
+    async def message_event(self, event: Event) -> None:
+        """From the transaction, in timeline order: this message is a safe cursor."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(event["room_id"])
+        if conversation is None or CHAT not in self.app:
+            return
+        message = await self.app[CHAT].message_from_event(event)
+        await self.frontier.set(conversation.conversation_id, message["_id"])
+        await self.message(conversation.conversation_id, message, message["_id"])
+
+    # Conversation changes.
+    async def _sids(self, user: CrmUser) -> list[str]:
+        """The user's sockets; in one process, only those still connected here (a Redis
+        manager forwards the others to their process, which ignores closed ones)."""
+        sids = await self.registry.sids(user.crm_user_id)
+        manager = self.sio.manager
+        if isinstance(manager, AsyncPubSubManager):
+            return sids
+        return [sid for sid in sids if manager.is_connected(sid, "/")]
+
+    async def enter(self, user: CrmUser, conversation_id: str) -> None:
+        room = conversation_room(conversation_id)
+        for sid in await self._sids(user):
+            await self.sio.enter_room(sid, room)
+
+    async def leave(self, user: CrmUser, conversation_id: str) -> None:
+        room = conversation_room(conversation_id)
+        for sid in await self._sids(user):
+            await self.sio.leave_room(sid, room)
+
+    async def membership(self, event: Event) -> None:
+        """Move the sockets of a CRM user who joined or left (before anything else is sent)."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(event["room_id"])
+        user = await self.app[USERS].get_by_mxid(event.get("state_key") or "")
+        if conversation is None or user is None or event["state_key"] != user.mxid:
+            return
+        membership = (event.get("content") or {}).get("membership")
+        if membership == "join":
+            await self.enter(user, conversation.conversation_id)
+        elif membership in ("leave", "ban"):
+            await self.leave(user, conversation.conversation_id)
+
+    def schedule_change(self, room_id: str, lane: Lane, delay: float = 0.3) -> None:
+        """One update per burst (creating a room or adding 50 members is one change), a
+        moment later: the directory records the membership it applied right after the
+        homeserver answered, which may be after the event reached us."""
+        if room_id in self._pending_changes:
+            return
+        self._pending_changes.add(room_id)
+
+        async def job() -> None:
+            self._pending_changes.discard(room_id)
+            await self.conversation_changed(room_id)
+
+        asyncio.get_running_loop().call_later(delay, lane.submit, job)
+
+    async def conversation_changed(self, room_id: str) -> None:
+        """The full conversation object, as each participant lists it, to each participant."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
+        if conversation is None or CHAT not in self.app:
+            return
+        chat = self.app[CHAT]
+        limit = asyncio.Semaphore(8)
+
+        async def send_to(user: CrmUser) -> None:
+            async with limit:
+                listed = await chat.conversations_for(user, room_id=room_id)
+            if not listed:
+                return
+            full = listed[0]
+            last = full.get("lastMessage") or {}
+            payload = {
+                **full,
+                "id": conversation.conversation_id,
+                "lastMessage": last.get("content") if isinstance(last, dict) else last,
+                "lastMessageTime": last.get("createdAt") if isinstance(last, dict) else None,
+            }
+            await self.sio.emit("conversation_update", payload, to=user_room(user.crm_user_id))
+
+        await asyncio.gather(*(send_to(u) for u in await participants(self.app, room_id)))
+
+
+def is_message(event: Event) -> bool:
+    return (
+        event.get("type") in INDEXED_TYPES
+        and "state_key" not in event
+        and bool(event.get("content"))
+    )
+
+
+def is_conversation_change(event: Event) -> bool:
+    kind = event.get("type", "")
+    return "state_key" in event and (
+        kind in CONVERSATION_STATE or kind.startswith(PROJECT_LINK_PREFIX)
+    )

@@ -1,0 +1,65 @@
+"""The Socket.IO server: attached to the bridge's aiohttp app, shared through Redis.
+
+Served at the default path ``/socket.io/`` with both transports (long-polling and
+websocket), as seed frontends ask for. With ``redis.url`` set, python-socketio's Redis
+manager relays every emit to all facade processes of this deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+
+import socketio
+
+from ..config import Config
+
+log = logging.getLogger("bridge.realtime.server")
+
+
+def redis_prefix(config: Config) -> str:
+    """Keys and channel of this deployment: configured, or derived from its registration."""
+    configured = config.get("realtime.redis_prefix")
+    if configured:
+        return str(configured)
+    seed = f"{config['appservice.id']}\x1f{config['appservice.hs_token']}".encode()
+    return f"crm-bridge:{hashlib.sha256(seed).hexdigest()[:12]}"
+
+
+def create_server(config: Config) -> socketio.AsyncServer:
+    origins = list(config.get("api.cors_origins") or [])
+    manager: socketio.AsyncManager | None = None
+    if url := config.get("redis.url"):
+        manager = socketio.AsyncRedisManager(
+            url, channel=f"{redis_prefix(config)}:socketio", logger=log
+        )
+    return socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        # None: same-origin only (and clients outside a browser, which send no Origin).
+        cors_allowed_origins=origins or None,
+        transports=["polling", "websocket"],
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+def start_manager(sio: socketio.AsyncServer) -> None:
+    """Start listening on Redis now, not at the first connection, so emits from other
+    processes reach sockets from the start."""
+    if not sio.manager_initialized:
+        sio.manager_initialized = True
+        sio.manager.initialize()
+
+
+async def stop_manager(sio: socketio.AsyncServer) -> None:
+    thread = getattr(sio.manager, "thread", None)
+    if thread is not None:
+        thread.cancel()
+        with contextlib.suppress(BaseException):
+            await thread
+    redis = getattr(sio.manager, "redis", None)
+    if redis is not None:
+        with contextlib.suppress(Exception):
+            await redis.aclose()

@@ -1,0 +1,105 @@
+"""The real-time side's parts, opened with the app and closed with it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import socketio
+from aiohttp import web
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from ..context import CONFIG, DATABASE, MATRIX, USERS
+from ..db.announced_receipt import AnnouncedReceiptStore
+from .cursors import Frontier, MemoryFrontier, RedisFrontier
+from .dedup import Claims, MemoryClaims, RedisClaims
+from .ephemeral import Relays
+from .fanout import Fanout
+from .presence import PresenceTracker
+from .pump import Lane
+from .registry import MemoryRegistry, RedisRegistry, SocketRegistry
+from .server import redis_prefix, start_manager, stop_manager
+
+
+@dataclass
+class Realtime:
+    sio: socketio.AsyncServer
+    claims: Claims
+    registry: SocketRegistry
+    presence: PresenceTracker
+    fanout: Fanout
+    relays: Relays
+    # Messages, typing, receipts and presence, in order; then slower follow-ups.
+    live: Lane
+    slow: Lane
+
+    async def drain(self) -> None:
+        await self.live.drain()
+        await self.slow.drain()
+
+
+SIO = web.AppKey("sio", socketio.AsyncServer)
+REALTIME = web.AppKey("realtime", Realtime)
+PRESENCE = web.AppKey("realtime_presence", PresenceTracker)
+
+
+@contextlib.asynccontextmanager
+async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
+    if not url:
+        yield None
+        return
+    # A blocking pool: a burst (hundreds of sockets closing at once) waits for a connection
+    # instead of failing with "Too many connections".
+    pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=20)
+    client = Redis(connection_pool=pool)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await pool.disconnect()
+
+
+def context(app: web.Application):
+    async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        sio = app[SIO]
+        async with _redis(config.get("redis.url")) as redis:
+            prefix = redis_prefix(config)
+            claims: Claims = RedisClaims(redis, prefix) if redis else MemoryClaims()
+            frontier: Frontier = RedisFrontier(redis, prefix) if redis else MemoryFrontier()
+            registry: SocketRegistry = RedisRegistry(redis, prefix) if redis else MemoryRegistry()
+            relays = Relays(app, sio, AnnouncedReceiptStore(app[DATABASE]))
+            presence = PresenceTracker(
+                registry,
+                app[MATRIX],
+                app[USERS],
+                relays.announce_user,
+                grace_s=float(config["realtime.offline_grace"]),
+                refresh_s=float(config.get("realtime.presence_refresh", 20)),
+            )
+            realtime = Realtime(
+                sio=sio,
+                claims=claims,
+                registry=registry,
+                presence=presence,
+                fanout=Fanout(app, sio, claims, registry, frontier),
+                relays=relays,
+                live=Lane("live"),
+                slow=Lane("slow"),
+            )
+            app[REALTIME] = realtime
+            app[PRESENCE] = presence
+            start_manager(sio)
+            realtime.live.start()
+            realtime.slow.start()
+            presence.start()
+            try:
+                yield
+            finally:
+                await presence.stop()
+                await realtime.live.stop()
+                await realtime.slow.stop()
+                await stop_manager(sio)
+
+    return realtime_ctx
