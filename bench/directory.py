@@ -13,6 +13,7 @@ alias, and records everything it applied.
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import json
 import os
 import time
@@ -141,6 +142,7 @@ async def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=2, help="alternate which side runs first, per round"
     )
+    parser.add_argument("--profile", help="write a cProfile of the bridge's runs to this file")
     args = parser.parse_args()
     deadline = Deadline(args.time_limit)
     async with bench_stack(sync__concurrency=args.concurrency) as stack:
@@ -156,6 +158,7 @@ async def main() -> None:
 
         app[DISPATCHER].on_timeline(seen)
         rounds: list[dict[str, Any]] = []
+        profiler = cProfile.Profile() if args.profile else None
         directory: dict[str, list[Any]] = {"users": [], "projects": []}
         for n in range(args.rounds):
             if deadline.passed():
@@ -186,7 +189,11 @@ async def main() -> None:
                 snapshot = directory
                 before = hs.writes
                 cpu, hs_cpu = cpu_seconds(), cpu_seconds(synapse_pid)
+                if profiler:
+                    profiler.enable()
                 seconds, initial = await bridge_sync(stack.bridge_url, token, snapshot)
+                if profiler:
+                    profiler.disable()
                 result["bridge_initial"] = {
                     "seconds": round(seconds, 2), "writes": hs.writes - before,
                     "errors": len(initial["errors"]),
@@ -219,6 +226,8 @@ async def main() -> None:
             "targets": {"initial_ratio_max": 1.1, "resync_seconds_max": 2, "resync_writes": 0},
         }  # fmt: skip
         report("CRM directory sync", results, args.json)
+        if profiler:
+            profiler.dump_stats(args.profile)
 
 
 if __name__ == "__main__":

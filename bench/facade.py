@@ -221,7 +221,7 @@ async def load(plan: dict[str, Any]) -> dict[str, Any]:
         clients = Clients(plan, session)
         senders, room = plan["senders"], plan["room"]
         results["send_latency"] = await sequential(clients, senders[0], room, plan["sequential"])
-        if not deadline.passed():
+        if plan["rounds"] > 0 and not deadline.passed():
             results["throughput"] = await throughput(
                 clients, senders, room, plan["per_sender"], plan["rounds"]
             )
@@ -282,7 +282,7 @@ def entry() -> None:
     parser = base_parser(__doc__ or "")
     parser.add_argument("--sequential", type=int, default=60)
     parser.add_argument("--per-sender", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--list-requests", type=int, default=100)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import tempfile
 import time
 import uuid
@@ -244,7 +245,14 @@ async def fanout(stack, session, users: list[str], sender: str, cid: str, args) 
     }
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: print where every task waits (for a run that seems stuck)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8)
+
+
 async def main() -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     parser = base_parser(__doc__ or "")
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)

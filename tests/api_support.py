@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +10,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bridge.api import CHAT
 from bridge.api.auth import VERIFIER
 from bridge.api.direct import ensure_puppet
 from bridge.app import BridgeServer
@@ -66,10 +64,6 @@ async def project_chat(
         )
     )
     return await app[CONVERSATIONS].add(room_id, PROJECT, project_id=project_id)
-
-
-async def add_matrix_member(app: web.Application, conversation: Conversation, mxid: str) -> None:
-    await app[MATRIX].invite(conversation.room_id, mxid)
 
 
 def token(app: web.Application, user: CrmUser | str, ttl: int = 3600) -> str:
@@ -134,12 +128,3 @@ async def second_facade(main: Config, **overrides: Any) -> AsyncIterator[BridgeS
         yield server
     finally:
         await server.stop()
-
-
-async def wait_indexed(app: web.Application, conversation: Conversation, event_id: str) -> None:
-    from bridge.context import EVENT_INDEX
-    from tests.helpers import eventually
-
-    await eventually(lambda: app[EVENT_INDEX].get(event_id))
-    assert app[CHAT] is not None
-    await asyncio.sleep(0)

@@ -150,6 +150,15 @@ class Directory:
             assert resp.status == 200, data
             return data
 
+    async def archive(self, project_id: str) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.delete(f"{self.base}/projects/{project_id}", headers=self.headers) as resp,
+        ):
+            data = await resp.json()
+            assert resp.status == 200, data
+            return data
+
     async def user(self, name: str, matrix_id: str | None = None) -> str:
         crm_user_id = unique("u")
         body: dict[str, Any] = {"name": name, "email": f"{crm_user_id}@example.com"}

@@ -177,6 +177,19 @@ async def test_direct_conversations(stack) -> None:
             "/api/chat/send", {"conversationId": cid, "content": "hi Alice", "type": "text"}
         )
         assert status == 201
+        # At once, before the homeserver's transaction: the sender's listing shows it, and
+        # the other side can mark it read by id (as after a Socket.IO new_message).
+        mine = find((await b.get("/api/chat/direct"))[1], cid)
+        assert mine["lastMessage"]["_id"] == message["_id"] and mine["unreadCount"] == 0
+        status, body, _ = await a.post(
+            "/api/chat/mark-read", {"conversationId": cid, "messageId": message["_id"]}
+        )
+        assert status == 200, body
+        await eventually(lambda: app[EVENT_INDEX].get(message["eventId"]))
+        status, message, _ = await b.post(
+            "/api/chat/send", {"conversationId": cid, "content": "hi again", "type": "link"}
+        )
+        assert status == 201 and message["type"] == "link"
         await eventually(lambda: app[EVENT_INDEX].get(message["eventId"]))
         listing = (await a.get("/api/chat/direct"))[1]
         dm = find(listing, cid)
@@ -185,7 +198,8 @@ async def test_direct_conversations(stack) -> None:
         assert (await a.post("/api/chat/mark-read", {"conversationId": cid}))[0] == 200
         assert find((await a.get("/api/chat/direct"))[1], cid)["unreadCount"] == 0
         page = (await a.get(f"/api/chat/messages/{cid}", params={"page": 1, "limit": 50}))[1]
-        assert contents(page) == ["hi Alice"] and not page["hasMore"]
+        assert contents(page) == ["hi Alice", "hi again"] and not page["hasMore"]
+        assert [m["type"] for m in page["messages"]] == ["text", "link"]
 
 
 async def test_outsiders_get_404_and_nothing_changes(stack) -> None:

@@ -31,6 +31,8 @@ async def test_schemathesis_finds_no_5xx_and_no_spec_violation(stack, tmp_path: 
     app = stack.app
     alice, bob = await asyncio.gather(crm_user(app, "Fuzz A"), crm_user(app, "Fuzz B"))
     await project_chat(app, [alice, bob])
+    # One worker: parallel workers can trip CPython 3.11's "AST constructor recursion depth
+    # mismatch" inside hypothesis (ast parsing in threads), an error of the tool, not ours.
     # A separate facade on the same database, with limits high enough that the fuzzer
     # reaches the handlers instead of the rate limiter.
     overrides = {"api.rate_limit.requests": 100000, "api.rate_limit.send_requests": 100000}
@@ -44,12 +46,12 @@ async def test_schemathesis_finds_no_5xx_and_no_spec_violation(stack, tmp_path: 
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "schemathesis.cli", "run", f"{base}/api/openapi.json",
             "--checks", CHECKS, "--header", f"Authorization: Bearer {bearer}",
-            "--max-examples", "130", "--phases", "examples,coverage,fuzzing",
-            "--workers", "2", "--seed", "4", "--no-shrink",
+            "--max-examples", "150", "--phases", "examples,coverage,fuzzing",
+            "--workers", "1", "--seed", "4", "--no-shrink",
             "--generation-database", "none", "--request-timeout", "30",
             "--report", "ndjson", "--report-ndjson-path", str(ndjson), "--no-color",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+            env={**os.environ, "SCHEMATHESIS_HOOKS": ""}, cwd=str(tmp_path),
         )  # fmt: skip
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
     text = out.decode(errors="replace")

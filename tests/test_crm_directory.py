@@ -421,3 +421,17 @@ async def test_avatar_is_uploaded_only_when_it_changes(stack, aiohttp_server) ->
     assert status == 200 and resp["applied"]["users"]["avatar"] == [crm_user_id]
     assert resp["writes"]["made"] == 2  # one upload, one profile update
     assert (await stack.app[MATRIX].get_profile(mxid))["avatar_url"] not in (mxc, None)
+
+
+async def test_invalid_puts_get_400_with_every_problem(stack) -> None:
+    crm_user_id = unique("bad")
+    status, body = await admin(
+        stack, "PUT", f"/users/{crm_user_id}", {"name": "", "role": "ceo", "matrixId": "x"}
+    )
+    assert status == 400 and body["errcode"] == "M_INVALID_PARAM"
+    assert len(body["problems"]) == 4  # name, email, role, matrixId
+    status, body = await admin(
+        stack, "PUT", f"/projects/{unique('bad')}", {"name": "P", "members": [crm_user_id]}
+    )
+    assert status == 400 and body["problems"] == [f"members: unknown user {crm_user_id!r}"]
+    assert await stack.app[USERS].get(crm_user_id) is None

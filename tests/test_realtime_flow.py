@@ -242,6 +242,30 @@ async def test_rename_and_new_member_send_conversation_update(stack) -> None:
         assert status == 201
         got = await d.wait("new_message", lambda x: x["_id"] == sent["_id"])
         assert got["content"] == "welcome dave"
+
+        # Dave is removed: his socket leaves the conversation and hears nothing more of it.
+        await directory.project(project_id, "After rename", [alice.crm_user_id], alice.crm_user_id)
+        await a.wait(
+            "conversation_update",
+            lambda x: (
+                x.get("id") == cid
+                and dave.crm_user_id not in {p["_id"] for p in x.get("participants", [])}
+            ),
+        )
+        seen_by_dave = len(d.events)
+        async with api_for(app, url, alice) as api:
+            status, after, _ = await api.post(
+                "/api/chat/send", {"conversationId": cid, "content": "dave has gone"}
+            )
+        assert status == 201
+        await a.wait("new_message", lambda x: x["_id"] == after["_id"])
+
+        # Archived: the power levels change, and the participants hear about it.
+        updates = len(a.of("conversation_update"))
+        await directory.archive(project_id)
+        await eventually(lambda: _async(len(a.of("conversation_update")) > updates))
+        await settle(0.5)
+        assert [e for e, _ in d.events[seen_by_dave:]] == []
     finally:
         await a.close()
         await d.close()

@@ -42,10 +42,11 @@ def setup(app: web.Application) -> None:
             return
         chat = app[CHAT]
         chat.events.put(event)
-        if chat.pending.get(event["room_id"], ("",))[0] == event["event_id"]:
-            del chat.pending[event["room_id"]]
         ts = int(event.get("origin_server_ts") or time.time() * 1000)
         await app[CONVERSATIONS].touch(event["room_id"], event["event_id"], ts)
+        # Only now that the index shows it may the in-memory stand-in go.
+        if chat.pending.get(event["room_id"], ("",))[0] == event["event_id"]:
+            del chat.pending[event["room_id"]]
 
     async def on_ephemeral(event: Event) -> None:
         if event.get("type") != "m.receipt" or not event.get("room_id"):

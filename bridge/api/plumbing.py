@@ -53,7 +53,8 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
     try:
-        raw = await request.content.read(limit + 1)
+        # Bounded by the app's client_max_size; the JSON limit is checked just below.
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes") from e
     if len(raw) > limit:

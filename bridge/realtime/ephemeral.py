@@ -130,10 +130,10 @@ class Relays:
             to=rooms,
         )
         updated = [e.event_id for e in newly[-MAX_UPDATED:]]
-        slow.submit(lambda: self._message_updates(conversation, updated, rooms, person_id))
+        slow.submit(lambda: self._message_updates(conversation, updated, rooms))
 
     async def _message_updates(
-        self, conversation: Conversation, event_ids: list[str], rooms: list[str], person_id: str
+        self, conversation: Conversation, event_ids: list[str], rooms: list[str]
     ) -> None:
         chat = self.app[CHAT]
         members = await participants(self.app, conversation.room_id)

@@ -13,7 +13,6 @@ The process that wins a transition (atomic in the registry) announces it to sock
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -48,6 +47,7 @@ class PresenceTracker:
         self.local: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -107,7 +107,7 @@ class PresenceTracker:
                 await self.release(crm_user_id)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self.tick()
@@ -120,9 +120,11 @@ class PresenceTracker:
         self._loop_task = asyncio.create_task(self._loop(), name="realtime-presence")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        """Cancel the loop and pending presence calls; never wait more than a few seconds
+        (a cancellation swallowed deep in an HTTP client must not hang shutdown)."""
+        self._stopping = True
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)

@@ -8,7 +8,6 @@ a new conversation's room before that conversation's first message is emitted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -36,8 +35,7 @@ class Lane:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.wait([self.task], timeout=5)
             self.task = None
 
     async def drain(self) -> None:

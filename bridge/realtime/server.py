@@ -7,6 +7,7 @@ manager relays every emit to all facade processes of this deployment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -57,8 +58,7 @@ async def stop_manager(sio: socketio.AsyncServer) -> None:
     thread = getattr(sio.manager, "thread", None)
     if thread is not None:
         thread.cancel()
-        with contextlib.suppress(BaseException):
-            await thread
+        await asyncio.wait([thread], timeout=5)
     redis = getattr(sio.manager, "redis", None)
     if redis is not None:
         with contextlib.suppress(Exception):
