@@ -62,13 +62,14 @@ def test_names_are_sanitised_and_types_come_from_bytes() -> None:
 
 async def test_upload_and_send_image_and_file(stack) -> None:
     app = stack.app
-    alice, bob = await asyncio.gather(crm_user(app), crm_user(app))
+    alice, bob, eve = await asyncio.gather(crm_user(app), crm_user(app), crm_user(app))
     conv = await project_chat(app, [alice, bob])
     cid = conv.conversation_id
     image = png()
     async with (
         api_for(app, stack.bridge_url, alice) as a,
         api_for(app, stack.bridge_url, bob) as b,
+        api_for(app, stack.bridge_url, eve) as outsider,
     ):
         status, uploaded, _ = await a.post(
             "/api/chat/upload", data=form("../holiday <1>.png", image, "text/plain")
@@ -79,6 +80,13 @@ async def test_upload_and_send_image_and_file(stack) -> None:
         assert attachment["originalName"] == "holiday _1_.png"
         assert attachment["filename"].endswith(".png")
         assert attachment["url"].startswith("/api/chat/media/localhost/")
+        async with aiohttp.ClientSession() as session:
+            # Before it is posted, only the uploader may fetch it.
+            url = stack.bridge_url + attachment["url"]
+            async with session.get(url, headers=b.headers()) as resp:
+                assert resp.status == 404
+            async with session.get(url, headers=a.headers()) as resp:
+                assert resp.status == 200
         status, message, _ = await a.post(
             "/api/chat/send",
             {"conversationId": cid, "content": "", "type": "image", "attachments": [attachment]},
@@ -123,6 +131,10 @@ async def test_upload_and_send_image_and_file(stack) -> None:
             async with session.get(stack.bridge_url + pdf["url"], headers=b.headers()) as resp:
                 assert resp.status == 200 and await resp.read() == PDF
                 assert resp.headers["Content-Disposition"].startswith("attachment;")
+            # Someone outside the conversation gets the same 404 as for a missing file.
+            async with session.get(url, headers=outsider.headers()) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["message"] == "File not found"
             missing = stack.bridge_url + "/api/chat/media/localhost/NoSuchMedia"
             async with session.get(missing, headers=b.headers()) as resp:
                 assert resp.status == 404

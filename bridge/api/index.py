@@ -42,6 +42,9 @@ def setup(app: web.Application) -> None:
             return
         chat = app[CHAT]
         chat.events.put(event)
+        url = (event.get("content") or {}).get("url")
+        if isinstance(url, str) and url.startswith("mxc://"):
+            await chat.media.posted_in(url, event["room_id"])
         ts = int(event.get("origin_server_ts") or time.time() * 1000)
         await app[CONVERSATIONS].touch(event["room_id"], event["event_id"], ts)
         # Only now that the index shows it may the in-memory stand-in go.

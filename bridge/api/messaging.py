@@ -127,6 +127,9 @@ async def send(
         if e.status == 403:
             raise Forbidden("You cannot post in this conversation") from e
         raise
+    for attachment in resolved:
+        # Recorded now, not when the transaction comes back, so recipients can fetch it at once.
+        await service.media.posted_in(attachment["mxc"], conversation.room_id)
     if client_message_id is not None:
         row = await service.client_messages.put(
             user.crm_user_id, client_message_id, conversation.conversation_id, event_id

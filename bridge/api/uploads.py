@@ -137,7 +137,11 @@ async def download(request: web.Request, user: CrmUser) -> web.Response:
         # Only our own media repo: never make the homeserver fetch from another server.
         raise NotFound("File not found")
     mxc = f"mxc://{server}/{media_id}"
-    known = await request.app[CHAT].media.get(mxc)
+    media = request.app[CHAT].media
+    # Same answer whether the file is missing or not yours: no hint that it exists.
+    if not await media.may_download(mxc, user.crm_user_id, user.mxids):
+        raise NotFound("File not found")
+    known = await media.get(mxc)
     try:
         data, content_type = await request.app[MATRIX].download(mxc)
     except MatrixError as e:

@@ -37,3 +37,20 @@ class MediaStore:
     async def get(self, mxc: str) -> Media | None:
         row = await self.db.fetchrow(f"SELECT {COLUMNS} FROM media WHERE mxc=$1", mxc)
         return Media(**row) if row else None
+
+    async def posted_in(self, mxc: str, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO media_room (mxc, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            mxc, room_id,
+        )  # fmt: skip
+
+    async def may_download(self, mxc: str, crm_user_id: str, mxids: list[str]) -> bool:
+        """The uploader, or someone joined (as puppet or linked account) where it was posted."""
+        placeholders = ", ".join(f"${i + 3}" for i in range(len(mxids)))
+        allowed = await self.db.fetchval(
+            "SELECT 1 FROM media WHERE mxc=$1 AND crm_user_id=$2 "
+            "UNION ALL SELECT 1 FROM media_room r JOIN room_member m ON m.room_id = r.room_id "
+            f"WHERE r.mxc=$1 AND m.membership='join' AND m.mxid IN ({placeholders}) LIMIT 1",
+            mxc, crm_user_id, *mxids,
+        )  # fmt: skip
+        return allowed is not None

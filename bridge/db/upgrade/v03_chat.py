@@ -36,3 +36,12 @@ async def upgrade_v3(conn: Connection) -> None:
             created_at    BIGINT NOT NULL
         )"""
     )
+    # Where each file was posted, so a download is allowed only to the uploader and to
+    # members of a room it was shared in (whether posted through us or from Element).
+    await conn.execute(
+        """CREATE TABLE media_room (
+            mxc     TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            PRIMARY KEY (mxc, room_id)
+        )"""
+    )
