@@ -109,8 +109,12 @@ class Config:
         algorithms = self.get("auth.algorithms") or []
         if any(str(alg).lower() == "none" for alg in algorithms):
             problems.append("auth.algorithms must not contain 'none'")
-        if "HS256" in algorithms and self.get("auth.secret") in (None, "", EXAMPLE_SECRET):
-            problems.append("auth.secret still holds the example value (HS256 is enabled)")
+        hmac_algorithms = [a for a in algorithms if str(a).upper().startswith("HS")]
+        if hmac_algorithms and self.get("auth.secret") in (None, "", EXAMPLE_SECRET):
+            problems.append(
+                f"auth.secret still holds the example value ({', '.join(hmac_algorithms)} "
+                "is enabled)"
+            )
         if not re.fullmatch(r"[a-z0-9._=/-]+", str(self.get("appservice.bot_username", ""))):
             problems.append("appservice.bot_username must be a valid Matrix localpart")
         for template, field in (

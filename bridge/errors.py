@@ -145,9 +145,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except BridgeError as e:
-        if e.status >= 500:
-            log.warning("%s %s failed: %s", request.method, request.path, e.message)
-        return error_response(e.status, e.body(), request.path, e.headers)
+        # A homeserver error nobody handled carries the status to answer with separately.
+        status = getattr(e, "response_status", e.status)
+        body = e.body_for_client() if hasattr(e, "body_for_client") else e.body()
+        if status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, e)
+        return error_response(status, body, request.path, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise

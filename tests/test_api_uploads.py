@@ -135,6 +135,19 @@ async def test_upload_and_send_image_and_file(stack) -> None:
             async with session.get(url, headers=outsider.headers()) as resp:
                 assert resp.status == 404
                 assert (await resp.json())["message"] == "File not found"
+            # ...and cannot gain access by attaching the file to a message of their own.
+            status, dm, _ = await outsider.post(
+                "/api/chat/direct/create", {"userId": alice.crm_user_id}
+            )
+            assert status == 201, dm
+            status, body, _ = await outsider.post(
+                "/api/chat/send",
+                {"conversationId": dm["_id"], "content": "mine now", "type": "image",
+                 "attachments": [attachment]},
+            )  # fmt: skip
+            assert status == 400 and body["errcode"] == "M_INVALID_PARAM", body
+            async with session.get(url, headers=outsider.headers()) as resp:
+                assert resp.status == 404
             missing = stack.bridge_url + "/api/chat/media/localhost/NoSuchMedia"
             async with session.get(missing, headers=b.headers()) as resp:
                 assert resp.status == 404

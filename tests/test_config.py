@@ -86,3 +86,13 @@ def test_generate_writes_tokens_and_registration(tmp_path: Path) -> None:
     # A second run keeps the tokens, so a registered homeserver keeps working.
     again = generate(config_path, registration_path)
     assert again["as_token"] == registration["as_token"]
+
+
+@pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
+def test_every_hmac_algorithm_needs_a_real_secret(tmp_path: Path, algorithm: str) -> None:
+    config_path = tmp_path / "config.yaml"
+    generate(config_path, tmp_path / "registration.yaml")
+    environ = {"BRIDGE_AUTH__ALGORITHMS": f"[{algorithm}]", "BRIDGE_AUTH__SECRET": EXAMPLE_SECRET}
+    config = Config.load(config_path, environ=environ)
+    with pytest.raises(ConfigError, match=f"auth.secret .*{algorithm}"):
+        config.validate()

@@ -127,3 +127,20 @@ async def test_health_endpoints(client: TestClient) -> None:
     resp = await client.get("/health/ready")
     assert resp.status == 200, await resp.text()
     assert (await client.get("/no/such/route")).status == 404
+
+
+async def test_malformed_event_does_not_wedge_intake(client: TestClient) -> None:
+    """A client-chosen non-string msgtype must not fail the transaction forever."""
+    from bridge.context import EVENT_INDEX
+
+    sticker = {**message("$sticker"), "type": "m.sticker", "content": {"msgtype": 1, "body": "x"}}
+    weird = {**message("$weird"), "content": {"msgtype": ["a"], "body": "y"}}
+    not_a_dict = {**message("$nd"), "content": "text"}
+    body = {"events": [sticker, weird, not_a_dict, message("$fine")]}
+    resp = await client.put("/_matrix/app/v1/transactions/w1", json=body, headers=auth(client))
+    assert resp.status == 200
+    index = client.app[EVENT_INDEX]
+    assert (await index.get("$sticker")).msgtype is None
+    assert (await index.get("$weird")).msgtype is None
+    assert await index.get("$nd") is None
+    assert (await index.get("$fine")).msgtype == "m.text"

@@ -58,6 +58,9 @@ class EventCache:
     def get(self, event_id: str) -> dict[str, Any] | None:
         return self._events.get(event_id)
 
+    def drop(self, event_id: str) -> None:
+        self._events.pop(event_id, None)
+
 
 class ChatService:
     def __init__(self, app: web.Application) -> None:

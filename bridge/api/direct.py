@@ -12,6 +12,7 @@ from ..context import CONVERSATIONS, MATRIX, ROOM_MEMBERS, USERS
 from ..db.conversation import DIRECT, Conversation, direct_key
 from ..db.crm_user import CrmUser
 from ..errors import BadRequest, InvalidParam, NotFound
+from ..matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
     from .chat import ChatService
@@ -58,38 +59,46 @@ async def create_direct(
     if other is None or not other.active:
         raise NotFound("User not found")
     key = direct_key(user.crm_user_id, other.crm_user_id)
-    locks: dict[str, asyncio.Lock] = app[DM_LOCKS]
-    lock = locks.setdefault(key, asyncio.Lock())
-    async with lock:
-        existing = await app[CONVERSATIONS].get_direct(key)
-        if existing is not None:
-            await _rejoin(app, existing, (user, other))
-            return existing, False
-        await asyncio.gather(ensure_puppet(app, user), ensure_puppet(app, other))
-        room_id = await app[MATRIX].create_room(
-            {
-                "preset": "trusted_private_chat",
-                "is_direct": True,
-                "invite": [other.mxid],
-                "visibility": "private",
-                "initial_state": [
-                    {
-                        "type": "m.room.history_visibility",
-                        "state_key": "",
-                        "content": {"history_visibility": "shared"},
-                    }
-                ],
-            },
-            as_user=user.mxid,
-        )
-        await app[ROOM_MEMBERS].set(room_id, user.mxid, "join")
-        await app[MATRIX].join(room_id, as_user=other.mxid)
-        await app[ROOM_MEMBERS].set(room_id, other.mxid, "join")
-        conversation = await app[CONVERSATIONS].add(room_id, DIRECT, key=key)
-        await asyncio.gather(
-            _add_m_direct(app, user, other, room_id), _add_m_direct(app, other, user, room_id)
-        )
-    locks.pop(key, None)
+    # One DM per pair even when both ask at once; entries go when nobody holds or waits.
+    locks: dict[str, list[Any]] = app[DM_LOCKS]
+    entry = locks.setdefault(key, [asyncio.Lock(), 0])
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            existing = await app[CONVERSATIONS].get_direct(key)
+            if existing is not None:
+                await _rejoin(app, existing, (user, other))
+                return existing, False
+            await asyncio.gather(ensure_puppet(app, user), ensure_puppet(app, other))
+            room_id = await app[MATRIX].create_room(
+                {
+                    "preset": "trusted_private_chat",
+                    "is_direct": True,
+                    "invite": [other.mxid],
+                    "visibility": "private",
+                    "initial_state": [
+                        {
+                            "type": "m.room.history_visibility",
+                            "state_key": "",
+                            "content": {"history_visibility": "shared"},
+                        }
+                    ],
+                },
+                as_user=user.mxid,
+            )
+            await app[ROOM_MEMBERS].set(room_id, user.mxid, "join")
+            # Recorded before the other side joins: if that fails, the next request finds this
+            # room and finishes the join instead of creating another one.
+            conversation = await app[CONVERSATIONS].add(room_id, DIRECT, key=key)
+            await app[MATRIX].join(room_id, as_user=other.mxid)
+            await app[ROOM_MEMBERS].set(room_id, other.mxid, "join")
+            await asyncio.gather(
+                _add_m_direct(app, user, other, room_id), _add_m_direct(app, other, user, room_id)
+            )
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            locks.pop(key, None)
     log.info("Created DM %s for %s and %s", room_id, user.crm_user_id, other.crm_user_id)
     return conversation, True
 
@@ -101,7 +110,9 @@ async def _rejoin(app: web.Application, conversation: Conversation, users: tuple
             continue
         try:
             await app[MATRIX].join(conversation.room_id, as_user=member.mxid)
-        except Exception as e:
+        except MatrixError as e:
+            # A refusal (e.g. not invited any more) leaves the DM as it is; an outage is
+            # not caught here and answers 503.
             log.warning("Cannot rejoin %s to %s: %s", member.mxid, conversation.room_id, e)
             continue
         await app[ROOM_MEMBERS].set(conversation.room_id, member.mxid, "join")

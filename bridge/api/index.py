@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ..context import CONVERSATIONS, DISPATCHER, EVENT_INDEX, IDS, MATRIX, RECEIPTS, ROOM_MEMBERS
 from ..matrix.dispatcher import Event
-from ..matrix.indexer import INDEXED_TYPES
+from ..matrix.indexer import INDEXED_TYPES, msgtype_of
 from . import CHAT
 
 log = logging.getLogger("bridge.api.index")
@@ -38,6 +38,12 @@ def _is_message(event: Event) -> bool:
 
 def setup(app: web.Application) -> None:
     async def on_timeline(event: Event) -> None:
+        if event.get("type") == "m.room.redaction":
+            # A deleted message must not live on in the body cache (lastMessage, replays).
+            redacts = event.get("redacts") or (event.get("content") or {}).get("redacts")
+            if isinstance(redacts, str):
+                app[CHAT].events.drop(redacts)
+            return
         if not _is_message(event):
             return
         chat = app[CHAT]
@@ -130,7 +136,7 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
         ts = int(event.get("origin_server_ts") or 0)
         await app[EVENT_INDEX].add(
             event["event_id"], room_id, event["sender"], event["type"],
-            event["content"].get("msgtype"), ts,
+            msgtype_of(event["content"]), ts,
         )  # fmt: skip
         await app[CONVERSATIONS].touch(room_id, event["event_id"], ts)
         app[CHAT].events.put({**event, "room_id": room_id})

@@ -24,6 +24,9 @@ CONVERSATION_NOT_FOUND = "Conversation not found"
 log = logging.getLogger("bridge.api.messaging")
 
 MAX_CONTENT = 20000
+# The text is stored twice in the event (body and the CRM field), and Synapse refuses events
+# over 64 KiB: keep the UTF-8 size well under half of that.
+MAX_CONTENT_BYTES = 24 * 1024
 MAX_ATTACHMENTS = 10
 MAX_CLIENT_MESSAGE_ID = 128
 
@@ -33,7 +36,7 @@ def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) ->
         raise InvalidParam("type must be one of text, file, image, link")
     if not isinstance(content, str):
         raise InvalidParam("content must be a string")
-    if len(content) > MAX_CONTENT:
+    if len(content) > MAX_CONTENT or len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
         raise InvalidParam(f"content is longer than {MAX_CONTENT} characters")
     if attachments is not None and not isinstance(attachments, list):
         raise InvalidParam("attachments must be an array")
@@ -48,13 +51,20 @@ def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) ->
         raise InvalidParam(f"clientMessageId must be a string of 1-{MAX_CLIENT_MESSAGE_ID} chars")
 
 
-async def _resolve_attachments(service: ChatService, attachments: list[Any]) -> list[dict]:
+async def _resolve_attachments(
+    service: ChatService, user: CrmUser, attachments: list[Any]
+) -> list[dict]:
     """Attachments must be files uploaded through /api/chat/upload; we trust our own record."""
     resolved = []
     for item in attachments:
         url = item.get("url") if isinstance(item, dict) else None
         mxc = serialize.mxc_of_url(url) if isinstance(url, str) else None
         media = await service.media.get(mxc) if mxc else None
+        # Only files the sender may still download: re-posting must not restore lost access.
+        if media is not None and not await service.media.may_download(
+            mxc, user.crm_user_id, user.mxids
+        ):
+            media = None
         if media is None:
             raise InvalidParam("Each attachment must be a file returned by /api/chat/upload")
         resolved.append(
@@ -111,7 +121,7 @@ async def send(
             return await _replay(
                 service, user, conversation, earlier.conversation_id, earlier.event_id
             )
-    resolved = await _resolve_attachments(service, attachments or [])
+    resolved = await _resolve_attachments(service, user, attachments or [])
     body = build_content(content, kind, resolved)
     try:
         event_id = await service.app[MATRIX].send_event(

@@ -65,7 +65,7 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
     while chunk := await part.read_chunk(65536):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"The file is larger than {limit} bytes")
+            raise PayloadTooLarge("The upload is larger than the allowed size")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -89,7 +89,9 @@ async def upload(request: web.Request, user: CrmUser) -> web.Response:
                 continue
             if len(files) >= MAX_FILES:
                 raise InvalidParam(f"At most {MAX_FILES} files per upload")
-            files.append((part.filename or "", await _read_part(part, limit)))
+            # The limit holds for the whole request, so ten files cannot buffer ten limits.
+            used = sum(len(data) for _, data in files)
+            files.append((part.filename or "", await _read_part(part, limit - used)))
     except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as e:
         raise BadRequest("The multipart body is malformed") from e
     if not files:

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ..context import CONFIG, HOMESERVER
 from . import operations
@@ -44,8 +45,18 @@ async def _loop(app: web.Application) -> None:
             result = await pull_once(app, url, token)
             log.info("Pulled the CRM directory: %d write(s)", result["writes"]["made"])
         except Exception as e:  # a failing CRM must not stop the bridge; try again later
-            log.warning("Pulling the CRM directory from %s failed: %s", url.split("?")[0], e)
+            # aiohttp's errors quote the full URL, which may carry a key: log only the kind.
+            status = getattr(e, "status", None)
+            log.warning(
+                "Pulling the CRM directory from %s failed: %s%s",
+                _safe_url(url), type(e).__name__, f" (HTTP {status})" if status else "",
+            )  # fmt: skip
         await asyncio.sleep(interval)
+
+
+def _safe_url(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
 
 
 def setup(app: web.Application) -> None:

@@ -87,7 +87,8 @@ class MatrixClient:
 
     # Rooms.
     async def create_room(self, body: dict[str, Any], as_user: str | None = None) -> RoomID:
-        resp = await self.hs.post(f"{C}/createRoom", body, as_user=as_user)
+        # Not retried on 5xx: the room may exist already, and a retry would make a second one.
+        resp = await self.hs.post(f"{C}/createRoom", body, as_user=as_user, idempotent=False)
         return RoomID(resp["room_id"])
 
     async def resolve_alias(self, alias: RoomAlias) -> RoomID | None:

@@ -17,22 +17,37 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..errors import HomeserverUnavailable
+from ..errors import BridgeError, HomeserverUnavailable
 
 log = logging.getLogger("bridge.matrix.homeserver")
 
 _RETRYABLE_STATUS = (502, 503, 504)
 
 
-class MatrixError(Exception):
-    """The homeserver answered with an error it meant (4xx other than 429)."""
+class MatrixError(BridgeError):
+    """The homeserver answered with an error it meant (anything but 429 and 502-504).
+
+    ``status`` is the homeserver's HTTP status. Where callers don't handle it, the error
+    middleware answers with the same 4xx and the homeserver's errcode, or 503 for a 5xx.
+    """
 
     def __init__(self, status: int, errcode: str, message: str, body: Any = None) -> None:
-        super().__init__(f"{status} {errcode}: {message}")
-        self.status = status
-        self.errcode = errcode
+        super().__init__(
+            f"The homeserver refused the request: {message or errcode}", errcode=errcode
+        )
+        self.status = status  # type: ignore[misc]
+        self.response_status = status if status < 500 else HomeserverUnavailable.status
         self.message = message
         self.body = body
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.errcode}: {self.message}"
+
+    def body_for_client(self) -> dict[str, Any]:
+        return {
+            "message": f"The homeserver refused the request: {self.message or self.errcode}",
+            "errcode": self.errcode if self.status < 500 else HomeserverUnavailable.errcode,
+        }
 
 
 def q(value: str) -> str:
@@ -68,8 +83,13 @@ class Homeserver:
         params: Mapping[str, str] | None = None,
         as_user: str | None = None,
         raw: bool = False,
+        idempotent: bool = True,
     ) -> Any:
-        """Send one request; ``path`` starts with ``/_matrix``. Returns the decoded JSON."""
+        """Send one request; ``path`` starts with ``/_matrix``. Returns the decoded JSON.
+
+        ``idempotent=False`` (createRoom) retries only what certainly did not reach the
+        homeserver (429, refused connections): a 5xx may hide a request that took effect.
+        """
         query = dict(params or {})
         if as_user:
             query["user_id"] = as_user
@@ -101,8 +121,10 @@ class Homeserver:
                     if resp.status == 429 or errcode == "M_LIMIT_EXCEEDED":
                         self.rate_limited += 1
                         wait = _retry_after(resp, body, backoff)
-                    elif resp.status in _RETRYABLE_STATUS:
+                    elif resp.status in _RETRYABLE_STATUS and idempotent:
                         wait = backoff
+                    elif resp.status in _RETRYABLE_STATUS:
+                        raise HomeserverUnavailable()
                     else:
                         raise MatrixError(resp.status, errcode, message, body)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:

@@ -16,12 +16,18 @@ log = logging.getLogger("bridge.matrix.indexer")
 INDEXED_TYPES = frozenset({"m.room.message", "m.sticker", "m.room.encrypted"})
 
 
+def msgtype_of(content: dict) -> str | None:
+    """A client can put anything in msgtype; only a string is worth indexing."""
+    msgtype = content.get("msgtype")
+    return msgtype if isinstance(msgtype, str) else None
+
+
 def setup(app: web.Application) -> None:
     async def index_event(event: Event) -> None:
         if event.get("type") not in INDEXED_TYPES or "state_key" in event:
             return
-        content = event.get("content") or {}
-        if not content:
+        content = event.get("content")
+        if not isinstance(content, dict) or not content:
             # A redacted event: nothing to show, nothing to count.
             return
         await app[EVENT_INDEX].add(
@@ -29,7 +35,7 @@ def setup(app: web.Application) -> None:
             room_id=event["room_id"],
             sender=event["sender"],
             event_type=event["type"],
-            msgtype=content.get("msgtype"),
+            msgtype=msgtype_of(content),
             origin_ts=int(event.get("origin_server_ts") or time.time() * 1000),
         )
 

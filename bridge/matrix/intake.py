@@ -14,7 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import ALIAS_QUERY, CONFIG, DISPATCHER, TXN_LOG, USER_QUERY
+from ..context import (
+    ALIAS_QUERY,
+    CONFIG,
+    DISPATCHER,
+    TXN_LOG,
+    USER_QUERY,
+    ExistenceQuery,
+)
 from ..errors import BadRequest, Forbidden, MissingToken, NotFound, read_json
 
 log = logging.getLogger("bridge.matrix.intake")
@@ -25,6 +32,29 @@ _EPHEMERAL_KEYS = ("ephemeral", "de.sorunome.msc2409.ephemeral")
 # Serialises transactions: the homeserver sends one at a time, but a retry can overlap a
 # slow first attempt, and handling the same id twice at once must not happen.
 _TXN_LOCK = web.AppKey("txn_lock", asyncio.Lock)
+
+
+_TIMELINE_FIELDS = ("type", "event_id", "room_id", "sender")
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _well_formed(event: Any, fields: tuple[str, ...]) -> bool:
+    """Handlers may rely on these fields; an event without them is skipped, not fatal.
+
+    Failing the transaction instead would make the homeserver resend it forever and stop
+    every later event from arriving.
+    """
+    ok = (
+        isinstance(event, dict)
+        and all(isinstance(event.get(name), str) for name in fields)
+        and isinstance(event.get("content", {}), dict)
+    )
+    if not ok:
+        log.warning("Skipping a malformed event: %.200r", event)
+    return ok
 
 
 def check_hs_token(request: web.Request) -> None:
@@ -46,10 +76,10 @@ async def put_transaction(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("A transaction must be a JSON object")
-    events: list[dict[str, Any]] = [e for e in body.get("events", []) if isinstance(e, dict)]
+    events = [e for e in _list(body.get("events")) if _well_formed(e, _TIMELINE_FIELDS)]
     ephemeral: list[dict[str, Any]] = []
     for key in _EPHEMERAL_KEYS:
-        ephemeral.extend(e for e in body.get(key, []) or [] if isinstance(e, dict))
+        ephemeral.extend(e for e in _list(body.get(key)) if _well_formed(e, ("type",)))
     txn_log = request.app[TXN_LOG]
     async with request.app[_TXN_LOCK]:
         if await txn_log.seen(txn_id):
@@ -65,24 +95,25 @@ async def put_transaction(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+async def _answer_query(
+    request: web.Request, key: web.AppKey[ExistenceQuery], name: str, missing: str
+) -> web.Response:
+    """The homeserver asks whether a user or alias in our namespace exists."""
+    check_hs_token(request)
+    query = request.app.get(key)
+    if query and await query(request.match_info[name]):
+        return web.json_response({})
+    raise NotFound(missing)
+
+
 @routes.get("/_matrix/app/v1/users/{user_id}")
 async def query_user(request: web.Request) -> web.Response:
-    check_hs_token(request)
-    user_id = request.match_info["user_id"]
-    query = request.app.get(USER_QUERY)
-    if query and await query(user_id):
-        return web.json_response({})
-    raise NotFound("No such user in the CRM", errcode="M_NOT_FOUND")
+    return await _answer_query(request, USER_QUERY, "user_id", "No such user in the CRM")
 
 
 @routes.get("/_matrix/app/v1/rooms/{alias}")
 async def query_alias(request: web.Request) -> web.Response:
-    check_hs_token(request)
-    alias = request.match_info["alias"]
-    query = request.app.get(ALIAS_QUERY)
-    if query and await query(alias):
-        return web.json_response({})
-    raise NotFound("No such project room", errcode="M_NOT_FOUND")
+    return await _answer_query(request, ALIAS_QUERY, "alias", "No such project room")
 
 
 @routes.post("/_matrix/app/v1/ping")

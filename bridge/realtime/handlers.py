@@ -34,6 +34,7 @@ from .rooms import (
 log = logging.getLogger("bridge.realtime.handlers")
 
 NOT_FOUND = "Conversation not found"
+INTERNAL_ERROR = "Something went wrong; try again shortly"
 
 
 @dataclass
@@ -77,11 +78,23 @@ def register(
             raise socketio.exceptions.ConnectionRefusedError(
                 e.message, {"errcode": e.errcode}
             ) from e
+        except Exception as e:
+            log.exception("Authenticating a socket failed")
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Service unavailable; try again shortly", {"errcode": "M_SERVICE_UNAVAILABLE"}
+            ) from e
         sockets[sid] = Socket(user)
-        await sio.enter_room(sid, user_room(user.crm_user_id))
-        for conversation_id in await conversation_ids_of(app, user):
-            await sio.enter_room(sid, conversation_room(conversation_id))
-        await tracker().opened(user.crm_user_id, sid)
+        try:
+            await sio.enter_room(sid, user_room(user.crm_user_id))
+            for conversation_id in await conversation_ids_of(app, user):
+                await sio.enter_room(sid, conversation_room(conversation_id))
+            await tracker().opened(user.crm_user_id, sid)
+        except Exception as e:
+            sockets.pop(sid, None)
+            log.exception("Setting up a socket failed")
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Service unavailable; try again shortly", {"errcode": "M_SERVICE_UNAVAILABLE"}
+            ) from e
 
     @sio.on("disconnect")
     async def disconnect(sid: str, *args: Any) -> None:
@@ -131,6 +144,10 @@ def register(
             )
         except BridgeError as e:
             return await fail(sid, e.message)
+        except Exception:
+            # The client gets an answer (and its ack) rather than silence.
+            log.exception("A socket operation failed")
+            return await fail(sid, INTERNAL_ERROR)
         await sio.emit("message_sent", message, to=sid)
         return message
 
@@ -149,6 +166,10 @@ def register(
             await app[MATRIX].set_typing(conversation.room_id, socket.user.mxid, timeout)
         except BridgeError as e:
             return await fail(sid, e.message)
+        except Exception:
+            # The client gets an answer (and its ack) rather than silence.
+            log.exception("A socket operation failed")
+            return await fail(sid, INTERNAL_ERROR)
         (socket.typing_in.add if is_typing else socket.typing_in.discard)(conversation.room_id)
         return {"conversationId": conversation_id, "isTyping": is_typing}
 
@@ -165,6 +186,10 @@ def register(
             read = await app[CHAT].mark_read(socket.user, conversation_id, message_id)
         except BridgeError as e:
             return await fail(sid, e.message)
+        except Exception:
+            # The client gets an answer (and its ack) rather than silence.
+            log.exception("A socket operation failed")
+            return await fail(sid, INTERNAL_ERROR)
         return {"conversationId": conversation_id, "messageIds": read}
 
 
