@@ -69,6 +69,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
             raise StartupError(ExitCode.DATABASE, f"Cannot open the database: {e}") from e
         app[DATABASE] = db
         app[TXN_LOG] = TransactionLog(db)
+        await app[TXN_LOG].prune()
         app[EVENT_INDEX] = RoomEventIndex(db)
         app[USERS] = CrmUserStore(db)
         app[PROJECTS] = ProjectStore(db)

@@ -11,6 +11,11 @@ async def test_transaction_log(db) -> None:
     await log.record("t1", 3)  # recording twice is harmless
     assert await log.seen("t1")
     assert await log.count() == 1
+    await log.prune()
+    assert await log.seen("t1")  # recent ids are kept
+    await db.execute("UPDATE as_txn SET processed_at=0")
+    await log.prune()
+    assert not await log.seen("t1")
 
 
 async def test_event_index_is_idempotent_and_ordered(db) -> None:

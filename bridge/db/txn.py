@@ -24,5 +24,10 @@ class TransactionLog:
             int(time.time() * 1000),
         )
 
+    async def prune(self, keep_days: int = 7) -> None:
+        """Forget old ids: the homeserver only ever replays a transaction it is still retrying."""
+        cutoff = int((time.time() - keep_days * 86400) * 1000)
+        await self.db.execute("DELETE FROM as_txn WHERE processed_at < $1", cutoff)
+
     async def count(self) -> int:
         return await self.db.fetchval("SELECT COUNT(*) FROM as_txn")

@@ -180,8 +180,13 @@ def register(
         if socket is None or conversation_id is None:
             return await fail(sid, "mark_as_read needs {conversationId, messageIds?}")
         try:
+            conversation = await participant_conversation(app, socket.user, conversation_id)
+            if conversation is None:
+                return await fail(sid, NOT_FOUND)
             message_id = await _newest(
-                app, data.get("messageIds") if isinstance(data, dict) else None
+                app,
+                conversation.room_id,
+                data.get("messageIds") if isinstance(data, dict) else None,
             )
             read = await app[CHAT].mark_read(socket.user, conversation_id, message_id)
         except BridgeError as e:
@@ -193,8 +198,9 @@ def register(
         return {"conversationId": conversation_id, "messageIds": read}
 
 
-async def _newest(app: web.Application, message_ids: Any) -> str | None:
-    """The newest of the given messages (by arrival order), or None for "the latest"."""
+async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str | None:
+    """The newest of the given messages of this room (by arrival order), or None for "the
+    latest". Ids from other conversations are ignored."""
     if message_ids is None:
         return None
     if isinstance(message_ids, str):
@@ -204,7 +210,11 @@ async def _newest(app: web.Application, message_ids: Any) -> str | None:
     if not message_ids:
         return None
     event_ids = [e for e in (event_id_for_message(m) for m in message_ids) if e]
-    indexed = await app[EVENT_INDEX].get_many(event_ids)
+    indexed = {
+        event_id: event
+        for event_id, event in (await app[EVENT_INDEX].get_many(event_ids)).items()
+        if event.room_id == room_id
+    }
     if not indexed:
         raise NotFound("Message not found")
     newest = max(indexed.values(), key=lambda e: e.seq)
