@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from nio import RoomSendResponse
 
 from bridge.api import CHAT
 from bridge.context import EVENT_INDEX, MATRIX, RECEIPTS, USERS
-from tests.api_support import api_for, crm_user, project_chat
+from tests.api_support import api_for, crm_user, png, project_chat
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 
@@ -290,6 +291,11 @@ async def test_messages_from_plain_matrix_clients(stack) -> None:
     stranger = await matrix_user(stack.synapse, stranger_local)
     try:
         await stranger.set_displayname("Stranger Danger")
+        picture = png()
+        uploaded, _ = await stranger.upload(
+            lambda *_: picture, content_type="image/png", filesize=len(picture)
+        )
+        await stranger.set_avatar(uploaded.content_uri)
         for client in (linked, stranger):
             await app[MATRIX].invite(conv.room_id, client.user_id)
             await client.join(conv.room_id)
@@ -310,6 +316,12 @@ async def test_messages_from_plain_matrix_clients(stack) -> None:
             stranger_sender = by_content["from a stranger"]["sender"]
             assert stranger_sender["_id"] == stranger.user_id
             assert stranger_sender["name"] == "Stranger Danger"
+            # Its Matrix avatar is offered, and downloadable like a profile on Matrix.
+            assert stranger_sender["avatar"].startswith("/api/chat/media/localhost/")
+            async with aiohttp.ClientSession() as session:
+                url = stack.bridge_url + stranger_sender["avatar"]
+                async with session.get(url, headers=a.headers()) as resp:
+                    assert resp.status == 200 and await resp.read() == picture
             listed = find((await a.get("/api/chat/conversations"))[1], conv.conversation_id)
             assert listed["lastMessage"]["content"] == "from a stranger"
             assert listed["lastMessage"]["sender"]["_id"] == stranger.user_id

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import struct
-import zlib
 
 import aiohttp
 import pytest
@@ -12,26 +10,11 @@ from nio import RoomSendResponse
 
 from bridge.api.uploads import sanitize_filename, sniff
 from bridge.context import EVENT_INDEX, MATRIX
-from tests.api_support import api_for, crm_user, project_chat
+from tests.api_support import api_for, crm_user, png, project_chat
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 
 pytestmark = pytest.mark.integration
-
-
-def png(width: int = 2, height: int = 2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"

@@ -39,6 +39,7 @@ log = logging.getLogger("bridge.api.chat")
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
+_PROFILE_CACHE_SIZE = 10000
 _EVENT_CACHE_SIZE = 20000
 
 
@@ -132,6 +133,13 @@ class ChatService:
         except (MatrixError, web.HTTPException, Exception) as e:  # a profile is decoration
             log.debug("No profile for %s: %s", mxid, e)
             profile = {}
+        avatar = profile.get("avatar_url") if isinstance(profile, dict) else None
+        if isinstance(avatar, str) and avatar.startswith("mxc://"):
+            # Shown as this user's avatar, so any CRM user may fetch it (as on Matrix, where
+            # profiles are visible to everyone on the server).
+            await self.media.mark_public(avatar)
+        if len(self._profiles) >= _PROFILE_CACHE_SIZE:
+            self._profiles.clear()  # crude but bounded; entries refill on demand
         self._profiles[mxid] = (time.monotonic(), profile)
         return profile
 

@@ -8,6 +8,9 @@ from mautrix.util.async_db import Database
 
 from .crm_user import now_ms
 
+# media_room.room_id for files everyone may fetch (Matrix users' avatars).
+PUBLIC = "*"
+
 COLUMNS = "mxc, crm_user_id, filename, original_name, mimetype, size, created_at"
 
 
@@ -44,11 +47,16 @@ class MediaStore:
             mxc, room_id,
         )  # fmt: skip
 
+    async def mark_public(self, mxc: str) -> None:
+        """A profile picture: downloadable by every authenticated user."""
+        await self.posted_in(mxc, PUBLIC)
+
     async def may_download(self, mxc: str, crm_user_id: str, mxids: list[str]) -> bool:
         """The uploader, or someone joined (as puppet or linked account) where it was posted."""
         placeholders = ", ".join(f"${i + 3}" for i in range(len(mxids)))
         allowed = await self.db.fetchval(
             "SELECT 1 FROM media WHERE mxc=$1 AND crm_user_id=$2 "
+            f"UNION ALL SELECT 1 FROM media_room WHERE mxc=$1 AND room_id='{PUBLIC}' "
             "UNION ALL SELECT 1 FROM media_room r JOIN room_member m ON m.room_id = r.room_id "
             f"WHERE r.mxc=$1 AND m.membership='join' AND m.mxid IN ({placeholders}) LIMIT 1",
             mxc, crm_user_id, *mxids,
