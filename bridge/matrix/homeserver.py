@@ -36,7 +36,10 @@ class MatrixError(BridgeError):
             f"The homeserver refused the request: {message or errcode}", errcode=errcode
         )
         self.status = status  # type: ignore[misc]
-        self.response_status = status if status < 500 else HomeserverUnavailable.status
+        # A 401 means the homeserver refused our as_token: the bridge's fault, not the
+        # caller's, and it must not look like the caller's own token expired.
+        unusable = status >= 500 or status == 401
+        self.response_status = HomeserverUnavailable.status if unusable else status
         self.message = message
         self.body = body
 
@@ -44,9 +47,11 @@ class MatrixError(BridgeError):
         return f"{self.status} {self.errcode}: {self.message}"
 
     def body_for_client(self) -> dict[str, Any]:
+        if self.response_status >= 500:
+            return HomeserverUnavailable().body()
         return {
             "message": f"The homeserver refused the request: {self.message or self.errcode}",
-            "errcode": self.errcode if self.status < 500 else HomeserverUnavailable.errcode,
+            "errcode": self.errcode,
         }
 
 
