@@ -37,7 +37,10 @@ def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) ->
     if not isinstance(content, str):
         raise InvalidParam("content must be a string")
     if len(content) > MAX_CONTENT or len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
-        raise InvalidParam(f"content is longer than {MAX_CONTENT} characters")
+        raise InvalidParam(
+            f"content is too long (at most {MAX_CONTENT} characters and "
+            f"{MAX_CONTENT_BYTES // 1024} KiB)"
+        )
     if attachments is not None and not isinstance(attachments, list):
         raise InvalidParam("attachments must be an array")
     if attachments and len(attachments) > MAX_ATTACHMENTS:
