@@ -26,8 +26,9 @@ def setup(app: web.Application) -> None:
     async def index_event(event: Event) -> None:
         if event.get("type") not in INDEXED_TYPES or "state_key" in event:
             return
-        content = event.get("content")
-        if not isinstance(content, dict) or not content:
+        # Intake already dropped events whose content is not an object.
+        content = event.get("content") or {}
+        if not content:
             # A redacted event: nothing to show, nothing to count.
             return
         await app[EVENT_INDEX].add(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,6 +34,8 @@ from .rooms import (
 )
 
 log = logging.getLogger("bridge.realtime.handlers")
+
+Handler = Callable[[str, Any], Awaitable[Any]]
 
 NOT_FOUND = "Conversation not found"
 INTERNAL_ERROR = "Something went wrong; try again shortly"
@@ -65,6 +69,21 @@ def register(
         body = {"message": message}
         await sio.emit("error", body, to=sid)
         return body
+
+    def answered(handler: Handler) -> Handler:
+        """A failed operation answers ``error {message}`` (and the ack), never silence."""
+
+        @functools.wraps(handler)
+        async def wrapper(sid: str, data: Any = None) -> Any:
+            try:
+                return await handler(sid, data)
+            except BridgeError as e:
+                return await fail(sid, e.message)
+            except Exception:
+                log.exception("Socket operation %s failed", handler.__name__)
+                return await fail(sid, INTERNAL_ERROR)
+
+        return wrapper
 
     def socket_of(sid: str) -> Socket | None:
         return sockets.get(sid)
@@ -129,29 +148,24 @@ def register(
         return {"conversationId": conversation_id}
 
     @sio.on("send_message")
+    @answered
     async def send_message(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         if socket is None or not isinstance(data, dict):
             return await fail(sid, "send_message needs {conversationId, content, type}")
-        try:
-            message = await app[CHAT].send(
-                socket.user,
-                str(data.get("conversationId") or ""),
-                data.get("content"),
-                data.get("type", "text"),
-                data.get("attachments"),
-                data.get("clientMessageId"),
-            )
-        except BridgeError as e:
-            return await fail(sid, e.message)
-        except Exception:
-            # The client gets an answer (and its ack) rather than silence.
-            log.exception("A socket operation failed")
-            return await fail(sid, INTERNAL_ERROR)
+        message = await app[CHAT].send(
+            socket.user,
+            str(data.get("conversationId") or ""),
+            data.get("content"),
+            data.get("type", "text"),
+            data.get("attachments"),
+            data.get("clientMessageId"),
+        )
         await sio.emit("message_sent", message, to=sid)
         return message
 
     @sio.on("typing")
+    @answered
     async def typing(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         conversation_id = conversation_id_from(data)
@@ -162,39 +176,24 @@ def register(
             return await fail(sid, NOT_FOUND)
         is_typing = bool(data.get("isTyping", True)) if isinstance(data, dict) else True
         timeout = int(app[CONFIG]["realtime.typing_timeout_ms"]) if is_typing else 0
-        try:
-            await app[MATRIX].set_typing(conversation.room_id, socket.user.mxid, timeout)
-        except BridgeError as e:
-            return await fail(sid, e.message)
-        except Exception:
-            # The client gets an answer (and its ack) rather than silence.
-            log.exception("A socket operation failed")
-            return await fail(sid, INTERNAL_ERROR)
+        await app[MATRIX].set_typing(conversation.room_id, socket.user.mxid, timeout)
         (socket.typing_in.add if is_typing else socket.typing_in.discard)(conversation.room_id)
         return {"conversationId": conversation_id, "isTyping": is_typing}
 
     @sio.on("mark_as_read")
+    @answered
     async def mark_as_read(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         conversation_id = conversation_id_from(data)
         if socket is None or conversation_id is None:
             return await fail(sid, "mark_as_read needs {conversationId, messageIds?}")
-        try:
-            conversation = await participant_conversation(app, socket.user, conversation_id)
-            if conversation is None:
-                return await fail(sid, NOT_FOUND)
-            message_id = await _newest(
-                app,
-                conversation.room_id,
-                data.get("messageIds") if isinstance(data, dict) else None,
-            )
-            read = await app[CHAT].mark_read(socket.user, conversation_id, message_id)
-        except BridgeError as e:
-            return await fail(sid, e.message)
-        except Exception:
-            # The client gets an answer (and its ack) rather than silence.
-            log.exception("A socket operation failed")
-            return await fail(sid, INTERNAL_ERROR)
+        # Checked first, so an outsider learns nothing about the messages they name.
+        conversation = await participant_conversation(app, socket.user, conversation_id)
+        if conversation is None:
+            return await fail(sid, NOT_FOUND)
+        message_ids = data.get("messageIds") if isinstance(data, dict) else None
+        message_id = await _newest(app, conversation.room_id, message_ids)
+        read = await app[CHAT].mark_read(socket.user, conversation_id, message_id)
         return {"conversationId": conversation_id, "messageIds": read}
 
 
