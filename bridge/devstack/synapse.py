@@ -181,12 +181,28 @@ class SynapseProcess:
         if not self.process or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
+        # A paused (SIGSTOPped) Synapse only acts on the SIGTERM once it runs again.
+        os.killpg(self.process.pid, signal.SIGCONT)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.log_file.close()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, nothing answers (a stall)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
+    async def restart(self) -> None:
+        self.stop()
+        self.start()
+        await self.wait_ready()
 
     async def register_user(
         self, localpart: str, password: str, admin: bool = False

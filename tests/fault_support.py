@@ -1,0 +1,158 @@
+"""Real processes for fault tests: a Synapse of its own (SQLite or PostgreSQL), the bridge as
+a child process that can be killed, and a private Redis that can be stopped.
+
+Fault tests never touch the session's Synapse, bridge or the machine's Redis, which the other
+tests share: a registration points at exactly one appservice URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.common import postgres_database
+from bridge.api.auth import JwtVerifier
+from bridge.config import Config
+from bridge.devstack.synapse import SynapseProcess, free_port
+from tests.conftest import (
+    POSTGRES_DSN,
+    REDIS_URL,
+    create_schema,
+    drop_schema,
+    generate_config,
+    postgres_args,
+)
+from tests.helpers import eventually
+from tests.realtime_support import BridgeProcess, Directory, facade_config
+
+
+class PrivateRedis:
+    """``redis-server`` on a free loopback port, stoppable without disturbing other tests."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def spawn(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        self.spawn()
+
+        async def answers() -> bool:
+            client = aioredis.Redis.from_url(self.url)
+            try:
+                return bool(await client.ping())
+            except Exception:
+                return False
+            finally:
+                await client.aclose()
+
+        await eventually(answers, timeout=10, interval=0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class FaultStack:
+    synapse: SynapseProcess
+    bridge: BridgeProcess
+    config: Config
+    directory: Directory
+    verifier: JwtVerifier
+    redis: PrivateRedis | None
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return self.bridge.url
+
+    def token(self, crm_user_id: str, ttl: int = 86400) -> str:
+        return self.verifier.mint(crm_user_id, ttl=ttl)
+
+    def facade(self, name: str) -> BridgeProcess:
+        """A facade-only process beside the bridge (same database, Redis and secrets)."""
+        return BridgeProcess(facade_config(self.config), self.root, name)
+
+
+@contextlib.asynccontextmanager
+async def fault_stack(
+    root: Path,
+    *,
+    synapse_db: str = "sqlite",
+    redis: str | None = "private",
+    **overrides: Any,
+) -> AsyncIterator[FaultStack]:
+    """Synapse on ``synapse_db`` ("sqlite" or "postgres"), the bridge on PostgreSQL as a child
+    process, and Redis: "private" (stoppable), "shared" (the machine's) or None."""
+    synapse_port, bridge_port = free_port(), free_port()
+    config_path, registration = generate_config(
+        root / "bridge",
+        **{
+            "homeserver.address": f"http://127.0.0.1:{synapse_port}",
+            "appservice.address": f"http://127.0.0.1:{bridge_port}",
+            "appservice.port": bridge_port,
+            "realtime.offline_grace": 1,
+            "api.rate_limit.send_requests": 1000,
+            "logging.loggers.bridge.level": "WARNING",
+            **overrides,
+        },
+    )
+    schema = await create_schema()
+    private = PrivateRedis(root / "redis") if redis == "private" else None
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(drop_schema, schema)
+        database = None
+        if synapse_db == "postgres":
+            created = await stack.enter_async_context(postgres_database("fault_synapse"))
+            database = {
+                "name": "psycopg2",
+                "args": {"user": "postgres", "host": "127.0.0.1", "port": 5432,
+                         "database": created["name"], "cp_min": 2, "cp_max": 10},
+            }  # fmt: skip
+        if private is not None:
+            await private.start()
+            stack.callback(private.stop)
+        config = Config.load(config_path, environ={})
+        config.set("database.url", POSTGRES_DSN)
+        config.set("database.args", postgres_args(schema))
+        config.set("redis.url", private.url if private else REDIS_URL if redis else None)
+        synapse = SynapseProcess(
+            root / "synapse", port=synapse_port, registration_files=[registration],
+            database=database,
+        )  # fmt: skip
+        synapse.start()
+        stack.callback(synapse.stop)
+        bridge = BridgeProcess(config, root, "bridge")
+        await synapse.wait_ready()
+        await bridge.start()
+        stack.callback(bridge.stop)
+        yield FaultStack(
+            synapse=synapse,
+            bridge=bridge,
+            config=config,
+            directory=Directory(bridge.url, config["admin_api.token"]),
+            verifier=JwtVerifier.from_config(config),
+            redis=private,
+            root=root,
+        )
