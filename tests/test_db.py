@@ -1,21 +1,44 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from mautrix.util.async_db import Database, UpgradeTable
+
+from bridge.db import create_database
 from bridge.db.room_event import RoomEventIndex
-from bridge.db.txn import TransactionLog
+from bridge.db.txn import TransactionLog, body_digest
+from bridge.db.upgrade import upgrade_table
+from tests.conftest import POSTGRES_DSN, create_schema, drop_schema, postgres_args
 
 
 async def test_transaction_log(db) -> None:
     log = TransactionLog(db)
-    assert not await log.seen("t1")
-    await log.record("t1", 3)
-    await log.record("t1", 3)  # recording twice is harmless
-    assert await log.seen("t1")
+    assert await log.digest_of("t1") is None
+    await log.record("t1", "d1", 3)
+    await log.record("t1", "d1", 3)  # recording twice is harmless
+    assert await log.digest_of("t1") == "d1"
+    assert await log.count() == 1
+    # A reused id (the homeserver reset its counter) replaces the old row.
+    await log.record("t1", "d2", 1)
+    assert await log.digest_of("t1") == "d2"
     assert await log.count() == 1
     await log.prune()
-    assert await log.seen("t1")  # recent ids are kept
+    assert await log.digest_of("t1") == "d2"  # recent ids are kept
     await db.execute("UPDATE as_txn SET processed_at=0")
     await log.prune()
-    assert not await log.seen("t1")
+    assert await log.count() == 0
+
+
+def test_body_digest_ignores_only_what_changes_per_attempt() -> None:
+    event = {"type": "m.room.message", "event_id": "$a", "content": {"body": "hi"}}
+    first = {"events": [{**event, "age": 35, "unsigned": {"age": 35}}], "ephemeral": []}
+    retry = {"ephemeral": [], "events": [{**event, "age": 2047, "unsigned": {"age": 2047}}]}
+    assert body_digest(first) == body_digest(retry)
+    other = {"events": [{**event, "event_id": "$b"}], "ephemeral": []}
+    assert body_digest(other) != body_digest(first)
+    typing = {"events": [], "ephemeral": [{"type": "m.typing", "content": {"user_ids": []}}]}
+    assert body_digest(typing) != body_digest({"events": [], "ephemeral": []})
 
 
 async def test_event_index_is_idempotent_and_ordered(db) -> None:
@@ -69,3 +92,38 @@ async def test_receipts_only_move_forward(db) -> None:
     assert not await receipts.advance("!r", "@a:x", "$1", 1, 200)
     assert await receipts.advance("!r", "@a:x", "$3", 3, 300)
     assert (await receipts.get("!r", "@a:x")).event_id == "$3"
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_upgrade_to_digests_keeps_old_ids_from_looking_like_replays(
+    engine: str, tmp_path: Path
+) -> None:
+    """A database at v4 with recorded ids: after v5 those ids match no digest."""
+    schema = await create_schema() if engine == "postgres" else None
+    url = POSTGRES_DSN if schema else f"sqlite:{tmp_path / 'bridge.db'}"
+    args = postgres_args(schema) if schema else {}
+    try:
+        before = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
+        before.upgrades = upgrade_table.upgrades[:4]
+        old = Database.create(
+            url, upgrade_table=before, db_args=dict(args), owner_name="crm-bridge"
+        )
+        await old.start()
+        await old.execute(
+            "INSERT INTO as_txn (txn_id, event_count, processed_at) VALUES ('1', 2, 5)"
+        )
+        await old.stop()
+
+        db = create_database(url, args)
+        await db.start()
+        try:
+            log = TransactionLog(db)
+            assert await log.count() == 1
+            assert await log.digest_of("1") is None  # unknown body: never equal to a digest
+            await log.record("1", body_digest({"events": []}), 0)
+            assert await log.digest_of("1") == body_digest({"events": []})
+        finally:
+            await db.stop()
+    finally:
+        if schema:
+            await drop_schema(schema)
