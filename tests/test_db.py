@@ -7,38 +7,46 @@ from mautrix.util.async_db import Database, UpgradeTable
 
 from bridge.db import create_database
 from bridge.db.room_event import RoomEventIndex
-from bridge.db.txn import TransactionLog, body_digest
+from bridge.db.txn import TransactionLog, TxnDigest
 from bridge.db.upgrade import upgrade_table
 from tests.conftest import POSTGRES_DSN, create_schema, drop_schema, postgres_args
 
 
 async def test_transaction_log(db) -> None:
     log = TransactionLog(db)
-    assert await log.digest_of("t1") is None
-    await log.record("t1", "d1", 3)
-    await log.record("t1", "d1", 3)  # recording twice is harmless
-    assert await log.digest_of("t1") == "d1"
+    first, second = TxnDigest("b1", "e1"), TxnDigest("b2", "e2")
+    assert await log.get("t1") is None
+    await log.record("t1", first, 3)
+    await log.record("t1", first, 3)  # recording twice is harmless
+    assert await log.get("t1") == first
     assert await log.count() == 1
     # A reused id (the homeserver reset its counter) replaces the old row.
-    await log.record("t1", "d2", 1)
-    assert await log.digest_of("t1") == "d2"
+    await log.record("t1", second, 1)
+    assert await log.get("t1") == second
     assert await log.count() == 1
     await log.prune()
-    assert await log.digest_of("t1") == "d2"  # recent ids are kept
+    assert await log.get("t1") == second  # recent ids are kept
     await db.execute("UPDATE as_txn SET processed_at=0")
     await log.prune()
     assert await log.count() == 0
 
 
-def test_body_digest_ignores_only_what_changes_per_attempt() -> None:
-    event = {"type": "m.room.message", "event_id": "$a", "content": {"body": "hi"}}
-    first = {"events": [{**event, "age": 35, "unsigned": {"age": 35}}], "ephemeral": []}
-    retry = {"ephemeral": [], "events": [{**event, "age": 2047, "unsigned": {"age": 2047}}]}
-    assert body_digest(first) == body_digest(retry)
-    other = {"events": [{**event, "event_id": "$b"}], "ephemeral": []}
-    assert body_digest(other) != body_digest(first)
-    typing = {"events": [], "ephemeral": [{"type": "m.typing", "content": {"user_ids": []}}]}
-    assert body_digest(typing) != body_digest({"events": [], "ephemeral": []})
+def test_digest_tells_a_retry_from_a_new_transaction() -> None:
+    message = {"type": "m.room.message", "event_id": "$a", "content": {"body": "hi"}}
+    typing = {"type": "m.typing", "room_id": "!r", "content": {"user_ids": ["@a:x"]}}
+    sent = TxnDigest.of(
+        {"events": [{**message, "age": 35, "unsigned": {"age": 35}}], "ephemeral": [typing]}
+    )
+    # Synapse's retry: the same events from its database, a new age, no ephemeral events.
+    retry = TxnDigest.of({"events": [{**message, "age": 2047, "unsigned": {"age": 2047}}]})
+    assert sent.replayed_by(retry, has_ephemeral=False)
+    assert sent.replayed_by(sent, has_ephemeral=True)
+    other = TxnDigest.of({"events": [{**message, "event_id": "$b"}], "ephemeral": [typing]})
+    assert not sent.replayed_by(other, has_ephemeral=True)
+    # Ephemeral-only transactions differ by their ephemeral events.
+    stopped = {**typing, "content": {"user_ids": []}}
+    typed = TxnDigest.of({"events": [], "ephemeral": [typing]})
+    assert not typed.replayed_by(TxnDigest.of({"events": [], "ephemeral": [stopped]}), True)
 
 
 async def test_event_index_is_idempotent_and_ordered(db) -> None:
@@ -119,9 +127,10 @@ async def test_upgrade_to_digests_keeps_old_ids_from_looking_like_replays(
         try:
             log = TransactionLog(db)
             assert await log.count() == 1
-            assert await log.digest_of("1") is None  # unknown body: never equal to a digest
-            await log.record("1", body_digest({"events": []}), 0)
-            assert await log.digest_of("1") == body_digest({"events": []})
+            assert await log.get("1") is None  # no digest: the next transaction 1 is handled
+            digest = TxnDigest.of({"events": []})
+            await log.record("1", digest, 0)
+            assert await log.get("1") == digest
         finally:
             await db.stop()
     finally:

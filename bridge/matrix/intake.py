@@ -3,12 +3,14 @@
 ``PUT /_matrix/app/v1/transactions/{txnId}`` is durable: a transaction is recorded only
 after every event in it was handled, and a failure answers 500 so the homeserver retries.
 
-A transaction is a replay, acknowledged without handling, only when both its id and the
-digest of its body (``db/txn.py``: canonical JSON without the per-attempt ``age``) match a
-recorded one. A recorded id with another body is a new transaction: homeservers reuse ids
-(Synapse on SQLite starts again from 1 after every restart, a database restored from a
-backup repeats them), so it is handled and recorded in place of the old one, and a warning
-says once per process that the homeserver reset its transaction counter.
+A transaction is a replay, acknowledged without handling, only when its id was recorded
+with the same content (``db/txn.py``: a sha256 of the body, leaving out the ``age`` the
+homeserver recomputes per attempt; or of its timeline events alone when it comes without
+ephemeral events, as Synapse resends a failed transaction). A recorded id with other
+content is a new transaction: homeservers reuse ids (Synapse on SQLite starts again from 1
+after every restart, a database restored from a backup repeats them), so it is handled and
+recorded in place of the old one, and a warning says once per process that the homeserver
+reset its transaction counter.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..context import (
     USER_QUERY,
     ExistenceQuery,
 )
-from ..db.txn import body_digest
+from ..db.txn import TxnDigest
 from ..errors import BadRequest, Forbidden, MissingToken, NotFound, read_json
 
 log = logging.getLogger("bridge.matrix.intake")
@@ -98,10 +100,10 @@ async def put_transaction(request: web.Request) -> web.Response:
     for key in _EPHEMERAL_KEYS:
         ephemeral.extend(e for e in _list(body.get(key)) if _well_formed(e, ("type",)))
     txn_log, intake = request.app[TXN_LOG], request.app[_INTAKE]
-    digest = body_digest(body)
+    digest = TxnDigest.of(body)
     async with intake.lock:
-        recorded = await txn_log.digest_of(txn_id)
-        if recorded == digest:
+        recorded = await txn_log.get(txn_id)
+        if recorded is not None and recorded.replayed_by(digest, has_ephemeral=bool(ephemeral)):
             log.debug("Transaction %s was already handled", txn_id)
             return web.json_response({})
         if recorded is not None and not intake.reset_warned:
