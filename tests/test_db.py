@@ -1,21 +1,52 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from mautrix.util.async_db import Database, UpgradeTable
+
+from bridge.db import create_database
 from bridge.db.room_event import RoomEventIndex
-from bridge.db.txn import TransactionLog
+from bridge.db.txn import TransactionLog, TxnDigest
+from bridge.db.upgrade import upgrade_table
+from tests.conftest import POSTGRES_DSN, create_schema, drop_schema, postgres_args
 
 
 async def test_transaction_log(db) -> None:
     log = TransactionLog(db)
-    assert not await log.seen("t1")
-    await log.record("t1", 3)
-    await log.record("t1", 3)  # recording twice is harmless
-    assert await log.seen("t1")
+    first, second = TxnDigest("b1", "e1"), TxnDigest("b2", "e2")
+    assert await log.get("t1") is None
+    await log.record("t1", first, 3)
+    await log.record("t1", first, 3)  # recording twice is harmless
+    assert await log.get("t1") == first
+    assert await log.count() == 1
+    # A reused id (the homeserver reset its counter) replaces the old row.
+    await log.record("t1", second, 1)
+    assert await log.get("t1") == second
     assert await log.count() == 1
     await log.prune()
-    assert await log.seen("t1")  # recent ids are kept
+    assert await log.get("t1") == second  # recent ids are kept
     await db.execute("UPDATE as_txn SET processed_at=0")
     await log.prune()
-    assert not await log.seen("t1")
+    assert await log.count() == 0
+
+
+def test_digest_tells_a_retry_from_a_new_transaction() -> None:
+    message = {"type": "m.room.message", "event_id": "$a", "content": {"body": "hi"}}
+    typing = {"type": "m.typing", "room_id": "!r", "content": {"user_ids": ["@a:x"]}}
+    sent = TxnDigest.of(
+        {"events": [{**message, "age": 35, "unsigned": {"age": 35}}], "ephemeral": [typing]}
+    )
+    # Synapse's retry: the same events from its database, a new age, no ephemeral events.
+    retry = TxnDigest.of({"events": [{**message, "age": 2047, "unsigned": {"age": 2047}}]})
+    assert sent.replayed_by(retry, has_ephemeral=False)
+    assert sent.replayed_by(sent, has_ephemeral=True)
+    other = TxnDigest.of({"events": [{**message, "event_id": "$b"}], "ephemeral": [typing]})
+    assert not sent.replayed_by(other, has_ephemeral=True)
+    # Ephemeral-only transactions differ by their ephemeral events.
+    stopped = {**typing, "content": {"user_ids": []}}
+    typed = TxnDigest.of({"events": [], "ephemeral": [typing]})
+    assert not typed.replayed_by(TxnDigest.of({"events": [], "ephemeral": [stopped]}), True)
 
 
 async def test_event_index_is_idempotent_and_ordered(db) -> None:
@@ -69,3 +100,39 @@ async def test_receipts_only_move_forward(db) -> None:
     assert not await receipts.advance("!r", "@a:x", "$1", 1, 200)
     assert await receipts.advance("!r", "@a:x", "$3", 3, 300)
     assert (await receipts.get("!r", "@a:x")).event_id == "$3"
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_upgrade_to_digests_keeps_old_ids_from_looking_like_replays(
+    engine: str, tmp_path: Path
+) -> None:
+    """A database at v4 with recorded ids: after v5 those ids match no digest."""
+    schema = await create_schema() if engine == "postgres" else None
+    url = POSTGRES_DSN if schema else f"sqlite:{tmp_path / 'bridge.db'}"
+    args = postgres_args(schema) if schema else {}
+    try:
+        before = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
+        before.upgrades = upgrade_table.upgrades[:4]
+        old = Database.create(
+            url, upgrade_table=before, db_args=dict(args), owner_name="crm-bridge"
+        )
+        await old.start()
+        await old.execute(
+            "INSERT INTO as_txn (txn_id, event_count, processed_at) VALUES ('1', 2, 5)"
+        )
+        await old.stop()
+
+        db = create_database(url, args)
+        await db.start()
+        try:
+            log = TransactionLog(db)
+            assert await log.count() == 1
+            assert await log.get("1") is None  # no digest: the next transaction 1 is handled
+            digest = TxnDigest.of({"events": []})
+            await log.record("1", digest, 0)
+            assert await log.get("1") == digest
+        finally:
+            await db.stop()
+    finally:
+        if schema:
+            await drop_schema(schema)

@@ -72,7 +72,53 @@ async def test_replayed_transaction_is_not_processed_twice(client: TestClient) -
         assert resp.status == 200
         assert await resp.json() == {}
     assert seen == ["$1", "$2"]
-    assert await client.app[TXN_LOG].seen("abc")
+    assert await client.app[TXN_LOG].get("abc")
+
+
+async def test_reused_id_with_other_events_is_a_new_transaction(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A homeserver that reset its counter (Synapse on SQLite after a restart) sends ids it
+    used before; only the same id with the same body is a replay."""
+    from bridge.context import EVENT_INDEX
+
+    seen: list[str] = []
+
+    async def record(event: dict) -> None:
+        seen.append(event["event_id"])
+
+    client.app[DISPATCHER].on_timeline(record)
+    index = client.app[EVENT_INDEX]
+
+    async def put(txn_id: str, *event_ids: str, age: int = 10, typing: bool = False) -> None:
+        body: dict = {
+            "events": [{**message(e), "age": age, "unsigned": {"age": age}} for e in event_ids]
+        }
+        if typing:
+            body["ephemeral"] = [{"type": "m.typing", "room_id": "!r", "content": {}}]
+        resp = await client.put(
+            f"/_matrix/app/v1/transactions/{txn_id}", json=body, headers=auth(client)
+        )
+        assert resp.status == 200, await resp.text()
+
+    await put("1", "$a", typing=True)
+    await put("2", "$b")
+    await put("1", "$a", typing=True)  # the same body again
+    # Synapse's retry: the events from its database with a new age, the ephemeral ones gone.
+    await put("1", "$a", age=2000)
+
+    def warnings() -> int:
+        return sum("reset its transaction counter" in r.getMessage() for r in caplog.records)
+
+    assert seen == ["$a", "$b"]
+    assert await index.count("!room:localhost") == 2
+    assert warnings() == 0
+    await put("1", "$c")  # after the homeserver reset its counter
+    await put("2", "$d")
+    await put("2", "$d")  # and a replay of the new one
+    assert seen == ["$a", "$b", "$c", "$d"]
+    assert await index.count("!room:localhost") == 4
+    assert warnings() == 1
 
 
 async def test_failed_handling_is_retried_not_lost(client: TestClient) -> None:
@@ -88,11 +134,11 @@ async def test_failed_handling_is_retried_not_lost(client: TestClient) -> None:
     resp = await client.put("/_matrix/app/v1/transactions/t9", json=body, headers=auth(client))
     assert resp.status == 500
     assert (await resp.json())["errcode"] == "M_UNKNOWN"
-    assert not await client.app[TXN_LOG].seen("t9")
+    assert await client.app[TXN_LOG].get("t9") is None
     resp = await client.put("/_matrix/app/v1/transactions/t9", json=body, headers=auth(client))
     assert resp.status == 200
     assert attempts == ["$x", "$x"]
-    assert await client.app[TXN_LOG].seen("t9")
+    assert await client.app[TXN_LOG].get("t9")
 
 
 async def test_ephemeral_events_reach_handlers(client: TestClient) -> None:

@@ -1,8 +1,16 @@
 """The appservice side of the HTTP server: what the homeserver calls on us.
 
-``PUT /_matrix/app/v1/transactions/{txnId}`` is durable: a transaction id is recorded only
-after every event in it was handled, a replay of a recorded id is acknowledged without
-handling, and a failure answers 500 so the homeserver retries later.
+``PUT /_matrix/app/v1/transactions/{txnId}`` is durable: a transaction is recorded only
+after every event in it was handled, and a failure answers 500 so the homeserver retries.
+
+A transaction is a replay, acknowledged without handling, only when its id was recorded
+with the same content (``db/txn.py``: a sha256 of the body, leaving out the ``age`` the
+homeserver recomputes per attempt; or of its timeline events alone when it comes without
+ephemeral events, as Synapse resends a failed transaction). A recorded id with other
+content is a new transaction: homeservers reuse ids (Synapse on SQLite starts again from 1
+after every restart, a database restored from a backup repeats them), so it is handled and
+recorded in place of the old one, and a warning says once per process that the homeserver
+reset its transaction counter.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +31,7 @@ from ..context import (
     USER_QUERY,
     ExistenceQuery,
 )
+from ..db.txn import TxnDigest
 from ..errors import BadRequest, Forbidden, MissingToken, NotFound, read_json
 
 log = logging.getLogger("bridge.matrix.intake")
@@ -29,9 +39,18 @@ log = logging.getLogger("bridge.matrix.intake")
 routes = web.RouteTableDef()
 # Keys Synapse uses for MSC2409 ephemeral events: the stable one and the legacy one.
 _EPHEMERAL_KEYS = ("ephemeral", "de.sorunome.msc2409.ephemeral")
-# Serialises transactions: the homeserver sends one at a time, but a retry can overlap a
-# slow first attempt, and handling the same id twice at once must not happen.
-_TXN_LOCK = web.AppKey("txn_lock", asyncio.Lock)
+
+
+@dataclass
+class _Intake:
+    # Serialises transactions: the homeserver sends one at a time, but a retry can overlap a
+    # slow first attempt, and handling the same id twice at once must not happen.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A reset counter reuses every id after it: one warning, not one per transaction.
+    reset_warned: bool = False
+
+
+_INTAKE = web.AppKey("intake", _Intake)
 
 
 _TIMELINE_FIELDS = ("type", "event_id", "room_id", "sender")
@@ -80,18 +99,28 @@ async def put_transaction(request: web.Request) -> web.Response:
     ephemeral: list[dict[str, Any]] = []
     for key in _EPHEMERAL_KEYS:
         ephemeral.extend(e for e in _list(body.get(key)) if _well_formed(e, ("type",)))
-    txn_log = request.app[TXN_LOG]
-    async with request.app[_TXN_LOCK]:
-        if await txn_log.seen(txn_id):
+    txn_log, intake = request.app[TXN_LOG], request.app[_INTAKE]
+    digest = TxnDigest.of(body)
+    async with intake.lock:
+        recorded = await txn_log.get(txn_id)
+        if recorded is not None and recorded.replayed_by(digest, has_ephemeral=bool(ephemeral)):
             log.debug("Transaction %s was already handled", txn_id)
             return web.json_response({})
+        if recorded is not None and not intake.reset_warned:
+            intake.reset_warned = True
+            log.warning(
+                "Transaction id %s came again with other events: the homeserver reset its "
+                "transaction counter (restart on SQLite, or a restored database). Reused ids "
+                "are handled as new transactions.",
+                txn_id,
+            )
         try:
             await request.app[DISPATCHER].dispatch(events, ephemeral)
         except Exception:
             # Not recorded: the homeserver will send it again and we handle it then.
             log.exception("Handling transaction %s failed; the homeserver will retry", txn_id)
             raise
-        await txn_log.record(txn_id, len(events) + len(ephemeral))
+        await txn_log.record(txn_id, digest, len(events) + len(ephemeral))
     return web.json_response({})
 
 
@@ -123,5 +152,5 @@ async def ping(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[_TXN_LOCK] = asyncio.Lock()
+    app[_INTAKE] = _Intake()
     app.add_routes(routes)
