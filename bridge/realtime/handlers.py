@@ -32,7 +32,7 @@ from .rooms import (
     participant_conversation,
     user_room,
 )
-from .server import REFUSED_EVENT, RefusedPayload
+from .wire import REFUSED_EVENT, RefusedPayload
 
 log = logging.getLogger("bridge.realtime.handlers")
 
