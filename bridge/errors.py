@@ -142,9 +142,23 @@ def error_response(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _check_decodable(request: web.Request) -> None:
+    """aiohttp decodes header bytes that are not UTF-8 into lone surrogates, which fail
+    later (``token.encode()`` in every auth check, a 500): refuse them at the door. Only
+    what the bridge reads: a stray cookie from another app must not lock anyone out."""
+    for what, text in (("path", request.raw_path), ("Authorization header", _auth(request))):
+        if safejson.SURROGATE.search(text):
+            raise BadRequest(f"The request's {what} is not valid UTF-8", errcode="M_INVALID_PARAM")
+
+
+def _auth(request: web.Request) -> str:
+    return request.headers.get("Authorization", "")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_decodable(request)
         return await handler(request)
     except BridgeError as e:
         # A homeserver error nobody handled carries the status to answer with separately.

@@ -247,6 +247,27 @@ async def test_request_line_over_8kb_is_one_warning_line(stack, caplog) -> None:
     assert all(len(r.getMessage()) < 200 for r in mine)
 
 
+async def test_authorization_that_is_not_utf8_is_400_not_500(stack, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    url = URL(stack.bridge_url)
+    # aiohttp decodes such header bytes into lone surrogates; every auth check encodes them.
+    for path in ("/api/auth/me", "/api/admin/v1/users/x", "/_matrix/app/v1/users/@x:localhost"):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+                + b"Authorization: Bearer a\xed\xa0\x80b\r\n\r\n"
+            )
+            async with asyncio.timeout(10):
+                raw = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), (path, head[:40])
+        assert json.loads(body)["errcode"] == "M_INVALID_PARAM", body
+    assert tracebacks(caplog) == []
+
+
 async def test_every_kind_of_response_says_nosniff_and_no_versions(stack) -> None:
     url = stack.bridge_url
     async with aiohttp.ClientSession() as session:
