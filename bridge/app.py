@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import health
+from . import health, protocol
 from .config import Config
 from .context import (
     CONFIG,
@@ -54,6 +54,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
         middlewares=[error_middleware],
         client_max_size=max(config["api.max_body_size"], config["api.max_upload_size"] + 65536),
     )
+    app.on_response_prepare.append(protocol.on_response_prepare)
     app[CONFIG] = config
     app[IDS] = IdMapper.from_config(config)
     app[DISPATCHER] = EventDispatcher()
@@ -124,7 +125,7 @@ class BridgeServer:
     def __init__(self, config: Config, app: web.Application | None = None) -> None:
         self.config = config
         self.app = app or build_app(config)
-        self.runner = web.AppRunner(
+        self.runner = protocol.BridgeRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=5
         )
 

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from . import safejson
+
 log = logging.getLogger("bridge.errors")
 
 
@@ -140,9 +142,23 @@ def error_response(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _check_decodable(request: web.Request) -> None:
+    """aiohttp decodes header bytes that are not UTF-8 into lone surrogates, which fail
+    later (``token.encode()`` in every auth check, a 500): refuse them at the door. Only
+    what the bridge reads: a stray cookie from another app must not lock anyone out."""
+    for what, text in (("path", request.raw_path), ("Authorization header", _auth(request))):
+        if safejson.SURROGATE.search(text):
+            raise BadRequest(f"The request's {what} is not valid UTF-8", errcode="M_INVALID_PARAM")
+
+
+def _auth(request: web.Request) -> str:
+    return request.headers.get("Authorization", "")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_decodable(request)
         return await handler(request)
     except BridgeError as e:
         # A homeserver error nobody handled carries the status to answer with separately.
@@ -168,15 +184,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, body, request.path)
 
 
-async def read_json(request: web.Request) -> Any:
-    """Parse a JSON body or raise a 400 that says what is wrong."""
+def parse_json(raw: bytes, *, max_depth: int | None = safejson.MAX_DEPTH) -> Any:
+    """A JSON body, or a 400 that says what is wrong with it."""
+    if not raw:
+        raise BadRequest("The request body is empty; a JSON object was expected")
+    try:
+        return safejson.loads(raw, max_depth)
+    except safejson.UnsafeJSON as e:
+        raise BadRequest(f"The request body {e.reason}", errcode=e.errcode) from e
+
+
+async def read_json(request: web.Request, *, max_depth: int | None = safejson.MAX_DEPTH) -> Any:
+    """Parse a JSON body (nesting bounded, strings valid Unicode) or raise a 400."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise PayloadTooLarge() from e
-    if not raw:
-        raise BadRequest("The request body is empty; a JSON object was expected")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("The request body is not valid JSON", errcode="M_NOT_JSON") from e
+    return parse_json(raw, max_depth=max_depth)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..context import CONFIG
 from ..db.crm_user import CrmUser
-from ..errors import BadRequest, MissingToken, PayloadTooLarge
+from ..errors import BadRequest, MissingToken, PayloadTooLarge, parse_json
 from .auth import bearer_token, user_for, verifier
 from .ratelimit import RateLimiter
 
@@ -59,12 +59,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes") from e
     if len(raw) > limit:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
-    if not raw:
-        raise BadRequest("The request body is empty; a JSON object was expected")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("The request body is not valid JSON", errcode="M_NOT_JSON") from e
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
     return body

@@ -92,7 +92,9 @@ def check_hs_token(request: web.Request) -> None:
 async def put_transaction(request: web.Request) -> web.Response:
     check_hs_token(request)
     txn_id = request.match_info["txn_id"]
-    body = await read_json(request)
+    # Events carry whatever content a Matrix client sent, and a refused transaction is
+    # retried forever: nesting is bounded only by what the parser takes, not MAX_DEPTH.
+    body = await read_json(request, max_depth=None)
     if not isinstance(body, dict):
         raise BadRequest("A transaction must be a JSON object")
     events = [e for e in _list(body.get("events")) if _well_formed(e, _TIMELINE_FIELDS)]

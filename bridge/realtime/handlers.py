@@ -32,6 +32,7 @@ from .rooms import (
     participant_conversation,
     user_room,
 )
+from .wire import REFUSED_EVENT, RefusedPayload
 
 log = logging.getLogger("bridge.realtime.handlers")
 
@@ -90,6 +91,10 @@ def register(
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if isinstance(auth, RefusedPayload):
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"The handshake {auth.reason}", {"errcode": "M_BAD_JSON"}
+            )
         try:
             user = await authenticate(app, token_from(environ, auth))
         except BridgeError as e:
@@ -125,6 +130,11 @@ def register(
             with contextlib.suppress(Exception):
                 await matrix.set_typing(room_id, socket.user.mxid, 0)
         await tracker().closed(socket.user.crm_user_id, sid)
+
+    @sio.on(REFUSED_EVENT)
+    async def refused_packet(sid: str, data: Any = None) -> Any:
+        reason = data.reason if isinstance(data, RefusedPayload) else "is not a valid packet"
+        return await fail(sid, f"The message {reason}")
 
     @sio.on("join_conversation")
     async def join_conversation(sid: str, data: Any = None) -> Any:

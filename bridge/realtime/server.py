@@ -14,7 +14,9 @@ import logging
 
 import socketio
 
+from .. import safejson
 from ..config import Config
+from .wire import CheckedPacket, CheckedWebSocket, EngineLog
 
 log = logging.getLogger("bridge.realtime.server")
 
@@ -35,15 +37,21 @@ def create_server(config: Config) -> socketio.AsyncServer:
         manager = socketio.AsyncRedisManager(
             url, channel=f"{redis_prefix(config)}:socketio", logger=log
         )
-    return socketio.AsyncServer(
+    server = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
         # None: same-origin only (and clients outside a browser, which send no Origin).
         cors_allowed_origins=origins or None,
         transports=["polling", "websocket"],
+        serializer=CheckedPacket,
+        # Engine.IO parses some packets itself; it falls back to text on a ValueError.
+        json=safejson,
         logger=False,
-        engineio_logger=False,
+        engineio_logger=EngineLog(logging.getLogger("bridge.realtime.engineio")),
     )
+    # This server's copy of the driver table: the websocket class is the one hook there is.
+    server.eio._async = {**server.eio._async, "websocket": CheckedWebSocket}
+    return server
 
 
 def start_manager(sio: socketio.AsyncServer) -> None:
