@@ -3,6 +3,7 @@ and rate-limit keys that belong to one deployment."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from redis.asyncio import Redis
@@ -39,11 +40,19 @@ async def _rest_sends_until_refused(app, url: str, user: CrmUser, cid: str) -> d
     return {**body, "Retry-After": headers["Retry-After"]}
 
 
+async def _fresh_window(app) -> None:
+    """Start a test near the beginning of a fixed window, so it cannot end mid-test."""
+    window = app[RATE_LIMITER].window
+    if window - time.time() % window < 20:
+        await asyncio.sleep(window - time.time() % window + 0.5)
+
+
 async def test_rest_and_socket_sends_share_one_limit(stack) -> None:
     app, url = stack.app, stack.bridge_url
     alice, bob = await crm_user(app, "Alice RL"), await crm_user(app, "Bob RL")
     cid = _cid(await project_chat(app, [alice, bob]))
     limit = app[RATE_LIMITER].send_requests
+    await _fresh_window(app)
     a = await Recorder("alice").connect(url, token(app, alice))
     b = await Recorder("bob").connect(url, token(app, bob))
     try:
@@ -54,7 +63,16 @@ async def test_rest_and_socket_sends_share_one_limit(stack) -> None:
         assert rest["retryAfter"] == int(rest["Retry-After"]) >= 1, rest
         error = await a.wait("error", lambda e: e.get("errcode") == "M_LIMIT_EXCEEDED")
         assert error == answer
-        assert a.of("message_sent") == []
+        # The issue's figure: 40 socket sends after the REST 429 (all were accepted before).
+        started = time.monotonic()
+        answers = [
+            await a.call("send_message", {"conversationId": cid, "content": f"burst {i}"})
+            for i in range(40)
+        ]
+        accepted = [x for x in answers if "_id" in x]
+        print(f"socket sends after REST 429: {len(accepted)}/40 accepted "
+              f"in {time.monotonic() - started:.2f} s")  # fmt: skip
+        assert accepted == [] and a.of("message_sent") == []
 
         # Bob spends his over the socket: REST refuses his next send, and so does the socket.
         for i in range(limit):
@@ -88,11 +106,12 @@ async def test_typing_spam_costs_a_couple_of_homeserver_writes(stack) -> None:
         await b.wait("user_typing", lambda t: t["userId"] == alice.crm_user_id and t["isTyping"])
         await settle(1.0)
         starts = counter["typing"] - before
-        assert starts == 1, starts
+        # One; two if the machine is so slow that the 50 emits span a renewal interval.
+        assert 1 <= starts <= 2, starts
 
         # The stop after a written start goes out at once.
         await a.call("typing", {"conversationId": cid, "isTyping": False})
-        assert counter["typing"] - before == 2
+        assert counter["typing"] - before == starts + 1
         await b.wait(
             "user_typing", lambda t: t["userId"] == alice.crm_user_id and not t["isTyping"]
         )
