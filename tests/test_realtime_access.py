@@ -16,9 +16,11 @@ import aiohttp
 import socketio
 
 from bridge.api.auth import VERIFIER
+from bridge.context import MATRIX
+from bridge.ids import room_id_for_conversation
 from bridge.realtime import ACCESS, SIO
 from bridge.realtime.rooms import conversation_room
-from tests.api_support import api_for, crm_user, project_chat, token
+from tests.api_support import api_for, crm_user, project_chat, second_facade, token
 from tests.conftest import unique
 from tests.fault_support import fault_stack
 from tests.helpers import eventually
@@ -186,3 +188,42 @@ async def test_a_stale_room_membership_is_held_back_at_delivery(stack) -> None:
     finally:
         await a.close()
         await o.close()
+
+
+async def test_a_leave_made_in_matrix_takes_sockets_out_on_every_process(stack) -> None:
+    """The second route: a leave the directory did not make, seen only in a transaction.
+    (Coverage of that route through the control channel; it also worked before.)"""
+    app, url = stack.app, stack.bridge_url
+    alice, bob = await crm_user(app, "Alice DM"), await crm_user(app, "Bob Leaves")
+    async with api_for(app, url, alice) as api:
+        status, created, _ = await api.post("/api/chat/direct/create", {"userId": bob.crm_user_id})
+    assert status in (200, 201), created
+    cid = created["_id"]
+    room_id = room_id_for_conversation(cid)
+    async with second_facade(stack.config) as other:
+        other_url = other.config["appservice.address"]
+        bob_here = await Recorder("bob@A").connect(url, token(app, bob))
+        bob_there = await Recorder("bob@B").connect(other_url, token(app, bob))
+        alice_there = await Recorder("alice@B").connect(other_url, token(app, alice))
+        try:
+            # Bob leaves from Matrix itself (as Element would), not through the directory.
+            await app[MATRIX].leave(room_id, as_user=bob.mxid)
+            for sock, server in ((bob_here, app), (bob_there, other.app)):
+                sid = sock.client.get_sid("/")
+                await eventually(
+                    lambda s=sid, m=server[SIO].manager: _true(
+                        conversation_room(cid) not in m.get_rooms(s, "/")
+                    ),
+                    timeout=15,
+                )
+            async with api_for(app, other_url, alice) as api:
+                status, sent, _ = await api.post(
+                    "/api/chat/send", {"conversationId": cid, "content": "bob left in Matrix"}
+                )
+            assert status == 201, sent
+            await alice_there.wait("new_message", lambda m: m["_id"] == sent["_id"])
+            await settle(1.0)
+            assert bob_here.of("new_message") == [] and bob_there.of("new_message") == []
+        finally:
+            for sock in (bob_here, bob_there, alice_there):
+                await sock.close()
