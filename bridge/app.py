@@ -24,6 +24,7 @@ from .context import (
     PROJECTS,
     READY,
     RECEIPTS,
+    REVOCATIONS,
     ROOM_MEMBERS,
     TXN_LOG,
     USERS,
@@ -42,6 +43,7 @@ from .matrix import indexer, intake
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
+from .revocation import Revocations
 from .startup import ExitCode, StartupError, check_homeserver, ping_until_ok
 
 log = logging.getLogger("bridge.app")
@@ -60,6 +62,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app[DISPATCHER] = EventDispatcher()
     app[READY] = {"database": False, "homeserver": False}
     app[LOCAL_ECHO] = []
+    app[REVOCATIONS] = Revocations()
     app.add_routes(health.routes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -139,3 +140,13 @@ class Config:
     @property
     def bot_mxid(self) -> str:
         return f"@{self['appservice.bot_username']}:{self.domain}"
+
+
+def redis_prefix(config: Config) -> str:
+    """Redis keys and channels of this deployment (rate limits, real-time state, fan-out):
+    configured, or derived from its registration, so two deployments on one Redis never mix."""
+    configured = config.get("realtime.redis_prefix")
+    if configured:
+        return str(configured)
+    seed = f"{config['appservice.id']}\x1f{config['appservice.hs_token']}".encode()
+    return f"crm-bridge:{hashlib.sha256(seed).hexdigest()[:12]}"

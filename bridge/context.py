@@ -23,6 +23,7 @@ from .ids import IdMapper
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
+from .revocation import Revocations
 
 CONFIG = web.AppKey("config", Config)
 DATABASE = web.AppKey("database", Database)
@@ -44,6 +45,9 @@ READY = web.AppKey("ready", dict)
 # homeserver's transaction brings it back, so real-time clients see it at once.
 MessageListener = Callable[..., Awaitable[None]]
 LOCAL_ECHO = web.AppKey("local_echo", list)
+
+# Told by the directory side the moment it takes access away (a removal, a deactivation).
+REVOCATIONS = web.AppKey("revocations", Revocations)
 
 # "Does the CRM know this mxid / alias?" Filled in by the directory side.
 ExistenceQuery = Callable[[str], Awaitable[bool]]

@@ -54,13 +54,26 @@ async def test_redis_limiter_is_shared_between_processes() -> None:
         await redis.aclose()
 
 
-async def test_redis_failure_falls_back_to_counting_in_process() -> None:
+async def test_redis_failure_falls_back_to_counting_in_process(caplog) -> None:
     redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     try:
-        limiter = RateLimiter(1, 60, 1, redis=redis)
-        await limiter.hit("u", "users")
-        with pytest.raises(RateLimited):
+        limiter = RateLimiter(1, 60, 1, redis=redis, retry_seconds=0)
+        assert not limiter.degraded
+        with caplog.at_level("WARNING", logger="bridge.api.ratelimit"):
             await limiter.hit("u", "users")
+            for _ in range(5):
+                with pytest.raises(RateLimited):
+                    await limiter.hit("u", "users")
+        # Degraded (readiness can say so), with one warning for the transition.
+        assert limiter.degraded
+        assert [r.levelname for r in caplog.records] == ["WARNING"], caplog.records
+        # Redis answers again: used again, and no longer degraded.
+        limiter.redis = Redis.from_url(REDIS_URL)
+        try:
+            await limiter.hit(unique("u"), "users")
+            assert not limiter.degraded
+        finally:
+            await limiter.redis.aclose()
     finally:
         await redis.aclose()
 

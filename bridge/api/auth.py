@@ -83,6 +83,10 @@ class JwtVerifier:
 
     def verify(self, token: str) -> str:
         """The CRM user id the token speaks for, or :class:`UnknownToken`."""
+        return self.verify_session(token)[0]
+
+    def verify_session(self, token: str) -> tuple[str, float]:
+        """The CRM user id, and when (epoch seconds) the token stops being accepted."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
@@ -118,7 +122,7 @@ class JwtVerifier:
         subject = claims.get(self.user_claim)
         if isinstance(subject, bool) or not isinstance(subject, str | int) or subject == "":
             raise UnknownToken(f"The access token lacks the '{self.user_claim}' claim")
-        return str(subject)
+        return str(subject), float(claims["exp"]) + self.leeway
 
     def mint(self, crm_user_id: str, ttl: int = 86400) -> str:
         """A development token signed with the HS256 secret."""
@@ -157,10 +161,12 @@ USER_TTL = 1.0
 SEEN_USERS = web.AppKey("auth_seen_users", dict)
 
 
-async def user_for(app: web.Application, crm_user_id: str) -> CrmUser:
-    """The active CRM user a verified token names."""
+async def user_for(app: web.Application, crm_user_id: str, *, fresh: bool = False) -> CrmUser:
+    """The active CRM user a verified token names; ``fresh`` skips the one-second cache
+    (a socket lives long: it is authorised from the database itself)."""
     seen: dict[str, tuple[float, CrmUser]] = app.get(SEEN_USERS, {})
-    if (hit := seen.get(crm_user_id)) and time.monotonic() - hit[0] < USER_TTL:
+    hit = None if fresh else seen.get(crm_user_id)
+    if hit and time.monotonic() - hit[0] < USER_TTL:
         return hit[1]
     user = await app[USERS].get(crm_user_id)
     if user is not None and user.active:

@@ -381,21 +381,32 @@ class ChatService:
     async def send(
         self,
         user: CrmUser,
-        conversation_id: str,
+        conversation_id: Any,
         content: Any,
         type: Any = "text",
         attachments: Any = None,
         client_message_id: Any = None,
+        *,
+        quota: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Send as the user's puppet; the seed message plus conversationId and cursor."""
+        """Send as the user's puppet; the seed message plus conversationId and cursor.
+
+        Counted against the user's send limit whatever the door; ``quota`` receives the
+        rate-limit headers."""
         return await messaging.send(
-            self, user, conversation_id, content, type, attachments, client_message_id
-        )
+            self, user, conversation_id, content, type, attachments, client_message_id,
+            quota=quota,
+        )  # fmt: skip
 
     async def mark_read(
-        self, user: CrmUser, conversation_id: str, message_id: Any = None
+        self,
+        user: CrmUser,
+        conversation_id: Any,
+        message_id: Any = None,
+        *,
+        quota: dict[str, str] | None = None,
     ) -> list[str]:
-        return await messaging.mark_read(self, user, conversation_id, message_id)
+        return await messaging.mark_read(self, user, conversation_id, message_id, quota=quota)
 
     async def create_direct(self, user: CrmUser, other_id: Any) -> tuple[dict[str, Any], bool]:
         conversation, created = await direct.create_direct(self, user, other_id)

@@ -14,6 +14,7 @@ from ..errors import Conflict, Forbidden, InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from . import serialize
+from .ratelimit import RATE_LIMITER
 from .serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
 
 if TYPE_CHECKING:
@@ -29,6 +30,12 @@ MAX_CONTENT = 20000
 MAX_CONTENT_BYTES = 24 * 1024
 MAX_ATTACHMENTS = 10
 MAX_CLIENT_MESSAGE_ID = 128
+
+
+def _conversation_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidParam("conversationId is required")
+    return value
 
 
 def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
@@ -100,6 +107,15 @@ def build_content(text: str, kind: str, attachments: list[dict]) -> dict[str, An
     return content
 
 
+async def count(
+    service: ChatService, user: CrmUser, route: str, quota: dict[str, str] | None
+) -> None:
+    """One request against the user's limit for this action (REST and socket alike)."""
+    headers = await service.app[RATE_LIMITER].hit(user.crm_user_id, route)
+    if quota is not None:
+        quota.update(headers)
+
+
 def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) -> str:
     if client_message_id is None:
         return service.app[MATRIX].txn_id()
@@ -110,12 +126,16 @@ def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) 
 async def send(
     service: ChatService,
     user: CrmUser,
-    conversation_id: str,
+    conversation_id: Any,
     content: Any,
     kind: Any = "text",
     attachments: Any = None,
     client_message_id: Any = None,
+    *,
+    quota: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    await count(service, user, "send", quota)
+    conversation_id = _conversation_id(conversation_id)
     _check(content, kind, attachments, client_message_id)
     conversation = await service.conversation_for(user, conversation_id, recent=True)
     if client_message_id is not None:
@@ -202,9 +222,16 @@ async def _index_sent(service: ChatService, room_id: str, event_id: str) -> Room
 
 
 async def mark_read(
-    service: ChatService, user: CrmUser, conversation_id: str, message_id: Any = None
+    service: ChatService,
+    user: CrmUser,
+    conversation_id: Any,
+    message_id: Any = None,
+    *,
+    quota: dict[str, str] | None = None,
 ) -> list[str]:
     """Move the user's read receipt (and fully-read marker) forward; returns newly read ids."""
+    await count(service, user, "mark-read", quota)
+    conversation_id = _conversation_id(conversation_id)
     if message_id is not None and not isinstance(message_id, str):
         raise InvalidParam("messageId must be a string")
     conversation = await service.conversation_for(user, conversation_id)

@@ -28,6 +28,7 @@ SCHEMAS: dict[str, Any] = {
             "message": {"type": "string", "description": "A sentence for people"},
             "errcode": {"type": "string", "description": "A code for programs"},
             "retry_after_ms": {"type": "integer"},
+            "retryAfter": {"type": "integer", "description": "429: seconds to wait"},
         },
     },
     "User": {

@@ -14,16 +14,20 @@ from ..context import CONFIG
 from ..db.crm_user import CrmUser
 from ..errors import BadRequest, MissingToken, PayloadTooLarge, parse_json
 from .auth import bearer_token, user_for, verifier
-from .ratelimit import RateLimiter
+from .ratelimit import RATE_LIMITER
 
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+__all__ = ["RATE_LIMITER", "USER", "authed", "json_object", "json_response"]
+
 USER = web.RequestKey("crm_user", CrmUser)
 
 UserHandler = Callable[[web.Request, CrmUser], Awaitable[web.StreamResponse]]
 
 
-def authed(route: str, *, allow_query_token: bool = False) -> Callable[[UserHandler], Any]:
-    """Authenticate the CRM user, count the request against their limit for this route."""
+def authed(route: str | None, *, allow_query_token: bool = False) -> Callable[[UserHandler], Any]:
+    """Authenticate the CRM user, count the request against their limit for this route.
+
+    ``route=None``: the service function counts it, whatever the door (REST or socket).
+    """
 
     def decorate(handler: UserHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         @functools.wraps(handler)
@@ -32,6 +36,10 @@ def authed(route: str, *, allow_query_token: bool = False) -> Callable[[UserHand
             if not token:
                 raise MissingToken()
             crm_user_id = verifier(request.app).verify(token)
+            if route is None:
+                user = await user_for(request.app, crm_user_id)
+                request[USER] = user
+                return await handler(request, user)
             # The signed token names the user: count the request while loading them.
             user, headers = await asyncio.gather(
                 user_for(request.app, crm_user_id),

@@ -2,8 +2,13 @@
 
 Every answer carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 ``X-RateLimit-Reset`` (seconds until the window ends); over the limit it is a 429 with
-``Retry-After``. If Redis fails, the in-process counter takes over rather than failing
-every request.
+``Retry-After``. Keys live under the deployment's Redis prefix, so two deployments sharing
+a Redis never throttle each other.
+
+If Redis fails, the limiter is ``degraded``: it counts in-process (each process enforcing
+the limit on its own), logs one warning, and tries Redis again every ``retry_seconds``. The
+last count seen in Redis is kept per key, so a user over the limit stays over it when Redis
+goes away.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import logging
 import math
 import time
 
+from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..errors import RateLimited
 
 log = logging.getLogger("bridge.api.ratelimit")
+
+_LOCAL_KEYS = 100000
 
 
 class RateLimiter:
@@ -28,32 +36,63 @@ class RateLimiter:
         send_requests: int,
         redis: Redis | None = None,
         prefix: str = "crm-bridge:rl",
+        retry_seconds: float = 5.0,
     ) -> None:
         self.requests = requests
         self.window = window
         self.send_requests = send_requests
         self.redis = redis
         self.prefix = prefix
+        self.retry_seconds = retry_seconds
+        # Redis failed; counting in-process until it answers again (readiness reports it).
+        self.degraded = False
+        self._retry_at = 0.0
         self._local: dict[str, tuple[int, int]] = {}
 
     def limit_for(self, route: str) -> int:
         return self.send_requests if route == "send" else self.requests
 
+    def _use_redis(self) -> bool:
+        if self.redis is None:
+            return False
+        if not self.degraded:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        # One request probes Redis; the others keep counting in-process meanwhile.
+        self._retry_at = time.monotonic() + self.retry_seconds
+        return True
+
+    def _failed(self, e: Exception) -> None:
+        self._retry_at = time.monotonic() + self.retry_seconds
+        if not self.degraded:
+            self.degraded = True
+            log.warning("Redis rate limiting failed; counting in-process until it is back: %s", e)
+
+    async def _redis_count(self, key: str, window_index: int) -> int | None:
+        assert self.redis is not None
+        full = f"{self.prefix}:{key}:{window_index}"
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(full)
+                pipe.expire(full, math.ceil(self.window) + 1)
+                count, _ = await pipe.execute()
+        except (RedisError, OSError) as e:
+            self._failed(e)
+            return None
+        if self.degraded:
+            self.degraded = False
+            log.warning("Redis rate limiting works again")
+        return int(count)
+
     async def _count(self, key: str, window_index: int) -> int:
-        if self.redis is not None:
-            full = f"{self.prefix}:{key}:{window_index}"
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.incr(full)
-                    pipe.expire(full, math.ceil(self.window) + 1)
-                    count, _ = await pipe.execute()
-                return int(count)
-            except (RedisError, OSError) as e:
-                log.warning("Redis rate limiting failed, counting in-process: %s", e)
         current = self._local.get(key)
-        count = current[1] + 1 if current and current[0] == window_index else 1
+        local = current[1] + 1 if current and current[0] == window_index else 1
+        shared = await self._redis_count(key, window_index) if self._use_redis() else None
+        # Never below what this process counted (hits made while Redis was away count too).
+        count = local if shared is None else max(shared, local)
         self._local[key] = (window_index, count)
-        if len(self._local) > 100000:
+        if len(self._local) > _LOCAL_KEYS:
             self._local = {k: v for k, v in self._local.items() if v[0] == window_index}
         return count
 
@@ -73,6 +112,9 @@ class RateLimiter:
             raise RateLimited(
                 f"Too many requests; try again in {reset} seconds",
                 headers={**headers, "Retry-After": str(reset)},
-                extra={"retry_after_ms": reset * 1000},
+                extra={"retryAfter": reset, "retry_after_ms": reset * 1000},
             )
         return headers
+
+
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

@@ -10,6 +10,7 @@ import aiohttp_cors
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ..config import redis_prefix
 from ..context import CONFIG
 from . import CHAT, index, openapi, routes_chat, routes_directory, uploads
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
@@ -33,7 +34,11 @@ def setup(app: web.Application) -> None:
     app[SEEN_USERS] = {}
     limits = config["api.rate_limit"]
     app[RATE_LIMITER] = RateLimiter(
-        int(limits["requests"]), float(limits["window_seconds"]), int(limits["send_requests"])
+        int(limits["requests"]),
+        float(limits["window_seconds"]),
+        int(limits["send_requests"]),
+        prefix=f"{redis_prefix(config)}:rl",
+        retry_seconds=float(limits.get("redis_retry_seconds", 5)),
     )
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,18 +6,10 @@ from aiohttp import web
 
 from ..db.conversation import DIRECT, PROJECT
 from ..db.crm_user import CrmUser
-from ..errors import InvalidParam
 from . import CHAT
 from .plumbing import authed, json_object, json_response
 
 routes = web.RouteTableDef()
-
-
-def _conversation_id(body: dict) -> str:
-    value = body.get("conversationId")
-    if not isinstance(value, str) or not value:
-        raise InvalidParam("conversationId is required")
-    return value
 
 
 @routes.get("/api/chat/conversations")
@@ -45,27 +37,37 @@ async def messages(request: web.Request, user: CrmUser) -> web.Response:
     return json_response(await request.app[CHAT].history(user, conversation_id, request.query))
 
 
+# Sends and read markers are counted by the chat service, the same for REST and sockets.
 @routes.post("/api/chat/send")
-@authed("send")
+@authed(None)
 async def send(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
+    quota: dict[str, str] = {}
     message = await request.app[CHAT].send(
         user,
-        _conversation_id(body),
+        body.get("conversationId"),
         body.get("content", ""),
         body.get("type", "text"),
         body.get("attachments"),
         body.get("clientMessageId"),
+        quota=quota,
     )
-    return json_response(message, status=201)
+    response = json_response(message, status=201)
+    response.headers.update(quota)
+    return response
 
 
 @routes.post("/api/chat/mark-read")
-@authed("mark-read")
+@authed(None)
 async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
-    read = await request.app[CHAT].mark_read(user, _conversation_id(body), body.get("messageId"))
-    return json_response({"message": "Messages marked as read", "messageIds": read})
+    quota: dict[str, str] = {}
+    read = await request.app[CHAT].mark_read(
+        user, body.get("conversationId"), body.get("messageId"), quota=quota
+    )
+    response = json_response({"message": "Messages marked as read", "messageIds": read})
+    response.headers.update(quota)
+    return response
 
 
 @routes.post("/api/chat/direct/create")

@@ -12,7 +12,7 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from ..context import CONFIG, HOMESERVER, IDS, MATRIX, ROOM_MEMBERS, USERS
+from ..context import CONFIG, HOMESERVER, IDS, MATRIX, REVOCATIONS, ROOM_MEMBERS, USERS
 from ..db.crm_user import CrmUser
 from ..matrix.homeserver import MatrixError
 from .plan import UserChange
@@ -123,6 +123,9 @@ async def apply_user(app: web.Application, change: UserChange, write: Writer) ->
         # A crash before it only repeats writes (registering again is M_USER_IN_USE).
         if fields_changed or change.done:
             await users.upsert(row)
+        if not spec.active and change.row is not None and change.row.active:
+            # Recorded inactive: the user's sockets close now (connecting again is refused).
+            await app[REVOCATIONS].user_deactivated(spec.crm_user_id)
     if change.deactivate:
         await write(matrix.set_presence(mxid, "offline"))  # type: ignore[arg-type]
         for room_id in change.leave_rooms:
@@ -131,6 +134,7 @@ async def apply_user(app: web.Application, change: UserChange, write: Writer) ->
             except MatrixError as e:
                 log.info("%s could not leave %s (%s); recording it as gone", mxid, room_id, e)
             await app[ROOM_MEMBERS].set(room_id, mxid, "leave")
+            await app[REVOCATIONS].member_left(room_id, mxid)
             change.done.add(f"leave:{room_id}")
         await users.set_applied_presence(spec.crm_user_id, "offline")
         change.done.add("deactivate")

@@ -17,7 +17,17 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, CONVERSATIONS, HOMESERVER, IDS, MATRIX, PROJECTS, ROOM_MEMBERS, USERS
+from ..context import (
+    CONFIG,
+    CONVERSATIONS,
+    HOMESERVER,
+    IDS,
+    MATRIX,
+    PROJECTS,
+    REVOCATIONS,
+    ROOM_MEMBERS,
+    USERS,
+)
 from ..db.conversation import PROJECT
 from ..db.crm_user import CrmUser
 from ..db.project import Project
@@ -418,6 +428,9 @@ class Directory:
                     raise
             await members.set(room_id, op.mxid, state)
             change.done_ops.append(op)
+            if state not in PRESENT:
+                # Open sockets lose the room now, not when the leave comes back from Matrix.
+                await self.app[REVOCATIONS].member_left(room_id, op.mxid)
 
 
 def diff_existing(

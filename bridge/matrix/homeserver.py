@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -55,6 +56,16 @@ class MatrixError(BridgeError):
         }
 
 
+def write_kind(path: str) -> str:
+    """``/_matrix/client/v3/rooms/!r/typing/@u`` -> "typing"; ``.../presence/@u/status`` ->
+    "presence"."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    rest = parts[3:] if len(parts) > 3 else parts[-1:]
+    if len(rest) >= 3 and rest[0] == "rooms":
+        return rest[2]
+    return rest[0] if rest else ""
+
+
 def q(value: str) -> str:
     """Quote one path segment (room ids, user ids, aliases, event ids)."""
     return quote(value, safe="")
@@ -76,6 +87,8 @@ class Homeserver:
         self.writes = 0
         self.requests = 0
         self.rate_limited = 0
+        # Accepted writes by endpoint ("typing", "send", "presence", ...), to measure them.
+        self.writes_by_kind: Counter[str] = Counter()
 
     async def request(
         self,
@@ -120,6 +133,8 @@ class Homeserver:
                         return await resp.read(), resp.headers.get("Content-Type", "")
                     body = await _decode(resp)
                     if resp.status < 300:
+                        if method != "GET":
+                            self.writes_by_kind[write_kind(path)] += 1
                         return body
                     errcode = body.get("errcode", "M_UNKNOWN") if isinstance(body, dict) else ""
                     message = body.get("error", "") if isinstance(body, dict) else str(body)

@@ -2,10 +2,14 @@
 
 * server.py    the Socket.IO server on the aiohttp app, Redis-backed across processes
 * handlers.py  connect (JWT), join/leave, send_message, typing, mark_as_read
+* access.py    access that ends while a socket is open (removal, deactivation, expiry);
+               manager.py carries it between processes and gates every delivery
+* typing.py    at most one typing write per user and room per interval
 * fanout.py    room events → new_message / conversation_update, deduplicated
 * ephemeral.py m.typing / m.receipt / m.presence → user_typing, messages_read, user_online...
 * presence.py  first socket → online, last socket + grace → offline
-* registry.py  every user's sockets across processes; dedup.py, pump.py, rooms.py helpers
+* registry.py  every user's sockets across processes; local.py, this process's
+* dedup.py, pump.py, rooms.py helpers
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from aiohttp import web
 from ..context import CONFIG, DISPATCHER, LOCAL_ECHO
 from ..matrix.dispatcher import Event
 from . import handlers
+from .access import Access
 from .fanout import is_conversation_change, is_message
+from .local import LocalSockets
 from .server import create_server
-from .service import PRESENCE, REALTIME, SIO, Realtime, context
+from .service import ACCESS, PRESENCE, REALTIME, SIO, TYPING, Realtime, context
 
-__all__ = ["PRESENCE", "REALTIME", "SIO", "Realtime", "setup"]
+__all__ = ["ACCESS", "PRESENCE", "REALTIME", "SIO", "TYPING", "Realtime", "setup"]
 
 
 def setup(app: web.Application) -> None:
@@ -27,8 +33,11 @@ def setup(app: web.Application) -> None:
     sio = create_server(app[CONFIG])
     sio.attach(app)
     app[SIO] = sio
-    sockets: dict[str, handlers.Socket] = {}
-    handlers.register(app, sio, sockets, PRESENCE)
+    sockets = LocalSockets()
+    access = Access(app, sio, sockets)
+    sio.manager.gate = access
+    app[ACCESS] = access
+    handlers.register(app, sio, sockets, access, PRESENCE, TYPING)
     app.cleanup_ctx.append(context(app))
 
     async def close_sockets(app: web.Application) -> None:

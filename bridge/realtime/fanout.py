@@ -26,6 +26,7 @@ from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..matrix.dispatcher import Event
 from ..matrix.indexer import INDEXED_TYPES
+from .access import Access
 from .cursors import Frontier
 from .dedup import Claims
 from .pump import Lane
@@ -57,12 +58,14 @@ class Fanout:
         claims: Claims,
         registry: SocketRegistry,
         frontier: Frontier,
+        access: Access,
     ) -> None:
         self.app = app
         self.sio = sio
         self.claims = claims
         self.registry = registry
         self.frontier = frontier
+        self.access = access
         self._pending_changes: set[str] = set()
 
     # Messages.
@@ -114,9 +117,9 @@ class Fanout:
             await self.sio.enter_room(sid, room)
 
     async def leave(self, user: CrmUser, conversation_id: str) -> None:
-        room = conversation_room(conversation_id)
-        for sid in await self._sids(user):
-            await self.sio.leave_room(sid, room)
+        # Every process takes out its own sockets of the user (the directory usually did
+        # already, when it applied the removal).
+        await self.access.revoke(user.crm_user_id, conversation_id)
 
     async def membership(self, event: Event) -> None:
         """Move the sockets of a CRM user who joined or left (before anything else is sent)."""
@@ -125,6 +128,7 @@ class Fanout:
         if conversation is None or user is None or event["state_key"] != user.mxid:
             return
         membership = (event.get("content") or {}).get("membership")
+        self.access.forget(conversation.room_id)
         if membership == "join":
             await self.enter(user, conversation.conversation_id)
         elif membership in ("leave", "ban"):

@@ -1,7 +1,10 @@
 """What a socket may do: connect with a JWT, join and leave conversations, send, type, read.
 
-Event names and payloads are the seed's. A failed operation emits ``error {message}`` to
-the socket (and answers the ack, when the client asked for one, with the same body).
+Event names and payloads are the seed's. A failed operation emits ``error {message,
+errcode}`` to the socket (plus ``retryAfter`` seconds when rate-limited) and answers the
+ack, when the client asked for one, with the same body. Sends and read markers go through
+the chat service, which applies the same rate limit as REST; typing goes through the
+throttle (typing.py). Access that ends while a socket is open is handled in access.py.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,11 +22,12 @@ import socketio
 from aiohttp import web
 
 from ..api import CHAT
-from ..api.auth import authenticate
-from ..context import CONFIG, EVENT_INDEX, MATRIX
-from ..db.crm_user import CrmUser
-from ..errors import BridgeError, InvalidParam, NotFound
+from ..api.auth import user_for, verifier
+from ..context import EVENT_INDEX
+from ..errors import BadRequest, BridgeError, InvalidParam, MissingToken, NotFound
 from ..ids import event_id_for_message, message_id_for_event
+from .access import EXPIRED, Access
+from .local import LocalSockets, Socket
 from .presence import PresenceTracker
 from .rooms import (
     conversation_id_from,
@@ -32,6 +36,7 @@ from .rooms import (
     participant_conversation,
     user_room,
 )
+from .typing import TypingThrottle
 from .wire import REFUSED_EVENT, RefusedPayload
 
 log = logging.getLogger("bridge.realtime.handlers")
@@ -40,13 +45,7 @@ Handler = Callable[[str, Any], Awaitable[Any]]
 
 NOT_FOUND = "Conversation not found"
 INTERNAL_ERROR = "Something went wrong; try again shortly"
-
-
-@dataclass
-class Socket:
-    user: CrmUser
-    # Rooms where this socket set the user typing, cleared on disconnect.
-    typing_in: set[str] = field(default_factory=set)
+UNAVAILABLE = "Service unavailable; try again shortly"
 
 
 def token_from(environ: dict[str, Any], auth: Any) -> str | None:
@@ -60,100 +59,141 @@ def token_from(environ: dict[str, Any], auth: Any) -> str | None:
     return token if isinstance(token, str) and token else None
 
 
+def _refused(message: str, errcode: str) -> socketio.exceptions.ConnectionRefusedError:
+    # The client's connect_error carries message, and data.errcode.
+    return socketio.exceptions.ConnectionRefusedError(message, {"errcode": errcode})
+
+
 def register(
-    app: web.Application, sio: socketio.AsyncServer, sockets: dict[str, Socket], presence_key: Any
+    app: web.Application,
+    sio: socketio.AsyncServer,
+    sockets: LocalSockets,
+    access: Access,
+    presence_key: Any,
+    typing_key: Any,
 ) -> None:
+    tasks: set[asyncio.Task[None]] = set()
+
     def tracker() -> PresenceTracker:
         return app[presence_key]
 
-    async def fail(sid: str, message: str) -> dict[str, Any]:
-        body = {"message": message}
+    def throttle() -> TypingThrottle:
+        return app[typing_key]
+
+    async def fail(sid: str, error: BridgeError) -> dict[str, Any]:
+        body = error.body()
         await sio.emit("error", body, to=sid)
         return body
 
     def answered(handler: Handler) -> Handler:
-        """A failed operation answers ``error {message}`` (and the ack), never silence."""
+        """A failed operation answers ``error {message, errcode}`` (and the ack), never silence."""
 
         @functools.wraps(handler)
         async def wrapper(sid: str, data: Any = None) -> Any:
             try:
                 return await handler(sid, data)
             except BridgeError as e:
-                return await fail(sid, e.message)
+                return await fail(sid, e)
             except Exception:
                 log.exception("Socket operation %s failed", handler.__name__)
-                return await fail(sid, INTERNAL_ERROR)
+                return await fail(sid, BridgeError(INTERNAL_ERROR))
 
         return wrapper
 
-    def socket_of(sid: str) -> Socket | None:
-        return sockets.get(sid)
+    def socket_of(sid: str) -> Socket:
+        socket = sockets.get(sid)
+        if socket is None:  # closing: its disconnect handler is running
+            raise NotFound("This socket is closing")
+        return socket
+
+    def expire_at(sid: str, socket: Socket, expires_at: float) -> None:
+        def fire() -> None:
+            task = asyncio.create_task(access.close(sid, EXPIRED))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        delay = max(0.0, expires_at - time.time())
+        socket.expiry = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def authorise(environ: dict[str, Any], auth: Any) -> tuple[Any, float]:
+        try:
+            token = token_from(environ, auth)
+            if not token:
+                raise MissingToken()
+            crm_user_id, expires_at = verifier(app).verify_session(token)
+            # From the database itself, not the one-second cache: a socket lives long.
+            return await user_for(app, crm_user_id, fresh=True), expires_at
+        except BridgeError as e:
+            raise _refused(e.message, e.errcode) from e
+        except Exception as e:
+            log.exception("Authenticating a socket failed")
+            raise _refused(UNAVAILABLE, "M_SERVICE_UNAVAILABLE") from e
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if isinstance(auth, RefusedPayload):
-            raise socketio.exceptions.ConnectionRefusedError(
-                f"The handshake {auth.reason}", {"errcode": "M_BAD_JSON"}
-            )
-        try:
-            user = await authenticate(app, token_from(environ, auth))
-        except BridgeError as e:
-            # The client's connect_error carries message, and data.errcode.
-            raise socketio.exceptions.ConnectionRefusedError(
-                e.message, {"errcode": e.errcode}
-            ) from e
-        except Exception as e:
-            log.exception("Authenticating a socket failed")
-            raise socketio.exceptions.ConnectionRefusedError(
-                "Service unavailable; try again shortly", {"errcode": "M_SERVICE_UNAVAILABLE"}
-            ) from e
-        sockets[sid] = Socket(user)
+            raise _refused(f"The handshake {auth.reason}", "M_BAD_JSON")
+        user, expires_at = await authorise(environ, auth)
+        socket = Socket(user)
+        # Listed first, so a revocation announced while it is set up reaches it too.
+        sockets.add(sid, socket)
         try:
             await sio.enter_room(sid, user_room(user.crm_user_id))
-            for conversation_id in await conversation_ids_of(app, user):
+            listed = await conversation_ids_of(app, user)
+            for conversation_id in listed:
                 await sio.enter_room(sid, conversation_room(conversation_id))
+            # Read again: a removal or deactivation applied meanwhile may have been
+            # announced before this socket was listed.
+            user = await user_for(app, user.crm_user_id, fresh=True)
+            for conversation_id in set(listed) - set(await conversation_ids_of(app, user)):
+                await sio.leave_room(sid, conversation_room(conversation_id))
+            if socket.refused is not None:
+                raise BridgeError(socket.refused["message"], errcode=socket.refused["errcode"])
             await tracker().opened(user.crm_user_id, sid)
+        except BridgeError as e:
+            sockets.pop(sid)
+            raise _refused(e.message, e.errcode) from e
         except Exception as e:
-            sockets.pop(sid, None)
+            sockets.pop(sid)
             log.exception("Setting up a socket failed")
-            raise socketio.exceptions.ConnectionRefusedError(
-                "Service unavailable; try again shortly", {"errcode": "M_SERVICE_UNAVAILABLE"}
-            ) from e
+            raise _refused(UNAVAILABLE, "M_SERVICE_UNAVAILABLE") from e
+        expire_at(sid, socket, expires_at)
 
     @sio.on("disconnect")
     async def disconnect(sid: str, *args: Any) -> None:
-        socket = sockets.pop(sid, None)
+        socket = sockets.pop(sid)
         if socket is None:
             return
-        matrix = app[MATRIX]
         for room_id in list(socket.typing_in):
             with contextlib.suppress(Exception):
-                await matrix.set_typing(room_id, socket.user.mxid, 0)
+                await throttle().set(room_id, socket.user.mxid, False)
         await tracker().closed(socket.user.crm_user_id, sid)
 
     @sio.on(REFUSED_EVENT)
     async def refused_packet(sid: str, data: Any = None) -> Any:
         reason = data.reason if isinstance(data, RefusedPayload) else "is not a valid packet"
-        return await fail(sid, f"The message {reason}")
+        return await fail(sid, BadRequest(f"The message {reason}"))
 
     @sio.on("join_conversation")
+    @answered
     async def join_conversation(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         conversation_id = conversation_id_from(data)
-        if socket is None or conversation_id is None:
-            return await fail(sid, "conversationId is required")
+        if conversation_id is None:
+            raise InvalidParam("conversationId is required")
         if await participant_conversation(app, socket.user, conversation_id) is None:
-            return await fail(sid, NOT_FOUND)
+            raise NotFound(NOT_FOUND)
         await sio.enter_room(sid, conversation_room(conversation_id))
         body = {"conversationId": conversation_id}
         await sio.emit("joined_conversation", body, to=sid)
         return body
 
     @sio.on("leave_conversation")
+    @answered
     async def leave_conversation(sid: str, data: Any = None) -> Any:
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
-            return await fail(sid, "conversationId is required")
+            raise InvalidParam("conversationId is required")
         await sio.leave_room(sid, conversation_room(conversation_id))
         return {"conversationId": conversation_id}
 
@@ -161,11 +201,11 @@ def register(
     @answered
     async def send_message(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
-        if socket is None or not isinstance(data, dict):
-            return await fail(sid, "send_message needs {conversationId, content, type}")
+        if not isinstance(data, dict):
+            raise InvalidParam("send_message needs {conversationId, content, type}")
         message = await app[CHAT].send(
             socket.user,
-            str(data.get("conversationId") or ""),
+            data.get("conversationId"),
             data.get("content"),
             data.get("type", "text"),
             data.get("attachments"),
@@ -179,15 +219,14 @@ def register(
     async def typing(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         conversation_id = conversation_id_from(data)
-        if socket is None or conversation_id is None:
-            return await fail(sid, "typing needs {conversationId, isTyping}")
+        if conversation_id is None:
+            raise InvalidParam("typing needs {conversationId, isTyping}")
         conversation = await participant_conversation(app, socket.user, conversation_id)
         if conversation is None:
-            return await fail(sid, NOT_FOUND)
+            raise NotFound(NOT_FOUND)
         is_typing = bool(data.get("isTyping", True)) if isinstance(data, dict) else True
-        timeout = int(app[CONFIG]["realtime.typing_timeout_ms"]) if is_typing else 0
-        await app[MATRIX].set_typing(conversation.room_id, socket.user.mxid, timeout)
         (socket.typing_in.add if is_typing else socket.typing_in.discard)(conversation.room_id)
+        await throttle().set(conversation.room_id, socket.user.mxid, is_typing)
         return {"conversationId": conversation_id, "isTyping": is_typing}
 
     @sio.on("mark_as_read")
@@ -195,12 +234,12 @@ def register(
     async def mark_as_read(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         conversation_id = conversation_id_from(data)
-        if socket is None or conversation_id is None:
-            return await fail(sid, "mark_as_read needs {conversationId, messageIds?}")
+        if conversation_id is None:
+            raise InvalidParam("mark_as_read needs {conversationId, messageIds?}")
         # Checked first, so an outsider learns nothing about the messages they name.
         conversation = await participant_conversation(app, socket.user, conversation_id)
         if conversation is None:
-            return await fail(sid, NOT_FOUND)
+            raise NotFound(NOT_FOUND)
         message_ids = data.get("messageIds") if isinstance(data, dict) else None
         message_id = await _newest(app, conversation.room_id, message_ids)
         read = await app[CHAT].mark_read(socket.user, conversation_id, message_id)

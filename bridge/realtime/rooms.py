@@ -15,13 +15,23 @@ from ..context import CONVERSATIONS, ROOM_MEMBERS, USERS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 
+CONVERSATION_ROOM_PREFIX = "conversation:"
+
 
 def user_room(crm_user_id: str) -> str:
     return f"user:{crm_user_id}"
 
 
 def conversation_room(conversation_id: str) -> str:
-    return f"conversation:{conversation_id}"
+    return f"{CONVERSATION_ROOM_PREFIX}{conversation_id}"
+
+
+def is_conversation_room(room: str) -> bool:
+    return room.startswith(CONVERSATION_ROOM_PREFIX)
+
+
+def conversation_of_room(room: str) -> str:
+    return room.removeprefix(CONVERSATION_ROOM_PREFIX)
 
 
 def conversation_id_from(data: object) -> str | None:

@@ -2,41 +2,34 @@
 
 Served at the default path ``/socket.io/`` with both transports (long-polling and
 websocket), as seed frontends ask for. With ``redis.url`` set, python-socketio's Redis
-manager relays every emit to all facade processes of this deployment.
+manager relays every emit to all facade processes of this deployment. Either manager is
+gated (manager.py): control messages between processes, and a participation check at
+delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 
 import socketio
 
 from .. import safejson
-from ..config import Config
+from ..config import Config, redis_prefix
+from .manager import GatedManager, GatedRedisManager
 from .wire import CheckedPacket, CheckedWebSocket, EngineLog
 
 log = logging.getLogger("bridge.realtime.server")
 
-
-def redis_prefix(config: Config) -> str:
-    """Keys and channel of this deployment: configured, or derived from its registration."""
-    configured = config.get("realtime.redis_prefix")
-    if configured:
-        return str(configured)
-    seed = f"{config['appservice.id']}\x1f{config['appservice.hs_token']}".encode()
-    return f"crm-bridge:{hashlib.sha256(seed).hexdigest()[:12]}"
+__all__ = ["create_server", "redis_prefix", "start_manager", "stop_manager"]
 
 
 def create_server(config: Config) -> socketio.AsyncServer:
     origins = list(config.get("api.cors_origins") or [])
-    manager: socketio.AsyncManager | None = None
+    manager: socketio.AsyncManager = GatedManager()
     if url := config.get("redis.url"):
-        manager = socketio.AsyncRedisManager(
-            url, channel=f"{redis_prefix(config)}:socketio", logger=log
-        )
+        manager = GatedRedisManager(url, channel=f"{redis_prefix(config)}:socketio", logger=log)
     server = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,

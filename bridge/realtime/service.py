@@ -10,8 +10,9 @@ import socketio
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from ..context import CONFIG, DATABASE, MATRIX, USERS
+from ..context import CONFIG, DATABASE, MATRIX, REVOCATIONS, USERS
 from ..db.announced_receipt import AnnouncedReceiptStore
+from .access import Access
 from .cursors import Frontier, MemoryFrontier, RedisFrontier
 from .dedup import Claims, MemoryClaims, RedisClaims
 from .ephemeral import Relays
@@ -20,6 +21,7 @@ from .presence import PresenceTracker
 from .pump import Lane
 from .registry import MemoryRegistry, RedisRegistry, SocketRegistry
 from .server import redis_prefix, start_manager, stop_manager
+from .typing import TypingThrottle
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Realtime:
 SIO = web.AppKey("sio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)
 PRESENCE = web.AppKey("realtime_presence", PresenceTracker)
+ACCESS = web.AppKey("realtime_access", Access)
+TYPING = web.AppKey("realtime_typing", TypingThrottle)
 
 
 @contextlib.asynccontextmanager
@@ -83,13 +87,21 @@ def context(app: web.Application):
                 claims=claims,
                 registry=registry,
                 presence=presence,
-                fanout=Fanout(app, sio, claims, registry, frontier),
+                fanout=Fanout(app, sio, claims, registry, frontier, app[ACCESS]),
                 relays=relays,
                 live=Lane("live"),
                 slow=Lane("slow"),
             )
             app[REALTIME] = realtime
             app[PRESENCE] = presence
+            app[TYPING] = TypingThrottle(
+                app[MATRIX],
+                int(config["realtime.typing_timeout_ms"]),
+                float(config.get("realtime.typing_interval", 3)),
+            )
+            revocations = app[REVOCATIONS]
+            revocations.on_member_left.append(app[ACCESS].member_left)
+            revocations.on_user_deactivated.append(app[ACCESS].deactivate)
             start_manager(sio)
             realtime.live.start()
             realtime.slow.start()
@@ -97,6 +109,9 @@ def context(app: web.Application):
             try:
                 yield
             finally:
+                revocations.on_member_left.remove(app[ACCESS].member_left)
+                revocations.on_user_deactivated.remove(app[ACCESS].deactivate)
+                await app[TYPING].close()
                 await presence.stop()
                 await realtime.live.stop()
                 await realtime.slow.stop()

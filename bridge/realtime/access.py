@@ -1,0 +1,140 @@
+"""Open sockets keep only the access their user still has, in every process, at once.
+
+A socket is authorised at connect, but access can end while it is open:
+
+* removed from a conversation (the directory kicks the puppet, or a leave arrives from
+  Matrix): every process takes the user's sockets out of the conversation's room;
+* deactivated: every process sends ``error {errcode: M_USER_DEACTIVATED}`` to the user's
+  sockets and closes them (connecting again is refused);
+* the token expires: ``error {errcode: M_UNKNOWN_TOKEN}``, then the socket closes, so the
+  frontend reconnects with a fresh token.
+
+The first two are control messages on the Socket.IO manager's channel (manager.py). The
+gate also checks, at delivery, that a conversation's events reach only its participants
+(``room_member``, the rule REST applies), so a stale room membership cannot leak.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from ..api.auth import SEEN_USERS
+from ..context import CONVERSATIONS, ROOM_MEMBERS, USERS
+from ..ids import room_id_for_conversation
+from .local import LocalSockets
+from .manager import CONTROL_EVENT, CONTROL_ROOM
+from .rooms import conversation_of_room, conversation_room, is_conversation_room
+
+log = logging.getLogger("bridge.realtime.access")
+
+DEACTIVATED = {"message": "This account is deactivated", "errcode": "M_USER_DEACTIVATED"}
+EXPIRED = {"message": "The access token has expired", "errcode": "M_UNKNOWN_TOKEN"}
+
+# Who is joined to a room, as the gate last read it. A user found there is let through for
+# this long; one not found is looked up again before being held back.
+_JOINED_TTL = 2.0
+_JOINED_CACHE = 10000
+
+
+class Access:
+    def __init__(self, app: web.Application, sio: socketio.AsyncServer, sockets: LocalSockets):
+        self.app = app
+        self.sio = sio
+        self.sockets = sockets
+        self._joined: dict[str, tuple[float, frozenset[str]]] = {}
+        self.held_back = 0  # deliveries the gate refused (stale room memberships)
+
+    # Announced to every process.
+    async def revoke(self, crm_user_id: str, conversation_id: str) -> None:
+        payload = {"kind": "revoke", "user": crm_user_id, "conversation": conversation_id}
+        await self.sio.emit(CONTROL_EVENT, payload, to=CONTROL_ROOM)
+
+    async def deactivate(self, crm_user_id: str) -> None:
+        await self.sio.emit(
+            CONTROL_EVENT, {"kind": "deactivate", "user": crm_user_id}, to=CONTROL_ROOM
+        )
+
+    async def member_left(self, room_id: str, mxid: str) -> None:
+        """The directory took ``mxid`` out of a room, or Matrix says it left."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
+        user = await self.app[USERS].get_by_mxid(mxid)
+        # Only the puppet's membership makes a CRM user take part (a linked account's does not).
+        if conversation is None or user is None or user.mxid != mxid:
+            return
+        await self.revoke(user.crm_user_id, conversation.conversation_id)
+
+    # In each process.
+    async def control(self, payload: dict[str, Any]) -> None:
+        kind, crm_user_id = payload.get("kind"), payload.get("user")
+        if not isinstance(crm_user_id, str):
+            return
+        if kind == "revoke" and isinstance(conversation_id := payload.get("conversation"), str):
+            room_id = room_id_for_conversation(conversation_id)
+            if room_id is not None:
+                self._joined.pop(room_id, None)
+            room = conversation_room(conversation_id)
+            for sid in self.sockets.of_user(crm_user_id):
+                await self.sio.leave_room(sid, room)
+        elif kind == "deactivate":
+            self.app.get(SEEN_USERS, {}).pop(crm_user_id, None)
+            for sid in self.sockets.of_user(crm_user_id):
+                await self.close(sid, DEACTIVATED)
+
+    async def close(self, sid: str, body: dict[str, str]) -> None:
+        """Tell a socket of this process why, then close it (or refuse it, if connecting)."""
+        socket = self.sockets.get(sid)
+        if socket is not None:
+            socket.refused = body
+        await self.sio.emit("error", body, to=sid, ignore_queue=True)
+        await self.sio.disconnect(sid, ignore_queue=True)
+
+    # The gate.
+    async def _joined_to(self, room_id: str, fresh: bool) -> frozenset[str]:
+        hit = None if fresh else self._joined.get(room_id)
+        if hit is not None and time.monotonic() - hit[0] < _JOINED_TTL:
+            return hit[1]
+        members = await self.app[ROOM_MEMBERS].of_room(room_id)
+        joined = frozenset(m for m, membership in members.items() if membership == "join")
+        if len(self._joined) > _JOINED_CACHE:
+            self._joined.clear()
+        self._joined[room_id] = (time.monotonic(), joined)
+        return joined
+
+    def forget(self, room_id: str) -> None:
+        """Membership of the room changed: the gate reads it again."""
+        self._joined.pop(room_id, None)
+
+    async def _participating(self, room: str, sids: set[str]) -> set[str]:
+        room_id = room_id_for_conversation(conversation_of_room(room))
+        if room_id is None:
+            return set()
+        users = {sid: socket.user for sid in sids if (socket := self.sockets.get(sid))}
+        joined = await self._joined_to(room_id, fresh=False)
+        allowed = {sid for sid, user in users.items() if user.mxid in joined}
+        if len(allowed) == len(sids):
+            return allowed
+        joined = await self._joined_to(room_id, fresh=True)
+        allowed = {sid for sid, user in users.items() if user.mxid in joined}
+        for sid in sids - allowed:
+            self.held_back += 1
+            log.info("Socket %s was in %s without taking part; taking it out", sid, room)
+            await self.sio.leave_room(sid, room)
+        return allowed
+
+    async def blocked(self, namespace: str, rooms: list[str]) -> set[str]:
+        manager = self.sio.manager
+        allowed: set[str] = set()
+        checked: set[str] = set()
+        for room in rooms:
+            sids = {sid for sid, _ in manager.get_participants(namespace, room)}
+            if is_conversation_room(room):
+                checked |= sids
+                allowed |= await self._participating(room, sids)
+            else:
+                allowed |= sids
+        return checked - allowed

@@ -1,0 +1,107 @@
+"""Typing from sockets to Matrix, at most one homeserver write per user and room per interval.
+
+Clients send ``typing`` on every keystroke. A start is written once and renewed only after
+``interval`` seconds; a stop after a written start goes out at once; a start right after a
+stop waits for the interval and is written then if still wanted. So whatever a client
+sends, one user in one room costs at most one start and one stop per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from ..matrix.client import MatrixClient
+
+log = logging.getLogger("bridge.realtime.typing")
+
+_KEPT = 10000
+
+
+@dataclass
+class _State:
+    written: bool = False  # what the homeserver was last told
+    written_at: float = float("-inf")
+    wanted: bool = False
+    later: asyncio.TimerHandle | None = None
+
+
+class TypingThrottle:
+    def __init__(self, matrix: MatrixClient, timeout_ms: int, interval: float) -> None:
+        self.matrix = matrix
+        self.timeout_ms = timeout_ms
+        self.interval = interval
+        self._states: dict[tuple[str, str], _State] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def set(self, room_id: str, mxid: str, typing: bool) -> None:
+        key = (room_id, mxid)
+        state = self._states.get(key)
+        if state is None:
+            self._prune()
+            state = self._states[key] = _State()
+        state.wanted = typing
+        since = time.monotonic() - state.written_at
+        if not typing:
+            self._cancel(state)
+            if state.written:
+                await self._write(key, state, False)
+        elif state.written and since < self.interval:
+            return  # still typing as far as the homeserver knows; renewed later
+        elif not state.written and since < self.interval:
+            self._write_later(key, state, self.interval - since)
+        else:
+            await self._write(key, state, True)
+
+    async def _write(self, key: tuple[str, str], state: _State, typing: bool) -> None:
+        previous = (state.written, state.written_at)
+        # Recorded before the call: concurrent emits of one socket see it at once.
+        state.written, state.written_at = typing, time.monotonic()
+        try:
+            await self.matrix.set_typing(key[0], key[1], self.timeout_ms if typing else 0)  # type: ignore[arg-type]
+        except Exception:
+            state.written, state.written_at = previous
+            raise
+
+    def _write_later(self, key: tuple[str, str], state: _State, delay: float) -> None:
+        if state.later is not None:
+            return
+
+        def fire() -> None:
+            state.later = None
+            if state.wanted != state.written:
+                task = asyncio.create_task(self._trailing(key, state))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        state.later = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def _trailing(self, key: tuple[str, str], state: _State) -> None:
+        try:
+            await self._write(key, state, state.wanted)
+        except Exception as e:
+            log.warning("Cannot set typing of %s in %s: %s", key[1], key[0], e)
+
+    @staticmethod
+    def _cancel(state: _State) -> None:
+        if state.later is not None:
+            state.later.cancel()
+            state.later = None
+
+    def _prune(self) -> None:
+        if len(self._states) < _KEPT:
+            return
+        now = time.monotonic()
+        for key, state in list(self._states.items()):
+            if not state.written and state.later is None and now - state.written_at > self.interval:
+                del self._states[key]
+
+    async def close(self) -> None:
+        for state in self._states.values():
+            self._cancel(state)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
