@@ -13,6 +13,7 @@ from aiohttp import web
 from ..context import CONFIG
 from ..db.crm_user import CrmUser
 from ..errors import BadRequest, MissingToken, PayloadTooLarge
+from ..matrix.homeserver import for_user
 from .auth import bearer_token, user_for, verifier
 from .ratelimit import RateLimiter
 
@@ -38,7 +39,8 @@ def authed(route: str, *, allow_query_token: bool = False) -> Callable[[UserHand
                 request.app[RATE_LIMITER].hit(crm_user_id, route),
             )
             request[USER] = user
-            response = await handler(request, user)
+            with for_user():
+                response = await handler(request, user)
             response.headers.update(headers)
             return response
 

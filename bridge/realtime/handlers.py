@@ -22,8 +22,9 @@ from ..api import CHAT
 from ..api.auth import authenticate
 from ..context import CONFIG, EVENT_INDEX, MATRIX
 from ..db.crm_user import CrmUser
-from ..errors import BridgeError, InvalidParam, NotFound
+from ..errors import BridgeError, InvalidParam, NotFound, client_body
 from ..ids import event_id_for_message, message_id_for_event
+from ..matrix.homeserver import for_user
 from .presence import PresenceTracker
 from .rooms import (
     conversation_id_from,
@@ -65,20 +66,22 @@ def register(
     def tracker() -> PresenceTracker:
         return app[presence_key]
 
-    async def fail(sid: str, message: str) -> dict[str, Any]:
-        body = {"message": message}
+    async def fail(sid: str, message: str | dict[str, Any]) -> dict[str, Any]:
+        body = {"message": message} if isinstance(message, str) else message
         await sio.emit("error", body, to=sid)
         return body
 
     def answered(handler: Handler) -> Handler:
-        """A failed operation answers ``error {message}`` (and the ack), never silence."""
+        """A failed operation answers ``error {message, errcode}`` (and the ack), never
+        silence. A user waits, so the homeserver's failures come back fast."""
 
         @functools.wraps(handler)
         async def wrapper(sid: str, data: Any = None) -> Any:
             try:
-                return await handler(sid, data)
+                with for_user():
+                    return await handler(sid, data)
             except BridgeError as e:
-                return await fail(sid, e.message)
+                return await fail(sid, client_body(e))
             except Exception:
                 log.exception("Socket operation %s failed", handler.__name__)
                 return await fail(sid, INTERNAL_ERROR)
@@ -90,6 +93,10 @@ def register(
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        with for_user():
+            await _connect(sid, environ, auth)
+
+    async def _connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
         try:
             user = await authenticate(app, token_from(environ, auth))
         except BridgeError as e:
