@@ -153,7 +153,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # A homeserver error nobody handled carries the status to answer with separately.
         status = getattr(e, "response_status", e.status)
         body = client_body(e)
-        if status >= 500:
+        # A homeserver outage is logged where it is noticed, not once per request.
+        if status >= 500 and not isinstance(e, HomeserverUnavailable):
             log.warning("%s %s failed: %s", request.method, request.path, e)
         return error_response(status, body, request.path, e.headers)
     except web.HTTPException as e:

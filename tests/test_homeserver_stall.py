@@ -44,6 +44,8 @@ class Run:
     resumed_at: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     ready: list[tuple[float, int]] = field(default_factory=list)
+    # Traffic stops then (monotonic); set once the homeserver is back.
+    ends_at: float = float("inf")
 
     def during_stall(self) -> list[Attempt]:
         return [a for a in self.attempts if self.stopped_at <= a.started < self.resumed_at]
@@ -65,11 +67,11 @@ class Run:
 
 async def _rest_sender(
     session: aiohttp.ClientSession, fs: FaultStack, token: str, cid: str, name: str,
-    run: Run, t0: float, until: float, interval: float,
+    run: Run, t0: float, interval: float,
 ) -> None:  # fmt: skip
-    for n in range(10_000):  # bounded by time below
+    for n in range(10_000):  # bounded, and ends at run.ends_at
         now = time.monotonic()
-        if now >= until:
+        if now >= run.ends_at:
             return
         content = f"{name}-{n:04d}"
         status, errcode = await _post(session, fs.url, token, cid, content)
@@ -97,11 +99,11 @@ async def _post(
 
 
 async def _socket_sender(
-    sock: Recorder, cid: str, name: str, run: Run, t0: float, until: float, interval: float
+    sock: Recorder, cid: str, name: str, run: Run, t0: float, interval: float
 ) -> None:
-    for n in range(10_000):  # bounded by time below
+    for n in range(10_000):  # bounded, and ends at run.ends_at
         now = time.monotonic()
-        if now >= until:
+        if now >= run.ends_at:
             return
         content = f"{name}-{n:04d}"
         status, errcode = await _emit(sock, cid, content)
@@ -123,11 +125,9 @@ async def _emit(sock: Recorder, cid: str, content: str) -> tuple[int, str | None
     return (503 if errcode == UNAVAILABLE else 0), errcode or str(ack)
 
 
-async def _watch_ready(
-    session: aiohttp.ClientSession, url: str, run: Run, t0: float, until: float
-) -> None:
-    for _ in range(10_000):  # bounded by time below
-        if time.monotonic() >= until:
+async def _watch_ready(session: aiohttp.ClientSession, url: str, run: Run, t0: float) -> None:
+    for _ in range(10_000):  # bounded, and ends at run.ends_at
+        if time.monotonic() >= run.ends_at:
             return
         try:
             async with session.get(
@@ -163,8 +163,16 @@ async def _history(session: aiohttp.ClientSession, fs: FaultStack, room_id: str)
 
 
 async def stall_under_sends(
-    tmp_path: Path, *, stall: float, rest_senders: int, interval: float, after: float = 7.0
+    tmp_path: Path,
+    *,
+    stall: float,
+    rest_senders: int,
+    interval: float,
+    after: float = 7.0,
+    fault: str = "pause",
 ) -> None:
+    """``fault`` "pause": SIGSTOP for ``stall`` s, then SIGCONT. "stop": Synapse shut down
+    for ``stall`` s, then started again (the run resumes when it answers again)."""
     async with fault_stack(tmp_path, synapse_db="postgres", redis=None) as fs:
         users = [await fs.directory.user(f"Sender {i}") for i in range(rest_senders + 1)]
         project = await fs.directory.project(unique("p"), "Stall", users, users[0])
@@ -172,29 +180,36 @@ async def stall_under_sends(
         tokens = [fs.token(u) for u in users]
         sock = await Recorder("socket sender").connect(fs.url, tokens[-1])
         run = Run()
+        traffic: list[asyncio.Task] = []
         async with aiohttp.ClientSession() as session:
             try:
                 t0 = time.monotonic()
                 warmup = 2.0
-                until = t0 + warmup + stall + after
-                traffic = [
+                traffic += [
                     asyncio.create_task(
-                        _rest_sender(session, fs, tokens[i], cid, f"r{i}", run, t0, until, interval)
+                        _rest_sender(session, fs, tokens[i], cid, f"r{i}", run, t0, interval)
                     )
                     for i in range(rest_senders)
                 ]
                 traffic.append(
-                    asyncio.create_task(_socket_sender(sock, cid, "s", run, t0, until, interval))
+                    asyncio.create_task(_socket_sender(sock, cid, "s", run, t0, interval))
                 )
-                traffic.append(asyncio.create_task(_watch_ready(session, fs.url, run, t0, until)))
+                traffic.append(asyncio.create_task(_watch_ready(session, fs.url, run, t0)))
                 await asyncio.sleep(warmup)
                 run.stopped_at = time.monotonic() - t0
-                fs.synapse.pause()
-                try:
+                if fault == "pause":
+                    fs.synapse.pause()
+                    try:
+                        await asyncio.sleep(stall)
+                    finally:
+                        fs.synapse.resume()
+                else:
+                    await asyncio.to_thread(fs.synapse.stop)
                     await asyncio.sleep(stall)
-                finally:
-                    fs.synapse.resume()
+                    fs.synapse.start()
+                    await fs.synapse.wait_ready()
                 run.resumed_at = time.monotonic() - t0
+                run.ends_at = time.monotonic() + after
                 await asyncio.gather(*traffic)
 
                 # Every send that did not get a 201 is retried with its clientMessageId.
@@ -215,6 +230,8 @@ async def stall_under_sends(
                 retry_status = await asyncio.gather(*(retry(a) for a in retried))
                 history = await _history(session, fs, project["roomId"])
             finally:
+                for task in traffic:
+                    task.cancel()
                 await sock.close()
 
         intended = {a.content for a in run.attempts}
@@ -225,7 +242,7 @@ async def stall_under_sends(
         refused = [a for a in stalled if a.status != 201]
         latencies = [a.latency for a in refused] or [0.0]
         print(
-            f"\nstall {stall:.0f}s: sends during stall {len(stalled)} "
+            f"\n{fault} {stall:.0f}s: sends during stall {len(stalled)} "
             f"(503: {sum(a.status == 503 for a in stalled)}, "
             f"201: {sum(a.status == 201 for a in stalled)}, "
             f"other: {Counter((a.status, a.errcode) for a in refused if a.status != 503)}); "
@@ -257,7 +274,13 @@ async def stall_under_sends(
         assert late and all(a.status == 201 for a in late), [a for a in late if a.status != 201]
         assert all(s == 201 for s in retry_status), retry_status
         assert not lost, lost
-        assert not duplicated, duplicated
+        if fault == "stop":
+            # Known gap: Synapse remembers an appservice's transaction ids in memory only, so
+            # a send that reached it just before it went down, retried after its restart,
+            # is posted a second time. Only those may be doubled.
+            assert set(duplicated) <= {a.content for a in reached}, duplicated
+        else:
+            assert not duplicated, duplicated
 
 
 async def test_stall_sends_fail_fast_and_recover(tmp_path: Path) -> None:
@@ -267,3 +290,8 @@ async def test_stall_sends_fail_fast_and_recover(tmp_path: Path) -> None:
 @pytest.mark.soak
 async def test_stall_30s_under_load(tmp_path: Path) -> None:
     await stall_under_sends(tmp_path, stall=30.0, rest_senders=8, interval=0.05)
+
+
+@pytest.mark.soak
+async def test_synapse_down_40s_under_load(tmp_path: Path) -> None:
+    await stall_under_sends(tmp_path, stall=40.0, rest_senders=4, interval=0.1, fault="stop")

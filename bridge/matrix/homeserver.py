@@ -137,8 +137,9 @@ class Homeserver:
         headers = dict(self._auth)
         if content_type:
             headers["Content-Type"] = content_type
-        started = time.monotonic()
-        deadline = started + self.retry_budget
+        # Silence is counted from here, and again after each wait a 429 asked for.
+        quiet_since = time.monotonic()
+        deadline = quiet_since + self.retry_budget
         backoff = 0.25
         while True:
             self.requests += 1
@@ -150,7 +151,7 @@ class Homeserver:
                     method, path, raw, json=json, data=data, params=query, headers=headers
                 )
                 status, resp_headers, body = await (
-                    self._while_answering(attempt, started) if user_waits else attempt
+                    self._while_answering(attempt, quiet_since) if user_waits else attempt
                 )
                 if status < 300:
                     return body
@@ -173,16 +174,15 @@ class Homeserver:
             if method != "GET":
                 self.writes -= 1
             # The retry budget is for 429s; a user is not kept waiting on a silent homeserver.
-            gone = (
-                user_waits
-                and not rate_limited
-                and (not self.available or self.silent_for(started) + wait > self.silence_timeout)
-            )
+            silent = self.silent_for(quiet_since) + wait > self.silence_timeout
+            gone = user_waits and not rate_limited and (silent or not self.available)
             if gone or time.monotonic() + wait > deadline:
                 log.warning("Giving up on %s %s: %s", method, path.split("?")[0], message)
                 raise HomeserverUnavailable()
             log.debug("Retrying %s %s in %.2fs (%s)", method, path, wait, message)
             await asyncio.sleep(wait)
+            if rate_limited:
+                quiet_since = time.monotonic()
             backoff = min(backoff * 2, 8)
 
     async def _attempt(
