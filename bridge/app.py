@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -43,6 +44,7 @@ from .matrix import indexer, intake
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
+from .matrix.monitor import HomeserverMonitor
 from .revocation import Revocations
 from .startup import ExitCode, StartupError, check_homeserver, ping_until_ok
 
@@ -95,15 +97,27 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
             config["appservice.as_token"],
             session,
             retry_budget=float(config["homeserver.retry_budget"]),
+            silence_timeout=float(config["homeserver.silence_timeout"]),
         )
         app[HOMESERVER] = hs
         app[MATRIX] = MatrixClient(hs, config["appservice.id"], app[IDS].bot_mxid)
+        monitor: asyncio.Task | None = None
         try:
             if check_homeserver_on_start:
                 await check_homeserver(app[MATRIX])
+                watch = HomeserverMonitor(
+                    hs,
+                    lambda up: app[READY].__setitem__("homeserver", up),
+                    interval=float(config["homeserver.probe_interval"]),
+                )
+                monitor = asyncio.create_task(watch.run(), name="homeserver-monitor")
             app[READY]["homeserver"] = True
             yield
         finally:
+            if monitor is not None:
+                monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await monitor
             await session.close()
 
     app.cleanup_ctx.append(database_ctx)

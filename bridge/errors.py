@@ -139,6 +139,11 @@ def error_response(
     )
 
 
+def client_body(e: BridgeError) -> dict[str, Any]:
+    """What the client sees of an error, whatever the door (HTTP or Socket.IO)."""
+    return e.body_for_client() if hasattr(e, "body_for_client") else e.body()
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -163,8 +168,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except BridgeError as e:
         # A homeserver error nobody handled carries the status to answer with separately.
         status = getattr(e, "response_status", e.status)
-        body = e.body_for_client() if hasattr(e, "body_for_client") else e.body()
-        if status >= 500:
+        body = client_body(e)
+        # A homeserver outage is logged where it is noticed, not once per request.
+        if status >= 500 and not isinstance(e, HomeserverUnavailable):
             log.warning("%s %s failed: %s", request.method, request.path, e)
         return error_response(status, body, request.path, e.headers)
     except web.HTTPException as e:

@@ -13,6 +13,7 @@ from aiohttp import web
 from ..context import CONFIG
 from ..db.crm_user import CrmUser
 from ..errors import BadRequest, MissingToken, PayloadTooLarge, parse_json
+from ..matrix.homeserver import for_user
 from .auth import bearer_token, user_for, verifier
 from .ratelimit import RATE_LIMITER
 
@@ -46,7 +47,8 @@ def authed(route: str | None, *, allow_query_token: bool = False) -> Callable[[U
                 request.app[RATE_LIMITER].hit(crm_user_id, route),
             )
             request[USER] = user
-            response = await handler(request, user)
+            with for_user():
+                response = await handler(request, user)
             response.headers.update(headers)
             return response
 

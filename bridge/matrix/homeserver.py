@@ -3,17 +3,22 @@
 Every request carries the as_token; ``as_user`` masquerades as a puppet (``?user_id=``).
 It retries what the homeserver asks us to retry (429 with ``retry_after_ms``, 502-504,
 connection errors) within a time budget, then raises :class:`HomeserverUnavailable`.
+Requests made for a CRM user (inside :func:`for_user`) don't wait for a homeserver that is
+gone: they give up once it has answered nothing for ``silence_timeout``, and at once while
+the monitor (:mod:`.monitor`) holds it down. Only 429s use the whole budget for them.
 It counts the writes it sends, so idempotency can be measured rather than assumed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Coroutine, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -23,6 +28,21 @@ from ..errors import BridgeError, HomeserverUnavailable
 log = logging.getLogger("bridge.matrix.homeserver")
 
 _RETRYABLE_STATUS = (502, 503, 504)
+
+T = TypeVar("T")
+
+# Set while serving a CRM user (REST facade, Socket.IO): a person is waiting for the answer.
+_FOR_USER: ContextVar[bool] = ContextVar("homeserver_for_user", default=False)
+
+
+@contextlib.contextmanager
+def for_user() -> Iterator[None]:
+    """Homeserver requests made inside fail fast when the homeserver does not answer."""
+    token = _FOR_USER.set(True)
+    try:
+        yield
+    finally:
+        _FOR_USER.reset(token)
 
 
 class MatrixError(BridgeError):
@@ -79,16 +99,29 @@ class Homeserver:
         session: aiohttp.ClientSession,
         *,
         retry_budget: float = 30.0,
+        silence_timeout: float = 1.5,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.retry_budget = retry_budget
+        self.silence_timeout = silence_timeout
         self._auth = {"Authorization": f"Bearer {as_token}"}
         self.writes = 0
         self.requests = 0
         self.rate_limited = 0
         # Accepted writes by endpoint ("typing", "send", "presence", ...), to measure them.
         self.writes_by_kind: Counter[str] = Counter()
+        # When the homeserver last answered anything (ours or the monitor's probes), and
+        # whether the monitor holds it up.
+        self.last_answer = time.monotonic()
+        self.available = True
+
+    def heard(self) -> None:
+        self.last_answer = time.monotonic()
+
+    def silent_for(self, since: float = 0.0) -> float:
+        """Seconds without any answer from the homeserver, counted from ``since`` at most."""
+        return time.monotonic() - max(self.last_answer, since)
 
     async def request(
         self,
@@ -108,57 +141,93 @@ class Homeserver:
         ``idempotent=False`` (createRoom) retries only what certainly did not reach the
         homeserver (429, refused connections): a 5xx may hide a request that took effect.
         """
+        user_waits = _FOR_USER.get()
+        if user_waits and not self.available:
+            raise HomeserverUnavailable()
         query = dict(params or {})
         if as_user:
             query["user_id"] = as_user
         headers = dict(self._auth)
         if content_type:
             headers["Content-Type"] = content_type
-        deadline = time.monotonic() + self.retry_budget
+        # Silence is counted from here, and again after each wait a 429 asked for.
+        quiet_since = time.monotonic()
+        deadline = quiet_since + self.retry_budget
         backoff = 0.25
         while True:
             self.requests += 1
             if method != "GET":
                 self.writes += 1
+            rate_limited = False
             try:
-                async with self.session.request(
-                    method,
-                    self.base_url + path,
-                    json=json,
-                    data=data,
-                    params=query,
-                    headers=headers,
-                ) as resp:
-                    if raw and resp.status < 300:
-                        return await resp.read(), resp.headers.get("Content-Type", "")
-                    body = await _decode(resp)
-                    if resp.status < 300:
-                        if method != "GET":
-                            self.writes_by_kind[write_kind(path)] += 1
-                        return body
-                    errcode = body.get("errcode", "M_UNKNOWN") if isinstance(body, dict) else ""
-                    message = body.get("error", "") if isinstance(body, dict) else str(body)
-                    if resp.status == 429 or errcode == "M_LIMIT_EXCEEDED":
-                        self.rate_limited += 1
-                        wait = _retry_after(resp, body, backoff)
-                    elif resp.status in _RETRYABLE_STATUS and idempotent:
-                        wait = backoff
-                    elif resp.status in _RETRYABLE_STATUS:
-                        raise HomeserverUnavailable()
-                    else:
-                        raise MatrixError(resp.status, errcode, message, body)
+                attempt = self._attempt(
+                    method, path, raw, json=json, data=data, params=query, headers=headers
+                )
+                status, resp_headers, body = await (
+                    self._while_answering(attempt, quiet_since) if user_waits else attempt
+                )
+                if status < 300:
+                    if method != "GET":
+                        self.writes_by_kind[write_kind(path)] += 1
+                    return body
+                errcode = body.get("errcode", "M_UNKNOWN") if isinstance(body, dict) else ""
+                message = body.get("error", "") if isinstance(body, dict) else str(body)
+                if status == 429 or errcode == "M_LIMIT_EXCEEDED":
+                    self.rate_limited += 1
+                    rate_limited = True
+                    wait = _retry_after(resp_headers, body, backoff)
+                elif status in _RETRYABLE_STATUS and idempotent:
+                    wait = backoff
+                elif status in _RETRYABLE_STATUS:
+                    raise HomeserverUnavailable()
+                else:
+                    raise MatrixError(status, errcode, message, body)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 wait = backoff
                 message = str(e) or type(e).__name__
             # A rate-limited or failed request sent nothing durable: don't count it as a write.
             if method != "GET":
                 self.writes -= 1
-            if time.monotonic() + wait > deadline:
+            # The retry budget is for 429s; a user is not kept waiting on a silent homeserver.
+            silent = self.silent_for(quiet_since) + wait > self.silence_timeout
+            gone = user_waits and not rate_limited and (silent or not self.available)
+            if gone or time.monotonic() + wait > deadline:
                 log.warning("Giving up on %s %s: %s", method, path.split("?")[0], message)
                 raise HomeserverUnavailable()
             log.debug("Retrying %s %s in %.2fs (%s)", method, path, wait, message)
             await asyncio.sleep(wait)
+            if rate_limited:
+                quiet_since = time.monotonic()
             backoff = min(backoff * 2, 8)
+
+    async def _attempt(
+        self, method: str, path: str, raw: bool, **kw: Any
+    ) -> tuple[int, Mapping[str, str], Any]:
+        async with self.session.request(method, self.base_url + path, **kw) as resp:
+            # 502-504 may come from a proxy in front: not a sign the homeserver lives.
+            if resp.status not in _RETRYABLE_STATUS:
+                self.heard()
+            if raw and resp.status < 300:
+                body: Any = (await resp.read(), resp.headers.get("Content-Type", ""))
+            else:
+                body = await _decode(resp)
+            return resp.status, resp.headers, body
+
+    async def _while_answering(self, attempt: Coroutine[Any, Any, T], started: float) -> T:
+        """Await ``attempt`` while the homeserver shows signs of life (answers to any request,
+        the monitor's probes included); TimeoutError once it has been silent for
+        ``silence_timeout``. A slow homeserver that still answers is waited for."""
+        task = asyncio.ensure_future(attempt)
+        try:
+            while True:
+                left = self.silence_timeout - self.silent_for(started)
+                if left <= 0 or not self.available:
+                    raise TimeoutError("the homeserver stopped answering")
+                done, _ = await asyncio.wait({task}, timeout=left)
+                if done:
+                    return task.result()
+        finally:
+            task.cancel()
 
     # Convenience verbs.
     async def get(self, path: str, **kw: Any) -> Any:
@@ -178,10 +247,10 @@ async def _decode(resp: aiohttp.ClientResponse) -> Any:
         return {"error": (await resp.text())[:200]}
 
 
-def _retry_after(resp: aiohttp.ClientResponse, body: Any, fallback: float) -> float:
+def _retry_after(headers: Mapping[str, str], body: Any, fallback: float) -> float:
     if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), int | float):
         return max(body["retry_after_ms"] / 1000, 0.01)
-    header = resp.headers.get("Retry-After")
+    header = headers.get("Retry-After")
     if header and header.isdigit():
         return float(header)
     return fallback

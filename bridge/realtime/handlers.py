@@ -24,8 +24,9 @@ from aiohttp import web
 from ..api import CHAT
 from ..api.auth import user_for, verifier
 from ..context import EVENT_INDEX
-from ..errors import BadRequest, BridgeError, InvalidParam, MissingToken, NotFound
+from ..errors import BadRequest, BridgeError, InvalidParam, MissingToken, NotFound, client_body
 from ..ids import event_id_for_message, message_id_for_event
+from ..matrix.homeserver import for_user
 from .access import EXPIRED, Access
 from .local import LocalSockets, Socket
 from .presence import PresenceTracker
@@ -81,17 +82,19 @@ def register(
         return app[typing_key]
 
     async def fail(sid: str, error: BridgeError) -> dict[str, Any]:
-        body = error.body()
+        body = client_body(error)
         await sio.emit("error", body, to=sid)
         return body
 
     def answered(handler: Handler) -> Handler:
-        """A failed operation answers ``error {message, errcode}`` (and the ack), never silence."""
+        """A failed operation answers ``error {message, errcode}`` (and the ack), never
+        silence. A user waits, so the homeserver's failures come back fast."""
 
         @functools.wraps(handler)
         async def wrapper(sid: str, data: Any = None) -> Any:
             try:
-                return await handler(sid, data)
+                with for_user():
+                    return await handler(sid, data)
             except BridgeError as e:
                 return await fail(sid, e)
             except Exception:
@@ -131,6 +134,10 @@ def register(
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        with for_user():
+            await _connect(sid, environ, auth)
+
+    async def _connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
         if isinstance(auth, RefusedPayload):
             raise _refused(f"The handshake {auth.reason}", "M_BAD_JSON")
         user, expires_at = await authorise(environ, auth)
