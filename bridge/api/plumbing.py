@@ -40,7 +40,8 @@ def authed(route: str | None, *, allow_query_token: bool = False) -> Callable[[U
             if route is None:
                 user = await user_for(request.app, crm_user_id)
                 request[USER] = user
-                return await handler(request, user)
+                with for_user():
+                    return await handler(request, user)
             # The signed token names the user: count the request while loading them.
             user, headers = await asyncio.gather(
                 user_for(request.app, crm_user_id),
