@@ -22,7 +22,7 @@ from ..api import CHAT
 from ..api.auth import authenticate
 from ..context import CONFIG, EVENT_INDEX, MATRIX
 from ..db.crm_user import CrmUser
-from ..errors import BridgeError, InvalidParam, NotFound
+from ..errors import BridgeError, InvalidParam, NotFound, unavailable
 from ..ids import event_id_for_message, message_id_for_event
 from .presence import PresenceTracker
 from .rooms import (
@@ -79,7 +79,9 @@ def register(
                 return await handler(sid, data)
             except BridgeError as e:
                 return await fail(sid, e.message)
-            except Exception:
+            except Exception as e:
+                if (down := unavailable(e)) is not None:
+                    return await fail(sid, down.message)
                 log.exception("Socket operation %s failed", handler.__name__)
                 return await fail(sid, INTERNAL_ERROR)
 
