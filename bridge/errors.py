@@ -131,6 +131,9 @@ def unavailable(error: BaseException) -> ServiceUnavailable | None:
         return DatabaseUnavailable()
     if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
         return DatabaseUnavailable()  # the pool's connection was closed under it
+    if isinstance(error, asyncpg.InternalClientError) and "in progress" in str(error):
+        # A connection the server dropped mid-protocol, not yet seen as closed by the pool.
+        return DatabaseUnavailable()
     if isinstance(error, OSError) and error.errno is None and "connect" in str(error).lower():
         # asyncpg raises a bare OSError("Multiple exceptions: ...") when every address fails.
         return DatabaseUnavailable()

@@ -26,6 +26,13 @@ from bridge.matrix.homeserver import MatrixError
         (asyncpg.AdminShutdownError("terminating"), 503, "M_SERVICE_UNAVAILABLE"),
         (ConnectionRefusedError(111, "Connect call failed"), 503, "M_SERVICE_UNAVAILABLE"),
         (asyncpg.InterfaceError("connection is closed"), 503, "M_SERVICE_UNAVAILABLE"),
+        (
+            asyncpg.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            ),
+            503,
+            "M_SERVICE_UNAVAILABLE",
+        ),
         (RuntimeError("secret detail"), 500, "M_UNKNOWN"),
     ],
 )
