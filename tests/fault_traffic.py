@@ -8,7 +8,6 @@ both check the same things.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -149,10 +148,10 @@ class FaultReport:
     time_to_recover: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def check_history(self, expected: list[str], history: list[dict[str, Any]]) -> None:
-        contents = [m["content"] for m in history]
-        self.lost = sorted(set(expected) - set(contents))
-        self.duplicated = duplicated(c for c in contents if c in set(expected))
+    def check_history(self, expected: list[str], bodies: list[str]) -> None:
+        """Lost and duplicated messages, from the bodies the homeserver holds."""
+        self.lost = sorted(set(expected) - set(bodies))
+        self.duplicated = duplicated(c for c in bodies if c in set(expected))
 
     def line(self) -> str:
         def secs(value: float | None) -> str:
@@ -165,12 +164,33 @@ class FaultReport:
             f"socket_duplicated={len(self.socket_duplicated)} retried={self.retried} "
             f"answers={dict(sorted(self.answers.items()))} time_to_503={secs(self.time_to_503)} "
             f"time_to_recover={secs(self.time_to_recover)}{extra}"
-        )
+            + "".join(
+                f"\n  {name}: {values[:10]}"
+                for name, values in (("lost", self.lost), ("duplicated", self.duplicated),
+                                     ("socket_missing", self.socket_missing),
+                                     ("socket_duplicated", self.socket_duplicated))
+                if values
+            )
+        )  # fmt: skip
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self.start
+async def room_timeline(
+    synapse_url: str, as_token: str, room_id: str, types: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """The room's whole timeline straight from Synapse (``/messages`` forward from the start,
+    as the bridge bot): what the homeserver really holds, without the facade's paging."""
+    headers = {"Authorization": f"Bearer {as_token}"}
+    events: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"dir": "f", "limit": 500}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for _ in range(1000):
+            async with session.get(
+                f"{synapse_url}/_matrix/client/v3/rooms/{room_id}/messages", params=params
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                page = await resp.json()
+            events += [e for e in page["chunk"] if types is None or e["type"] in types]
+            if "end" not in page or not page["chunk"]:
+                return events
+            params["from"] = page["end"]
+    raise AssertionError("room timeline did not end after 1000 pages")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
-from tests.fault_traffic import Chat, FaultReport
+from tests.fault_traffic import Chat, FaultReport, duplicated, room_timeline
 from tests.helpers import eventually
 from tests.realtime_support import conversation_of
 
@@ -76,8 +76,13 @@ async def restart_under_traffic(
         report.extra["refused_after_recovery"] = len(late)
         report.extra["down"] = f"{started - stopping:.1f}s"
 
-        history = await alice.history(cid)
-        report.check_history(expected, history)
+        held = await room_timeline(
+            fs.synapse.url, fs.config["appservice.as_token"], project["roomId"], {"m.room.message"}
+        )
+        report.check_history(expected, [e["content"].get("body") for e in held])
+        history = [m["content"] for m in await alice.history(cid)]
+        report.extra["facade_history_missing"] = len(set(expected) - set(history))
+        report.extra["facade_history_duplicated"] = len(duplicated(history))
 
         # Transactions refused during the outage are redelivered: the index catches up.
         async def unread() -> bool:
@@ -104,6 +109,8 @@ def assert_clean(report: FaultReport, refusals: list[dict[str, Any]]) -> None:
     assert report.extra["refused_after_recovery"] == 0, report.line()
     assert not report.lost, report.lost
     assert not report.duplicated, report.duplicated
+    assert report.extra["facade_history_missing"] == 0, report.line()
+    assert report.extra["facade_history_duplicated"] == 0, report.line()
     assert report.extra["unreadCount"] == report.sent, report.line()
 
 

@@ -28,6 +28,7 @@ from tests.fault_traffic import (
     join_when_invited,
     matrix_send,
     merged,
+    room_timeline,
 )
 from tests.helpers import eventually, matrix_user
 from tests.realtime_support import Recorder, conversation_of
@@ -136,8 +137,15 @@ async def kill_during_burst(
             report.extra["caught_up"] = len(fetched)
             report.extra["live_after"] = len(second.of("new_message"))
 
+            held = await room_timeline(
+                fs.synapse.url, fs.config["appservice.as_token"], room_id, {"m.room.message"}
+            )
+            report.check_history(expected, [e["content"].get("body") for e in held])
+            # The same history as a frontend pages it back (page=1, then before=).
             history = await alice.history(cid)
-            report.check_history(expected, history)
+            walked = [m["content"] for m in history]
+            report.extra["facade_history_missing"] = sorted(set(expected) - set(walked))
+            report.extra["facade_history_duplicated"] = duplicated(walked)
 
             # The bridge's index has every message too (redelivered transactions): Bob's
             # unread count, served from it, counts them all; lastMessage is the newest.
@@ -176,12 +184,18 @@ def assert_clean(report: FaultReport) -> None:
     assert not report.socket_duplicated, f"socket duplicated {report.socket_duplicated[:20]}"
     assert report.extra["unreadCount"] == report.sent, report.line()
     assert report.extra["lastMessage_ok"], report.line()
+    assert not report.extra["facade_history_duplicated"], report.line()
+
+
+def assert_facade_history_complete(report: FaultReport) -> None:
+    assert not report.extra["facade_history_missing"], report.line()
 
 
 async def test_kill_during_burst_loses_nothing(tmp_path: Path) -> None:
     async with fault_stack(tmp_path, redis="private") as fs:
         report = await kill_during_burst(fs, rest=20, matrix=12, rest_workers=4, matrix_workers=2)
     assert_clean(report)
+    assert_facade_history_complete(report)
 
 
 @pytest.mark.soak
@@ -193,3 +207,4 @@ async def test_kill_during_2000_message_burst_loses_nothing(tmp_path: Path) -> N
             fs, rest=1000, matrix=1000, rest_workers=6, matrix_workers=3
         )
     assert_clean(report)
+    assert_facade_history_complete(report)
