@@ -59,6 +59,7 @@ async def test_sync_killed_half_way_converges_without_churn(tmp_path: Path) -> N
     report = FaultReport(f"kill -9 during sync of {USERS} users, {PROJECTS}x{MEMBERS} members")
     async with fault_stack(tmp_path, redis="private") as fs, aiohttp.ClientSession() as session:
         admin, ids = Admin(session, fs), IdMapper.from_config(fs.config)
+        began = time.monotonic()
         status, job = await admin.call("POST", "/sync", params={"wait": "false"}, json=body)
         assert status == 202, job
 
@@ -70,8 +71,10 @@ async def test_sync_killed_half_way_converges_without_churn(tmp_path: Path) -> N
         at_kill = await eventually(halfway, timeout=300, interval=0.05)
         fs.bridge.kill()
         report.extra["killed_at"] = f"{at_kill['done']}/{at_kill['total']} writes"
+        report.extra["killed_after"] = f"{time.monotonic() - began:.1f}s"
         restarted = time.monotonic()
         await fs.bridge.start()
+        report.extra["bridge_ready"] = f"{time.monotonic() - restarted:.1f}s"
         status, rerun = await admin.call("POST", "/sync", json=body)
         assert status == 200 and not rerun["errors"], rerun
         report.time_to_recover = time.monotonic() - restarted
