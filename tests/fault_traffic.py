@@ -8,9 +8,12 @@ both check the same things.
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -172,6 +175,26 @@ class FaultReport:
                 if values
             )
         )  # fmt: skip
+
+
+def stuck_appservice_events(synapse_data_dir: Path) -> dict[str, Any]:
+    """Events Synapse stored in an appservice transaction it never delivered (SQLite only).
+
+    Synapse 1.163 can strand one: a sender that saw the appservice "down" stores its
+    transaction for the recoverer, which may have just found nothing left and marked the
+    service "up" (synapse/appservice/scheduler.py, ``send`` vs ``_Recoverer.retry``). Nothing
+    then sends it until a later delivery fails. Reported so a loss is attributed right.
+    """
+    path = synapse_data_dir / "homeserver.db"
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(path)
+    try:
+        state = dict(conn.execute("SELECT as_id, state FROM application_services_state"))
+        rows = conn.execute("SELECT txn_id, event_ids FROM application_services_txns").fetchall()
+    finally:
+        conn.close()
+    return {"state": state, "txns": {txn: json.loads(ids) for txn, ids in rows}}
 
 
 async def room_timeline(

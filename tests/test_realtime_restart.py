@@ -29,6 +29,7 @@ from tests.fault_traffic import (
     matrix_send,
     merged,
     room_timeline,
+    stuck_appservice_events,
 )
 from tests.helpers import eventually, matrix_user
 from tests.realtime_support import Recorder, conversation_of
@@ -136,6 +137,9 @@ async def kill_during_burst(
                 for sock in (first, second)
                 for i in duplicated(m["_id"] for m in sock.of("new_message"))
             ]
+            stuck = stuck_appservice_events(fs.synapse.data_dir)
+            if stuck.get("txns"):
+                report.extra["synapse_undelivered_txns"] = stuck
             report.extra["live_before_kill"] = len(live_before)
             report.extra["caught_up"] = len(fetched)
             report.extra["live_after"] = len(second.of("new_message"))
