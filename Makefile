@@ -1,10 +1,10 @@
-# The two commands the README promises: `make run` and `make test`.
+# The commands the README promises: `make run`, `make test` and `make soak`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tests/node/package.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test lint format bench clean install
+.PHONY: run test soak lint format bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m bridge dev
 
-## Lint, format check and the whole test suite against real Synapse, PostgreSQL and Redis.
+## Lint, format check and the test suite against real Synapse, PostgreSQL and Redis
+## (without the long fault runs: those are `make soak`).
 test: $(STAMP)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
+
+## The long fault runs (kill -9 during a 2,000-message burst, PostgreSQL crash under load).
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak -s
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+import asyncpg
 from aiohttp import web
 
 from . import safejson
@@ -113,6 +114,34 @@ class ServiceUnavailable(BridgeError):
     default_message = "A backing service is unavailable; try again shortly"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    default_message = "The database is unavailable; try again shortly"
+
+
+# A backing service that is down or restarting: the pool reconnects by itself, so the
+# client should retry (503) rather than be told the bridge is broken (500).
+_DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError,  # 08xxx: connection lost or refused by the server
+    asyncpg.exceptions.OperatorInterventionError,  # 57xxx: shutting down, starting up
+    ConnectionError,  # refused or reset while (re)connecting
+)
+
+
+def unavailable(error: BaseException) -> ServiceUnavailable | None:
+    """The 503 for an exception that means the database is down, else None."""
+    if isinstance(error, _DATABASE_DOWN):
+        return DatabaseUnavailable()
+    if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
+        return DatabaseUnavailable()  # the pool's connection was closed under it
+    if isinstance(error, asyncpg.InternalClientError) and "in progress" in str(error):
+        # A connection the server dropped mid-protocol, not yet seen as closed by the pool.
+        return DatabaseUnavailable()
+    if isinstance(error, OSError) and error.errno is None and "connect" in str(error).lower():
+        # asyncpg raises a bare OSError("Multiple exceptions: ...") when every address fails.
+        return DatabaseUnavailable()
+    return None
+
+
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large) get the same shape.
 _HTTP_ERRCODES = {
     400: "M_BAD_JSON",
@@ -184,7 +213,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         body = {"message": message, "errcode": _HTTP_ERRCODES.get(e.status, "M_UNKNOWN")}
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(e.status, body, request.path, headers)
-    except Exception:
+    except Exception as e:
+        if (down := unavailable(e)) is not None:
+            log.warning("%s %s failed: %s: %s", request.method, request.path, type(e).__name__, e)
+            return error_response(down.status, down.body(), request.path, {"Retry-After": "1"})
         log.exception("Unhandled error in %s %s", request.method, request.path)
         body = {"message": "Internal server error", "errcode": "M_UNKNOWN"}
         return error_response(500, body, request.path)

@@ -7,8 +7,15 @@ tests share: a registration points at exactly one appservice URL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import glob
+import os
+import pwd
+import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +80,80 @@ class PrivateRedis:
             self.proc.wait(timeout=10)
 
 
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own on a free loopback port (trust auth), to restart under
+    traffic without touching the machine's server, which the other tests share.
+
+    PostgreSQL refuses to run as root, so the cluster runs as the ``postgres`` OS user, in a
+    directory that user owns (pytest's tmp_path is private to root).
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="fault-pg-"))
+        self.data = self.directory / "data"
+        self.log_path = self.directory / "postgres.log"
+        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.directory, owner.pw_uid, owner.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        else:
+            self._as = []
+
+    @property
+    def dsn(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self._as, str(self.bin / tool), *args], check=True, capture_output=True, timeout=60
+        )
+
+    def _initdb(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync")  # fmt: skip
+
+    def _start(self) -> None:
+        # fsync=off only risks data on an OS crash; a killed server loses nothing. Commits
+        # stay synchronous: with synchronous_commit=off a crash (stop -m immediate) drops
+        # the last acknowledged commits, and the bridge loses what it had acknowledged.
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+            "-c fsync=off -c max_connections=50"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-o", options,
+                  "-w", "-t", "30", "start")  # fmt: skip
+
+    def _stop(self, mode: str) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    async def start(self) -> None:
+        if not self.data.exists():
+            await asyncio.to_thread(self._initdb)
+        await asyncio.to_thread(self._start)
+
+    async def stop(self, mode: str = "fast") -> None:
+        """``fast`` disconnects every client (as a restart by an operator does); ``immediate``
+        is a crash (recovery from WAL on the next start)."""
+        await asyncio.to_thread(self._stop, mode)
+
+    async def restart(self, down: float = 1.0, mode: str = "fast") -> tuple[float, float]:
+        """Stop, stay down ``down`` seconds, start; returns (stopped_at, started_at) on the
+        monotonic clock."""
+        await self.stop(mode)
+        stopped = time.monotonic()
+        await asyncio.sleep(down)
+        await self.start()
+        return stopped, time.monotonic()
+
+    def close(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.SubprocessError):
+                self._stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @dataclass
 class FaultStack:
     synapse: SynapseProcess
@@ -82,6 +163,7 @@ class FaultStack:
     verifier: JwtVerifier
     redis: PrivateRedis | None
     root: Path
+    postgres: PrivatePostgres | None = None
 
     @property
     def url(self) -> str:
@@ -101,10 +183,13 @@ async def fault_stack(
     *,
     synapse_db: str = "sqlite",
     redis: str | None = "private",
+    bridge_db: str = "shared",
     **overrides: Any,
 ) -> AsyncIterator[FaultStack]:
-    """Synapse on ``synapse_db`` ("sqlite" or "postgres"), the bridge on PostgreSQL as a child
-    process, and Redis: "private" (stoppable), "shared" (the machine's) or None."""
+    """Synapse on ``synapse_db`` ("sqlite" or "postgres"), the bridge as a child process on
+    PostgreSQL: ``bridge_db`` "shared" (a schema on the machine's server) or "private" (a
+    cluster of its own, restartable: ``fs.postgres``), and Redis: "private" (stoppable),
+    "shared" (the machine's) or None."""
     synapse_port, bridge_port = free_port(), free_port()
     config_path, registration = generate_config(
         root / "bridge",
@@ -118,10 +203,18 @@ async def fault_stack(
             **overrides,
         },
     )
-    schema = await create_schema()
     private = PrivateRedis(root / "redis") if redis == "private" else None
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(drop_schema, schema)
+        postgres = None
+        if bridge_db == "private":
+            postgres = PrivatePostgres()
+            stack.callback(postgres.close)
+            await postgres.start()
+            bridge_dsn, bridge_args = postgres.dsn, {"min_size": 1, "max_size": 10}
+        else:
+            schema = await create_schema()
+            stack.push_async_callback(drop_schema, schema)
+            bridge_dsn, bridge_args = POSTGRES_DSN, postgres_args(schema)
         database = None
         if synapse_db == "postgres":
             created = await stack.enter_async_context(postgres_database("fault_synapse"))
@@ -134,8 +227,8 @@ async def fault_stack(
             await private.start()
             stack.callback(private.stop)
         config = Config.load(config_path, environ={})
-        config.set("database.url", POSTGRES_DSN)
-        config.set("database.args", postgres_args(schema))
+        config.set("database.url", bridge_dsn)
+        config.set("database.args", bridge_args)
         config.set("redis.url", private.url if private else REDIS_URL if redis else None)
         synapse = SynapseProcess(
             root / "synapse", port=synapse_port, registration_files=[registration],
@@ -155,4 +248,5 @@ async def fault_stack(
             verifier=JwtVerifier.from_config(config),
             redis=private,
             root=root,
+            postgres=postgres,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -19,6 +20,19 @@ from bridge.matrix.homeserver import MatrixError
         # ...but a homeserver fault, or our as_token refused, is the bridge's problem: 503.
         (MatrixError(500, "M_UNKNOWN", "boom"), 503, "M_HOMESERVER_UNAVAILABLE"),
         (MatrixError(401, "M_UNKNOWN_TOKEN", "bad as_token"), 503, "M_HOMESERVER_UNAVAILABLE"),
+        # The database restarting or unreachable: retry shortly (503), not a bridge bug.
+        (asyncpg.ConnectionDoesNotExistError("closed mid-operation"), 503, "M_SERVICE_UNAVAILABLE"),
+        (asyncpg.CannotConnectNowError("starting up"), 503, "M_SERVICE_UNAVAILABLE"),
+        (asyncpg.AdminShutdownError("terminating"), 503, "M_SERVICE_UNAVAILABLE"),
+        (ConnectionRefusedError(111, "Connect call failed"), 503, "M_SERVICE_UNAVAILABLE"),
+        (asyncpg.InterfaceError("connection is closed"), 503, "M_SERVICE_UNAVAILABLE"),
+        (
+            asyncpg.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            ),
+            503,
+            "M_SERVICE_UNAVAILABLE",
+        ),
         (RuntimeError("secret detail"), 500, "M_UNKNOWN"),
     ],
 )

@@ -12,10 +12,17 @@ from .upgrade import upgrade_table
 
 def create_database(url: str, args: dict[str, Any] | None = None) -> Database:
     """``sqlite:<path>`` (embedded) or ``postgres://...``, with our migrations attached."""
+    db_args = dict(args or {})
+    if url.startswith(("postgres://", "postgresql://")):
+        # mautrix exits the process on asyncpg's InternalClientError, which a connection
+        # the server dropped (PostgreSQL restarting) can raise before the pool notices it is
+        # closed. The pool terminates such a connection when it is released; the request
+        # answers 503 (bridge/errors.py) and the next one gets a fresh connection.
+        db_args.setdefault("meow_exit_on_ice", False)
     return Database.create(
         url,
         upgrade_table=upgrade_table,
-        db_args=dict(args or {}),
+        db_args=db_args,
         log=logging.getLogger("bridge.db"),
         owner_name="crm-bridge",
     )

@@ -24,7 +24,15 @@ from aiohttp import web
 from ..api import CHAT
 from ..api.auth import user_for, verifier
 from ..context import EVENT_INDEX
-from ..errors import BadRequest, BridgeError, InvalidParam, MissingToken, NotFound, client_body
+from ..errors import (
+    BadRequest,
+    BridgeError,
+    InvalidParam,
+    MissingToken,
+    NotFound,
+    client_body,
+    unavailable,
+)
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import for_user
 from .access import EXPIRED, Access
@@ -97,7 +105,9 @@ def register(
                     return await handler(sid, data)
             except BridgeError as e:
                 return await fail(sid, e)
-            except Exception:
+            except Exception as e:
+                if (down := unavailable(e)) is not None:
+                    return await fail(sid, down)
                 log.exception("Socket operation %s failed", handler.__name__)
                 return await fail(sid, BridgeError(INTERNAL_ERROR))
 
