@@ -6,14 +6,17 @@
 * ephemeral.py m.typing / m.receipt / m.presence → user_typing, messages_read, user_online...
 * presence.py  first socket → online, last socket + grace → offline
 * registry.py  every user's sockets across processes; dedup.py, pump.py, rooms.py helpers
+* manager.py   Socket.IO over Redis pub/sub, resubscribing and resyncing after an outage;
+               ../redis_state.py tells every Redis user whether Redis answers now
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..context import CONFIG, DISPATCHER, LOCAL_ECHO
+from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
+from ..redis_state import RedisState
 from . import handlers
 from .fanout import is_conversation_change, is_message
 from .server import create_server
@@ -24,7 +27,10 @@ __all__ = ["PRESENCE", "REALTIME", "SIO", "Realtime", "setup"]
 
 def setup(app: web.Application) -> None:
     """Attach Socket.IO at /socket.io/, the Matrix event handlers and the local echo."""
-    sio = create_server(app[CONFIG])
+    state = RedisState() if app[CONFIG].get("redis.url") else None
+    if state is not None:
+        app[REDIS_STATE] = state
+    sio = create_server(app[CONFIG], state)
     sio.attach(app)
     app[SIO] = sio
     sockets: dict[str, handlers.Socket] = {}

@@ -1,20 +1,20 @@
 """The Socket.IO server: attached to the bridge's aiohttp app, shared through Redis.
 
 Served at the default path ``/socket.io/`` with both transports (long-polling and
-websocket), as seed frontends ask for. With ``redis.url`` set, python-socketio's Redis
-manager relays every emit to all facade processes of this deployment.
+websocket), as seed frontends ask for. With ``redis.url`` set, a python-socketio pub/sub
+manager over Redis (manager.py) relays every emit to all facade processes of this deployment.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 
 import socketio
 
 from ..config import Config
+from ..redis_state import RedisState
+from .manager import BridgeRedisManager
 
 log = logging.getLogger("bridge.realtime.server")
 
@@ -28,13 +28,11 @@ def redis_prefix(config: Config) -> str:
     return f"crm-bridge:{hashlib.sha256(seed).hexdigest()[:12]}"
 
 
-def create_server(config: Config) -> socketio.AsyncServer:
+def create_server(config: Config, state: RedisState | None) -> socketio.AsyncServer:
     origins = list(config.get("api.cors_origins") or [])
     manager: socketio.AsyncManager | None = None
-    if url := config.get("redis.url"):
-        manager = socketio.AsyncRedisManager(
-            url, channel=f"{redis_prefix(config)}:socketio", logger=log
-        )
+    if (url := config.get("redis.url")) and state is not None:
+        manager = BridgeRedisManager(url, f"{redis_prefix(config)}:socketio", state, logger=log)
     return socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
@@ -55,11 +53,5 @@ def start_manager(sio: socketio.AsyncServer) -> None:
 
 
 async def stop_manager(sio: socketio.AsyncServer) -> None:
-    thread = getattr(sio.manager, "thread", None)
-    if thread is not None:
-        thread.cancel()
-        await asyncio.wait([thread], timeout=5)
-    redis = getattr(sio.manager, "redis", None)
-    if redis is not None:
-        with contextlib.suppress(Exception):
-            await redis.aclose()
+    if isinstance(sio.manager, BridgeRedisManager):
+        await sio.manager.close()

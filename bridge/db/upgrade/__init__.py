@@ -5,6 +5,13 @@ from mautrix.util.async_db import UpgradeTable
 upgrade_table = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
 
 # Each module registers itself on import; the import order is the version order.
-from . import v01_initial, v02_directory, v03_chat, v04_realtime  # noqa: E402
+from . import v01_initial, v02_directory, v03_chat, v04_realtime, v05_emitted  # noqa: E402
 
-__all__ = ["upgrade_table", "v01_initial", "v02_directory", "v03_chat", "v04_realtime"]
+__all__ = [
+    "upgrade_table",
+    "v01_initial",
+    "v02_directory",
+    "v03_chat",
+    "v04_realtime",
+    "v05_emitted",
+]
