@@ -78,10 +78,10 @@ class BridgeRedisManager(AsyncPubSubManager):
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel, self.resync_channel)
+                delay = MIN_RETRY_S
                 while True:
                     if not self.state.up:
                         await self._recover()
-                        delay = MIN_RETRY_S
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "message":
                         continue
