@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.realtime_support import BridgeProcess, Recorder, conversation_of
 from tests.test_realtime_restart import catch_up, send
 
 RECOVERY_BOUND_S = 30
+NODE_DIR = Path(__file__).parent / "node"
 
 
 @dataclass
@@ -332,3 +334,44 @@ async def test_kill_without_redis_delivers_each_message_once_soak(tmp_path: Path
 
 async def _all(*values: bool) -> bool:
     return all(values)
+
+
+async def test_node_client_reconnects_by_itself_after_outage(tmp_path: Path) -> None:
+    """socket.io-client (what seed frontends use) reconnects on its own when the bridge
+    closes its socket after an outage, over websocket too (python-engineio leaves a
+    websocket open after its CLOSE packet, which socket.io-client ignores)."""
+    async with fault_stack(tmp_path, redis="private") as fs:
+        assert fs.redis is not None
+        user_id = await fs.directory.user("Node Frontend")
+        env = {**os.environ, "BRIDGE_URL": fs.url, "TOKEN": fs.token(user_id)}
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(NODE_DIR / "reconnect.mjs"), env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await node_line(proc, "upgraded")
+            fs.redis.stop()
+            await asyncio.sleep(2)
+            await fs.redis.start()
+            restarted = time.monotonic()
+            dropped = await node_line(proc, "disconnected")
+            assert dropped["reason"] == "transport close", dropped
+            await node_line(proc, "connected")
+            took = time.monotonic() - restarted
+            print("FIGURES", json.dumps({"node_reconnected_after_s": round(took, 1)}))
+            assert took < RECOVERY_BOUND_S
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def node_line(proc: asyncio.subprocess.Process, event: str) -> dict[str, Any]:
+    assert proc.stdout is not None
+    for _ in range(100):
+        raw = await asyncio.wait_for(proc.stdout.readline(), timeout=RECOVERY_BOUND_S)
+        assert raw, "node exited early"
+        line = json.loads(raw)
+        if line["event"] == event:
+            return line
+    raise AssertionError(f"no {event} from node")

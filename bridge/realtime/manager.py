@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import socketio
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -41,6 +42,23 @@ def redis_client(url: str, retries: int = 1) -> Redis:
     return Redis.from_url(
         url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), retries)
     )
+
+
+async def close_transport(sio: socketio.AsyncServer, eio_sid: str) -> None:
+    """Close one Engine.IO session the way a dying process would: the client sees a
+    transport close and reconnects by itself."""
+    eio = sio.eio
+    socket = eio.sockets.get(eio_sid)
+    try:
+        await eio.disconnect(eio_sid)
+    except Exception:
+        log.exception("Could not close a socket after a Redis outage")
+    # python-engineio sends a CLOSE packet and leaves a websocket open until its ping
+    # timeout; socket.io-client ignores CLOSE over websocket and would sit on a dead session
+    # for ~45 s. The queue's end marker stops the writer, which closes the websocket.
+    queue = getattr(socket, "queue", None)
+    if getattr(socket, "upgraded", False) and isinstance(queue, asyncio.Queue):
+        queue.put_nowait(None)
 
 
 class BridgeRedisManager(AsyncPubSubManager):
@@ -138,10 +156,7 @@ class BridgeRedisManager(AsyncPubSubManager):
         own (a Socket.IO-level disconnect would make socket.io-client give up)."""
         eio_sids = [eio_sid for _, eio_sid in self.get_participants("/", None)]
         if eio_sids:
-            await asyncio.gather(
-                *(self.server.eio.disconnect(eio_sid) for eio_sid in eio_sids),
-                return_exceptions=True,
-            )
+            await asyncio.gather(*(close_transport(self.server, e) for e in eio_sids))
         return len(eio_sids)
 
     async def close(self) -> None:
