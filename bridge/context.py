@@ -23,6 +23,7 @@ from .ids import IdMapper
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
+from .redis_state import RedisState
 from .revocation import Revocations
 
 CONFIG = web.AppKey("config", Config)
@@ -40,6 +41,8 @@ RECEIPTS = web.AppKey("receipts", ReceiptStore)
 IDS = web.AppKey("ids", IdMapper)
 # Set once startup checks passed and the database is open: readiness.
 READY = web.AppKey("ready", dict)
+# Set when ``redis.url`` is: whether this process reaches Redis now (bridge/redis_state.py).
+REDIS_STATE = web.AppKey("redis_state", RedisState)
 
 # Called with (conversation, message) right after the facade sent a message, before the
 # homeserver's transaction brings it back, so real-time clients see it at once.

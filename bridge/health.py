@@ -1,10 +1,16 @@
-"""Liveness and readiness probes for orchestrators and load balancers."""
+"""Liveness and readiness probes for orchestrators and load balancers.
+
+Readiness is the database and the homeserver. Redis is reported but does not gate it: a
+process whose Redis is away keeps serving its own sockets and REST (bridge/redis_state.py),
+so it answers 200 with ``"status": "degraded"`` and ``"redis": false``. Taking it out of the
+load balancer would turn a partial outage (no cross-process fan-out) into a full one.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from .context import READY
+from .context import READY, REDIS_STATE
 
 routes = web.RouteTableDef()
 
@@ -20,6 +26,8 @@ async def live(_: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state = request.app[READY]
     ok = all(state.values()) and bool(state)
-    return web.json_response(
-        {"status": "ok" if ok else "starting", "checks": state}, status=200 if ok else 503
-    )
+    redis = request.app.get(REDIS_STATE)
+    redis_up = None if redis is None else redis.up
+    status = "starting" if not ok else "degraded" if redis_up is False else "ok"
+    body = {"status": status, "checks": state, "redis": redis_up, "degraded": redis_up is False}
+    return web.json_response(body, status=200 if ok else 503)

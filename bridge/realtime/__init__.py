@@ -10,14 +10,18 @@
 * presence.py  first socket → online, last socket + grace → offline
 * registry.py  every user's sockets across processes; local.py, this process's
 * dedup.py, pump.py, rooms.py helpers
+* manager.py   Socket.IO managers: gated delivery and control messages; over Redis,
+               resubscribing and resyncing after an outage (../redis_state.py tells
+               every Redis user whether Redis answers now)
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..context import CONFIG, DISPATCHER, LOCAL_ECHO
+from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
+from ..redis_state import RedisState
 from . import handlers
 from .access import Access
 from .fanout import is_conversation_change, is_message
@@ -30,7 +34,10 @@ __all__ = ["ACCESS", "PRESENCE", "REALTIME", "SIO", "TYPING", "Realtime", "setup
 
 def setup(app: web.Application) -> None:
     """Attach Socket.IO at /socket.io/, the Matrix event handlers and the local echo."""
-    sio = create_server(app[CONFIG])
+    state = RedisState() if app[CONFIG].get("redis.url") else None
+    if state is not None:
+        app[REDIS_STATE] = state
+    sio = create_server(app[CONFIG], state)
     sio.attach(app)
     app[SIO] = sio
     sockets = LocalSockets()

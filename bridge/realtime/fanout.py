@@ -26,6 +26,7 @@ from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..matrix.dispatcher import Event
 from ..matrix.indexer import INDEXED_TYPES
+from ..redis_state import RedisState
 from .access import Access
 from .cursors import Frontier
 from .dedup import Claims
@@ -59,6 +60,7 @@ class Fanout:
         registry: SocketRegistry,
         frontier: Frontier,
         access: Access,
+        state: RedisState | None = None,
     ) -> None:
         self.app = app
         self.sio = sio
@@ -66,6 +68,7 @@ class Fanout:
         self.registry = registry
         self.frontier = frontier
         self.access = access
+        self.state = state
         self._pending_changes: set[str] = set()
 
     # Messages.
@@ -98,8 +101,18 @@ class Fanout:
         if conversation is None or CHAT not in self.app:
             return
         message = await self.app[CHAT].message_from_event(event)
-        await self.frontier.set(conversation.conversation_id, message["_id"])
-        await self.message(conversation.conversation_id, message, message["_id"])
+        conversation_id = conversation.conversation_id
+        if not self._fans_out():
+            # Other processes' sockets may be missing messages: keep the cursor pinned.
+            cursor = await self.frontier.get(conversation_id)
+            await self.message(conversation_id, message, cursor)
+            return
+        await self.message(conversation_id, message, message["_id"])
+        if self._fans_out():  # the emit reached every process (or none needed to see it)
+            await self.frontier.set(conversation_id, message["_id"])
+
+    def _fans_out(self) -> bool:
+        return self.state is None or self.state.up
 
     # Conversation changes.
     async def _sids(self, user: CrmUser) -> list[str]:

@@ -5,6 +5,9 @@ A socket entry carries an expiry. Open sockets are renewed by their process ever
 socket's entry is kept for the offline grace period. A user counts as connected while any
 entry is unexpired. The ``online`` set holds users whose puppet we set online; moving a user
 into it or out of it is atomic, so exactly one process sets the puppet online or offline.
+
+While Redis is away (bridge/redis_state.py) each process falls back to what it knows: its own
+sockets, kept in memory all along. Presence then counts only this process's sockets.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import time
 from typing import Protocol
 
 from redis.asyncio import Redis
+
+from ..redis_state import REDIS_ERRORS, RedisState
 
 
 def now_ms() -> int:
@@ -148,3 +153,73 @@ class RedisRegistry:
     async def online(self) -> list[str]:
         raw = await self.redis.smembers(self._online_key)
         return [s.decode() if isinstance(s, bytes) else s for s in raw]
+
+
+class FallbackRegistry:
+    """Redis while it answers; this process's own sockets (always recorded) while not."""
+
+    def __init__(self, redis: RedisRegistry, state: RedisState) -> None:
+        self.redis = redis
+        self.state = state
+        self.local = MemoryRegistry()
+
+    def _failed(self, e: BaseException) -> None:
+        self.state.down(f"the socket registry failed: {e!r}")
+
+    async def opened(self, crm_user_id: str, sid: str, lease_ms: int) -> bool:
+        first = await self.local.opened(crm_user_id, sid, lease_ms)
+        if self.state.up:
+            try:
+                return await self.redis.opened(crm_user_id, sid, lease_ms)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+        return first
+
+    async def closed(self, crm_user_id: str, sid: str, grace_ms: int) -> None:
+        await self.local.closed(crm_user_id, sid, grace_ms)
+        if self.state.up:
+            try:
+                await self.redis.closed(crm_user_id, sid, grace_ms)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+
+    async def renew(self, sockets: dict[str, set[str]], lease_ms: int) -> None:
+        await self.local.renew(sockets, lease_ms)
+        if self.state.up:
+            try:
+                await self.redis.renew(sockets, lease_ms)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+
+    async def release(self, crm_user_id: str) -> bool:
+        released = await self.local.release(crm_user_id)
+        if self.state.up:
+            try:
+                return await self.redis.release(crm_user_id)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+        return released
+
+    async def connected(self, crm_user_id: str) -> bool:
+        if self.state.up:
+            try:
+                return await self.redis.connected(crm_user_id)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+        return await self.local.connected(crm_user_id)
+
+    async def sids(self, crm_user_id: str) -> list[str]:
+        if self.state.up:
+            try:
+                return await self.redis.sids(crm_user_id)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+        return await self.local.sids(crm_user_id)
+
+    async def online(self) -> list[str]:
+        if self.state.up:
+            try:
+                return await self.redis.online()
+            except REDIS_ERRORS as e:
+                self._failed(e)
+        return await self.local.online()

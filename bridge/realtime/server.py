@@ -1,23 +1,22 @@
 """The Socket.IO server: attached to the bridge's aiohttp app, shared through Redis.
 
 Served at the default path ``/socket.io/`` with both transports (long-polling and
-websocket), as seed frontends ask for. With ``redis.url`` set, python-socketio's Redis
-manager relays every emit to all facade processes of this deployment. Either manager is
-gated (manager.py): control messages between processes, and a participation check at
-delivery.
+websocket), as seed frontends ask for. With ``redis.url`` set, a python-socketio pub/sub
+manager over Redis (manager.py) relays every emit to all facade processes of this deployment.
+Either manager is gated (manager.py): control messages between processes, and a
+participation check at delivery.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import socketio
 
 from .. import safejson
 from ..config import Config, redis_prefix
-from .manager import GatedManager, GatedRedisManager
+from ..redis_state import RedisState
+from .manager import BridgeRedisManager, GatedManager, GatedRedisManager
 from .wire import CheckedPacket, CheckedWebSocket, EngineLog
 
 log = logging.getLogger("bridge.realtime.server")
@@ -25,11 +24,11 @@ log = logging.getLogger("bridge.realtime.server")
 __all__ = ["create_server", "redis_prefix", "start_manager", "stop_manager"]
 
 
-def create_server(config: Config) -> socketio.AsyncServer:
+def create_server(config: Config, state: RedisState | None) -> socketio.AsyncServer:
     origins = list(config.get("api.cors_origins") or [])
     manager: socketio.AsyncManager = GatedManager()
-    if url := config.get("redis.url"):
-        manager = GatedRedisManager(url, channel=f"{redis_prefix(config)}:socketio", logger=log)
+    if (url := config.get("redis.url")) and state is not None:
+        manager = GatedRedisManager(url, f"{redis_prefix(config)}:socketio", state, logger=log)
     server = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
@@ -56,11 +55,5 @@ def start_manager(sio: socketio.AsyncServer) -> None:
 
 
 async def stop_manager(sio: socketio.AsyncServer) -> None:
-    thread = getattr(sio.manager, "thread", None)
-    if thread is not None:
-        thread.cancel()
-        await asyncio.wait([thread], timeout=5)
-    redis = getattr(sio.manager, "redis", None)
-    if redis is not None:
-        with contextlib.suppress(Exception):
-            await redis.aclose()
+    if isinstance(sio.manager, BridgeRedisManager):
+        await sio.manager.close()

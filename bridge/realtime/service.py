@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import socketio
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from ..context import CONFIG, DATABASE, MATRIX, REVOCATIONS, USERS
+from ..context import CONFIG, DATABASE, MATRIX, REDIS_STATE, REVOCATIONS, USERS
 from ..db.announced_receipt import AnnouncedReceiptStore
 from .access import Access
-from .cursors import Frontier, MemoryFrontier, RedisFrontier
-from .dedup import Claims, MemoryClaims, RedisClaims
+from .cursors import FallbackFrontier, Frontier, MemoryFrontier, RedisFrontier
+from .dedup import Claims, DatabaseClaims, FallbackClaims, RedisClaims
 from .ephemeral import Relays
 from .fanout import Fanout
+from .manager import BridgeRedisManager
 from .presence import PresenceTracker
 from .pump import Lane
-from .registry import MemoryRegistry, RedisRegistry, SocketRegistry
+from .registry import FallbackRegistry, MemoryRegistry, RedisRegistry, SocketRegistry
 from .server import redis_prefix, start_manager, stop_manager
 from .typing import TypingThrottle
 
@@ -55,7 +59,16 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         return
     # A blocking pool: a burst (hundreds of sockets closing at once) waits for a connection
     # instead of failing with "Too many connections".
-    pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=20)
+    # Fail fast while Redis is away (redis-py's default retries back off for seconds): the
+    # stores then fall back to memory (bridge/redis_state.py).
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=20,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), 1),
+    )
     client = Redis(connection_pool=pool)
     try:
         yield client
@@ -64,15 +77,37 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         await pool.disconnect()
 
 
+def remembered_by(claims: FallbackClaims) -> Callable[[str, Any], None]:
+    def remember(event: str, payload: Any) -> None:
+        if event == "new_message" and isinstance(payload, dict):
+            key = payload.get("eventId") or payload.get("_id")
+            if key:
+                claims.seen(str(key))
+
+    return remember
+
+
 def context(app: web.Application):
     async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         sio = app[SIO]
         async with _redis(config.get("redis.url")) as redis:
             prefix = redis_prefix(config)
-            claims: Claims = RedisClaims(redis, prefix) if redis else MemoryClaims()
-            frontier: Frontier = RedisFrontier(redis, prefix) if redis else MemoryFrontier()
-            registry: SocketRegistry = RedisRegistry(redis, prefix) if redis else MemoryRegistry()
+            state = app.get(REDIS_STATE)
+            claims: Claims
+            frontier: Frontier
+            registry: SocketRegistry
+            if redis is not None and state is not None:
+                claims = FallbackClaims(RedisClaims(redis, prefix), state)
+                if isinstance(sio.manager, BridgeRedisManager):
+                    sio.manager.on_remote_emit = remembered_by(claims)
+                frontier = FallbackFrontier(RedisFrontier(redis, prefix), state)
+                registry = FallbackRegistry(RedisRegistry(redis, prefix), state)
+            else:
+                claims = DatabaseClaims(app[DATABASE])
+                await claims.prune()
+                frontier = MemoryFrontier()
+                registry = MemoryRegistry()
             relays = Relays(app, sio, AnnouncedReceiptStore(app[DATABASE]))
             presence = PresenceTracker(
                 registry,
@@ -87,7 +122,7 @@ def context(app: web.Application):
                 claims=claims,
                 registry=registry,
                 presence=presence,
-                fanout=Fanout(app, sio, claims, registry, frontier, app[ACCESS]),
+                fanout=Fanout(app, sio, claims, registry, frontier, app[ACCESS], state),
                 relays=relays,
                 live=Lane("live"),
                 slow=Lane("slow"),

@@ -5,7 +5,7 @@ from mautrix.util.async_db import UpgradeTable
 upgrade_table = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
 
 # Each module registers itself on import; the import order is the version order.
-from . import v01_initial, v02_directory, v03_chat, v04_realtime, v05_txn_digest  # noqa: E402
+from . import v01_initial, v02_directory, v03_chat, v04_realtime, v05_txn_digest, v06_emitted  # noqa: E402
 
 __all__ = [
     "upgrade_table",
@@ -14,4 +14,5 @@ __all__ = [
     "v03_chat",
     "v04_realtime",
     "v05_txn_digest",
+    "v06_emitted",
 ]
