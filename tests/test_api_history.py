@@ -1,0 +1,170 @@
+"""History walks over a forked room DAG: concurrent senders give many events one depth.
+
+Eight REST senders across three CRM users and a plain Matrix user send at once, so the
+homeserver persists sibling events that share a depth. Walking back with ``before``,
+forward with ``after`` and by ``page`` must each return every message exactly once, in the
+same order, with page boundaries landing between siblings many times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from nio import RoomSendResponse
+
+from bridge.context import MATRIX
+from bridge.ids import message_id_for_event
+from tests.api_support import Api, api_for, crm_user, project_chat, second_facade
+from tests.conftest import unique
+from tests.helpers import matrix_user
+
+pytestmark = pytest.mark.integration
+log = logging.getLogger("tests.history")
+
+REST_SENDERS = 8
+MATRIX_SENDERS = 2
+PAGE = 7  # small, so a walk crosses hundreds of boundaries
+
+
+@dataclass
+class Walk:
+    name: str
+    ids: list[str]
+
+    def figures(self, sent: set[str]) -> dict[str, int]:
+        counts = Counter(self.ids)
+        return {
+            "sent": len(sent),
+            "returned": len(self.ids),
+            "missing": len(sent - set(counts)),
+            "duplicated": sum(n - 1 for n in counts.values() if n > 1),
+            "unknown": len(set(counts) - sent),
+        }
+
+
+async def _walk_pages(api: Api, path: str, bound: int) -> Walk:
+    pages: list[list[str]] = []
+    for number in range(1, bound + 1):
+        status, body, _ = await api.get(path, params={"page": number, "limit": PAGE})
+        assert status == 200, body
+        pages.append([m["_id"] for m in body["messages"]])
+        if not body["hasMore"]:
+            break
+    else:
+        raise AssertionError("page walk did not end")
+    return Walk("page", [i for page in reversed(pages) for i in page])
+
+
+async def _walk_before(api: Api, path: str, newest: str, bound: int) -> Walk:
+    ids = [newest]
+    cursor: str | None = newest
+    for _ in range(bound):
+        status, body, _ = await api.get(path, params={"before": cursor, "limit": PAGE})
+        assert status == 200, body
+        ids[:0] = [m["_id"] for m in body["messages"]]
+        cursor = body["nextCursor"]
+        if not body["hasMore"]:
+            assert cursor is None
+            return Walk("before", ids)
+        assert cursor == body["messages"][0]["_id"]
+    raise AssertionError("before walk did not end")
+
+
+async def _walk_after(api: Api, path: str, oldest: str, bound: int) -> Walk:
+    ids = [oldest]
+    cursor = oldest
+    for _ in range(bound):
+        status, body, _ = await api.get(path, params={"after": cursor, "limit": PAGE})
+        assert status == 200, body
+        ids += [m["_id"] for m in body["messages"]]
+        cursor = body["nextCursor"]
+        if not body["hasMore"]:
+            return Walk("after", ids)
+        assert cursor == body["messages"][-1]["_id"]
+    raise AssertionError("after walk did not end")
+
+
+async def _burst_then_walk(stack, total: int) -> None:
+    app = stack.app
+    users = await asyncio.gather(*(crm_user(app, f"Burst {n}") for n in range(3)))
+    # A CRM user on Element (linked account): the project room keeps it as a member.
+    local = unique("burst")
+    linked = await crm_user(app, "Burst Element", matrix_id=f"@{local}:localhost")
+    conv = await project_chat(app, [*users, linked])
+    element = await matrix_user(stack.synapse, local)
+    await app[MATRIX].invite(conv.room_id, element.user_id)
+    await element.join(conv.room_id)
+    matrix_share = total // 10
+    rest_share = total - matrix_share
+    cid = conv.conversation_id
+    sent: set[str] = set()
+    # Its own facade, so hundreds of sends and reads per user pass the rate limiter.
+    overrides = {"api.rate_limit.requests": 100000, "api.rate_limit.send_requests": 100000}
+    try:
+        async with second_facade(stack.config, **overrides) as server:
+            base = server.config["appservice.address"]
+            async with (
+                api_for(server.app, base, users[0]) as a0,
+                api_for(server.app, base, users[1]) as a1,
+                api_for(server.app, base, users[2]) as a2,
+            ):
+                apis = [a0, a1, a2]
+
+                async def rest_sender(task: int) -> None:
+                    api = apis[task % len(apis)]
+                    for n in range(task, rest_share, REST_SENDERS):
+                        status, body, _ = await api.post(
+                            "/api/chat/send", {"conversationId": cid, "content": f"r{task}-{n}"}
+                        )
+                        assert status == 201, body
+                        sent.add(body["_id"])
+
+                async def matrix_sender(task: int) -> None:
+                    for n in range(task, matrix_share, MATRIX_SENDERS):
+                        content = {"msgtype": "m.text", "body": f"x{task}-{n}"}
+                        resp = await element.room_send(conv.room_id, "m.room.message", content)
+                        assert isinstance(resp, RoomSendResponse), resp
+                        sent.add(message_id_for_event(resp.event_id))
+
+                started = time.monotonic()
+                await asyncio.gather(
+                    *(rest_sender(t) for t in range(REST_SENDERS)),
+                    *(matrix_sender(t) for t in range(MATRIX_SENDERS)),
+                )
+                sending = time.monotonic() - started
+                assert len(sent) == total
+
+                reader = a0
+                path = f"/api/chat/messages/{cid}"
+                bound = total // PAGE + 10
+                started = time.monotonic()
+                page = await _walk_pages(reader, path, bound)
+                before = await _walk_before(reader, path, page.ids[-1], bound)
+                after = await _walk_after(reader, path, page.ids[0], bound)
+                walking = time.monotonic() - started
+    finally:
+        await element.close()
+
+    figures = {w.name: w.figures(sent) for w in (before, after, page)}
+    log.warning("history walks of %d messages (send %.1fs, walks %.1fs): %s", total, sending,
+                walking, figures)  # fmt: skip
+    print(f"\nHISTORY {total}: {figures}")
+    clean = {"sent": total, "returned": total, "missing": 0, "duplicated": 0, "unknown": 0}
+    assert figures == {"before": clean, "after": clean, "page": clean}
+    assert before.ids == page.ids
+    assert after.ids == page.ids
+
+
+async def test_cursor_walks_return_every_message_of_a_concurrent_burst(stack) -> None:
+    await _burst_then_walk(stack, 350)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+async def test_cursor_walks_return_every_message_of_2000(stack) -> None:
+    await _burst_then_walk(stack, 2000)
