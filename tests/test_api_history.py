@@ -12,12 +12,15 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from nio import RoomSendResponse
 
-from bridge.context import MATRIX
+from bridge.api.history import MAX_LIMIT
+from bridge.context import HOMESERVER, MATRIX
 from bridge.ids import message_id_for_event
 from tests.api_support import Api, api_for, crm_user, project_chat, second_facade
 from tests.conftest import unique
@@ -35,6 +38,8 @@ PAGE = 7  # small, so a walk crosses hundreds of boundaries
 class Walk:
     name: str
     ids: list[str]
+    pages: int
+    calls: int = 0  # homeserver requests the facade made for the walk
 
     def figures(self, sent: set[str]) -> dict[str, int]:
         counts = Counter(self.ids)
@@ -47,49 +52,49 @@ class Walk:
         }
 
 
-async def _walk_pages(api: Api, path: str, bound: int) -> Walk:
+async def _walk_pages(api: Api, path: str, bound: int, size: int = PAGE) -> Walk:
     pages: list[list[str]] = []
     for number in range(1, bound + 1):
-        status, body, _ = await api.get(path, params={"page": number, "limit": PAGE})
+        status, body, _ = await api.get(path, params={"page": number, "limit": size})
         assert status == 200, body
         pages.append([m["_id"] for m in body["messages"]])
         if not body["hasMore"]:
             break
     else:
         raise AssertionError("page walk did not end")
-    return Walk("page", [i for page in reversed(pages) for i in page])
+    return Walk("page", [i for page in reversed(pages) for i in page], len(pages))
 
 
-async def _walk_before(api: Api, path: str, newest: str, bound: int) -> Walk:
+async def _walk_before(api: Api, path: str, newest: str, bound: int, size: int = PAGE) -> Walk:
     ids = [newest]
     cursor: str | None = newest
-    for _ in range(bound):
-        status, body, _ = await api.get(path, params={"before": cursor, "limit": PAGE})
+    for pages in range(1, bound + 1):
+        status, body, _ = await api.get(path, params={"before": cursor, "limit": size})
         assert status == 200, body
         ids[:0] = [m["_id"] for m in body["messages"]]
         cursor = body["nextCursor"]
         if not body["hasMore"]:
             assert cursor is None
-            return Walk("before", ids)
+            return Walk("before", ids, pages)
         assert cursor == body["messages"][0]["_id"]
     raise AssertionError("before walk did not end")
 
 
-async def _walk_after(api: Api, path: str, oldest: str, bound: int) -> Walk:
+async def _walk_after(api: Api, path: str, oldest: str, bound: int, size: int = PAGE) -> Walk:
     ids = [oldest]
     cursor = oldest
-    for _ in range(bound):
-        status, body, _ = await api.get(path, params={"after": cursor, "limit": PAGE})
+    for pages in range(1, bound + 1):
+        status, body, _ = await api.get(path, params={"after": cursor, "limit": size})
         assert status == 200, body
         ids += [m["_id"] for m in body["messages"]]
         cursor = body["nextCursor"]
         if not body["hasMore"]:
-            return Walk("after", ids)
+            return Walk("after", ids, pages)
         assert cursor == body["messages"][-1]["_id"]
     raise AssertionError("after walk did not end")
 
 
-async def _burst_then_walk(stack, total: int) -> None:
+async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
     app = stack.app
     users = await asyncio.gather(*(crm_user(app, f"Burst {n}") for n in range(3)))
     # A CRM user on Element (linked account): the project room keeps it as a member.
@@ -139,25 +144,51 @@ async def _burst_then_walk(stack, total: int) -> None:
                 sending = time.monotonic() - started
                 assert len(sent) == total
 
-                reader = a0
                 path = f"/api/chat/messages/{cid}"
+                homeserver = server.app[HOMESERVER]
                 bound = total // PAGE + 10
+                # History's requests, seen on their way out (the facade's background work
+                # also talks to the homeserver).
+                history_paths: list[str] = []
+                request = homeserver.request
+
+                async def spy(method: str, path: str, **kw: Any) -> Any:
+                    if "/context/" in path or path.endswith("/messages"):
+                        history_paths.append(path)
+                    return await request(method, path, **kw)
+
+                homeserver.request = spy  # type: ignore[method-assign]
+
+                async def counted(walk: Awaitable[Walk]) -> Walk:
+                    calls = len(history_paths)
+                    done = await walk
+                    done.calls = len(history_paths) - calls
+                    return done
+
                 started = time.monotonic()
-                page = await _walk_pages(reader, path, bound)
-                before = await _walk_before(reader, path, page.ids[-1], bound)
-                after = await _walk_after(reader, path, page.ids[0], bound)
+                page = await counted(_walk_pages(a0, path, bound, page_size))
+                newest, oldest = page.ids[-1], page.ids[0]
+                before = await counted(_walk_before(a1, path, newest, bound))
+                after = await counted(_walk_after(a2, path, oldest, bound))
+                # Full pages too: a page, its look-ahead and the cursor in one request.
+                before_full = await counted(_walk_before(a0, path, newest, bound, MAX_LIMIT))
+                after_full = await counted(_walk_after(a0, path, oldest, bound, MAX_LIMIT))
                 walking = time.monotonic() - started
     finally:
         await element.close()
 
-    figures = {w.name: w.figures(sent) for w in (before, after, page)}
-    log.warning("history walks of %d messages (send %.1fs, walks %.1fs): %s", total, sending,
-                walking, figures)  # fmt: skip
-    print(f"\nHISTORY {total}: {figures}")
+    walks = {"before": before, "after": after, "page": page}
+    figures = {name: w.figures(sent) for name, w in walks.items()}
+    per_page = {name: round(w.calls / w.pages, 2) for name, w in walks.items()}
+    log.warning("history walks of %d messages (send %.1fs, walks %.1fs): %s; homeserver calls "
+                "per page %s", total, sending, walking, figures, per_page)  # fmt: skip
     clean = {"sent": total, "returned": total, "missing": 0, "duplicated": 0, "unknown": 0}
     assert figures == {"before": clean, "after": clean, "page": clean}
     assert before.ids == page.ids
     assert after.ids == page.ids
+    assert before_full.ids == page.ids and after_full.ids == page.ids
+    # One /context and one /messages per cursor page, and one /messages finding the end.
+    assert before_full.calls == after_full.calls == 2 * before_full.pages + 1
 
 
 async def test_cursor_walks_return_every_message_of_a_concurrent_burst(stack) -> None:
@@ -167,4 +198,5 @@ async def test_cursor_walks_return_every_message_of_a_concurrent_burst(stack) ->
 @pytest.mark.soak
 @pytest.mark.timeout(900)
 async def test_cursor_walks_return_every_message_of_2000(stack) -> None:
-    await _burst_then_walk(stack, 2000)
+    # page=N rereads N pages from the newest, so larger pages keep that walk affordable.
+    await _burst_then_walk(stack, 2000, page_size=50)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .chat import ChatService
 
 MAX_LIMIT = 100
+# Events asked of the homeserver at once: a full page, its look-ahead and the cursor event.
+BATCH = MAX_LIMIT + 2
 MAX_PAGE_DEPTH = 5000
 _FILTER = json.dumps(
     {"types": sorted(INDEXED_TYPES - {"m.room.encrypted"}), "lazy_load_members": True}
@@ -70,7 +72,7 @@ async def _collect(
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
     while len(found) < skip + want:
-        batch = min(MAX_LIMIT, skip + want - len(found) + 1)
+        batch = min(BATCH, skip + want - len(found) + 1)
         resp = await matrix.messages(
             conversation.room_id,
             direction=direction,
