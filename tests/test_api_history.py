@@ -3,7 +3,8 @@
 Eight REST senders across three CRM users and a plain Matrix user send at once, so the
 homeserver persists sibling events that share a depth. Walking back with ``before``,
 forward with ``after`` and by ``page`` must each return every message exactly once, in the
-same order, with page boundaries landing between siblings many times.
+same order, with page boundaries landing between siblings many times; so must a client
+polling ``after`` while the burst lands.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
     await app[MATRIX].invite(conv.room_id, element.user_id)
     await element.join(conv.room_id)
     matrix_share = total // 10
-    rest_share = total - matrix_share
+    rest_share = total - matrix_share - 1  # one more opens the room before the burst
     cid = conv.conversation_id
     sent: set[str] = set()
     # Its own facade, so hundreds of sends and reads per user pass the rate limiter.
@@ -136,15 +137,44 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
                         assert isinstance(resp, RoomSendResponse), resp
                         sent.add(message_id_for_event(resp.event_id))
 
-                started = time.monotonic()
-                await asyncio.gather(
-                    *(rest_sender(t) for t in range(REST_SENDERS)),
-                    *(matrix_sender(t) for t in range(MATRIX_SENDERS)),
-                )
-                sending = time.monotonic() - started
-                assert len(sent) == total
-
                 path = f"/api/chat/messages/{cid}"
+                status, opening, _ = await a0.post(
+                    "/api/chat/send", {"conversationId": cid, "content": "opening"}
+                )
+                assert status == 201, opening
+                sent.add(opening["_id"])
+                burst_done = asyncio.Event()
+
+                async def live_poller() -> Walk:
+                    """A client polling ``after`` while the burst lands."""
+                    ids, cursor = [opening["_id"]], opening["_id"]
+                    for polls in range(1, 20 * total):
+                        finished = burst_done.is_set()
+                        status, body, _ = await a2.get(
+                            path, params={"after": cursor, "limit": PAGE}
+                        )
+                        assert status == 200, body
+                        ids += [m["_id"] for m in body["messages"]]
+                        cursor = body["nextCursor"]
+                        if finished and not body["hasMore"]:
+                            return Walk("live after", ids, polls)
+                        if not body["messages"]:
+                            await asyncio.sleep(0.05)
+                    raise AssertionError("live poll did not end")
+
+                started = time.monotonic()
+                poller = asyncio.create_task(live_poller())
+                try:
+                    await asyncio.gather(
+                        *(rest_sender(t) for t in range(REST_SENDERS)),
+                        *(matrix_sender(t) for t in range(MATRIX_SENDERS)),
+                    )
+                    sending = time.monotonic() - started
+                    burst_done.set()
+                    live = await asyncio.wait_for(poller, timeout=120)
+                finally:
+                    poller.cancel()
+                assert len(sent) == total
                 homeserver = server.app[HOMESERVER]
                 bound = total // PAGE + 10
                 # History's requests, seen on their way out (the facade's background work
@@ -177,15 +207,16 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
     finally:
         await element.close()
 
-    walks = {"before": before, "after": after, "page": page}
+    walks = {"before": before, "after": after, "page": page, "live after": live}
     figures = {name: w.figures(sent) for name, w in walks.items()}
-    per_page = {name: round(w.calls / w.pages, 2) for name, w in walks.items()}
+    per_page = {name: round(w.calls / w.pages, 2) for name, w in walks.items() if w.calls}
     log.warning("history walks of %d messages (send %.1fs, walks %.1fs): %s; homeserver calls "
                 "per page %s", total, sending, walking, figures, per_page)  # fmt: skip
     clean = {"sent": total, "returned": total, "missing": 0, "duplicated": 0, "unknown": 0}
-    assert figures == {"before": clean, "after": clean, "page": clean}
+    assert figures == {name: clean for name in walks}
     assert before.ids == page.ids
     assert after.ids == page.ids
+    assert live.ids == page.ids
     assert before_full.ids == page.ids and after_full.ids == page.ids
     # One /context and one /messages per cursor page, and one /messages finding the end.
     assert before_full.calls == after_full.calls == 2 * before_full.pages + 1
