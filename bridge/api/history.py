@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .chat import ChatService
 
 MAX_LIMIT = 100
+# Events asked of the homeserver at once: a full page, its look-ahead and the cursor event.
+BATCH = MAX_LIMIT + 2
 MAX_PAGE_DEPTH = 5000
 _FILTER = json.dumps(
     {"types": sorted(INDEXED_TYPES - {"m.room.encrypted"}), "lazy_load_members": True}
@@ -60,12 +62,17 @@ async def _collect(
     token: str | None,
     skip: int,
     want: int,
+    drop_through: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Up to skip+want messages walking in direction from token; returns them after skip."""
+    """Up to skip+want messages walking in direction from token; returns them after skip.
+
+    ``drop_through``: the event the token sits on; it (and anything before it in the first
+    chunk) is left out.
+    """
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
     while len(found) < skip + want:
-        batch = min(MAX_LIMIT, skip + want - len(found) + 1)
+        batch = min(BATCH, skip + want - len(found) + 1)
         resp = await matrix.messages(
             conversation.room_id,
             direction=direction,
@@ -75,19 +82,33 @@ async def _collect(
             filter_json=_FILTER,
         )
         chunk = resp.get("chunk") or []
+        token = resp.get("end")
+        done = not chunk or not token
+        if drop_through is not None:
+            ids = [event.get("event_id") for event in chunk]
+            if drop_through in ids:
+                chunk = chunk[ids.index(drop_through) + 1 :]
+            drop_through = None
         for event in chunk:
             event.setdefault("room_id", conversation.room_id)
             if _is_message(event):
                 found.append(event)
-        token = resp.get("end")
-        if not chunk or not token:
+        if done:
             break
     return found[skip : skip + want]
 
 
 async def _token_at(
-    service: ChatService, conversation: Conversation, user: CrmUser, message_id: str, side: str
-) -> str:
+    service: ChatService, conversation: Conversation, user: CrmUser, message_id: str
+) -> tuple[str, str]:
+    """The event id of a cursor and a token right after it in the room's order.
+
+    Synapse orders a room by (depth, stream ordering), and concurrent sends give many events
+    one depth. /context's ``end`` (with limit 0) is exactly (depth, stream) of the event:
+    forwards from it is everything after the event, backwards from it is the event and
+    everything before. Its ``start`` is (depth - 1, stream), which backwards skips the
+    event's elder siblings at its own depth, so it must not be used.
+    """
     event_id = event_id_for_message(message_id)
     if event_id is None:
         raise InvalidParam("The cursor is not a message id")
@@ -102,7 +123,7 @@ async def _token_at(
     event = context.get("event") or {}
     if event.get("room_id", conversation.room_id) != conversation.room_id:
         raise NotFound("Message not found")
-    return context["start"] if side == "before" else context["end"]
+    return event_id, context["end"]
 
 
 async def page(
@@ -113,10 +134,13 @@ async def page(
     if before and after:
         raise InvalidParam("Use either before or after, not both")
     if before or after:
-        side = "before" if before else "after"
-        token = await _token_at(service, conversation, user, before or after, side)
+        event_id, token = await _token_at(service, conversation, user, before or after)
         direction = "b" if before else "f"
-        events = await _collect(service, conversation, user, direction, token, 0, limit + 1)
+        # Backwards the walk starts on the cursor event itself; it is dropped there.
+        drop = event_id if before else None
+        events = await _collect(
+            service, conversation, user, direction, token, 0, limit + 1, drop_through=drop
+        )
     else:
         number = _int_param(query, "page", 1, 1, MAX_PAGE_DEPTH)
         if (number - 1) * limit > MAX_PAGE_DEPTH:
