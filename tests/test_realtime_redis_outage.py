@@ -26,12 +26,29 @@ import pytest
 
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
+from tests.fault_traffic import RETRYABLE, Chat
 from tests.helpers import eventually
 from tests.realtime_support import BridgeProcess, Recorder, conversation_of
-from tests.test_realtime_restart import catch_up, send
 
 RECOVERY_BOUND_S = 30
 NODE_DIR = Path(__file__).parent / "node"
+
+
+async def send(
+    session: aiohttp.ClientSession, url: str, bearer: str, cid: str, content: str
+) -> dict[str, Any] | None:
+    """POST /send with clientMessageId = content; None when it is to be retried later."""
+    status, body = await Chat(session, url, bearer).send(cid, content, content)
+    if status in RETRYABLE:
+        return None
+    assert status == 201, body
+    return body
+
+
+async def catch_up(
+    session: aiohttp.ClientSession, url: str, bearer: str, cid: str, cursor: str | None
+) -> list[dict[str, Any]]:
+    return await Chat(session, url, bearer).catch_up(cid, cursor)
 
 
 @dataclass
