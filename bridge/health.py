@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .api.ratelimit import RATE_LIMITER
 from .context import READY, REDIS_STATE
 
 routes = web.RouteTableDef()
@@ -28,6 +29,9 @@ async def ready(request: web.Request) -> web.Response:
     ok = all(state.values()) and bool(state)
     redis = request.app.get(REDIS_STATE)
     redis_up = None if redis is None else redis.up
-    status = "starting" if not ok else "degraded" if redis_up is False else "ok"
-    body = {"status": status, "checks": state, "redis": redis_up, "degraded": redis_up is False}
+    limiter = request.app.get(RATE_LIMITER)
+    # The rate limiter notices a Redis outage on its own (api/ratelimit.py): it says so too.
+    degraded = redis_up is False or bool(limiter and limiter.degraded)
+    status = "starting" if not ok else "degraded" if degraded else "ok"
+    body = {"status": status, "checks": state, "redis": redis_up, "degraded": degraded}
     return web.json_response(body, status=200 if ok else 503)

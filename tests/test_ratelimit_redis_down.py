@@ -48,6 +48,10 @@ async def test_limits_hold_while_redis_is_down_and_redis_is_used_again(tmp_path:
             assert statuses == [200] * (LIMIT - LIMIT // 2) + [429] * (LIMIT // 2), statuses
             log = fs.bridge.log_path.read_text()
             assert log.count("Redis rate limiting failed") == 1, log
+            # Readiness says so, and keeps the process in service.
+            async with session.get(fs.url + "/health/ready") as resp:
+                ready = await resp.json()
+                assert resp.status == 200 and ready["degraded"] is True, ready
 
             # Back: new counts go to Redis again.
             await fs.redis.start()
