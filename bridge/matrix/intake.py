@@ -126,7 +126,9 @@ async def put_transaction(request: web.Request) -> web.Response:
         if recorded is not None and recorded.replayed_by(digest, has_ephemeral=bool(ephemeral)):
             log.debug("Transaction %s was already handled", txn_id)
             return web.json_response({})
-        if recorded is None and intake.gaps.should_refuse(txn_id):
+        # Synapse never stores ephemeral events, so refusing a transaction with some would
+        # lose them: wait for one without.
+        if recorded is None and not ephemeral and intake.gaps.should_refuse(txn_id):
             # Not recorded: Synapse marks us down and its recoverer resends, oldest first.
             raise ServiceUnavailable(
                 "Refusing this transaction once so that the homeserver resends the ones it skipped"
