@@ -47,6 +47,8 @@ class GapTracker:
     refused: int | None = None
     awaited: set[int] = field(default_factory=set)
     asked: int = 0  # how many gaps that refusal asked for
+    # Gaps given up on: one arriving late is not a drop in ids (a new epoch).
+    abandoned: set[int] = field(default_factory=set)
     disabled: bool = False
 
     @property
@@ -79,8 +81,9 @@ class GapTracker:
         n = parse_id(txn_id)
         if n is None or self.timeout <= 0:
             return
-        if n in self.open:
-            del self.open[n]
+        if n in self.open or n in self.abandoned:
+            self.open.pop(n, None)
+            self.abandoned.discard(n)
             self.awaited.discard(n)
             log.info("Transaction %s, missing until now, arrived", txn_id)
         elif self.last is None or n > self.last:
@@ -91,7 +94,7 @@ class GapTracker:
         else:
             # Ids dropped: the homeserver counts again (restart on SQLite). Old gaps belong
             # to the old epoch, where nothing will ever fill them.
-            self.last, self.open = n, {}
+            self.last, self.open, self.abandoned = n, {}, set()
             self.refused, self.awaited, self.asked = None, set(), 0
         if self.refused is not None and n >= self.refused:
             self._settle()
@@ -101,6 +104,8 @@ class GapTracker:
         if self.awaited:
             for gap in self.awaited:
                 self.open.pop(gap, None)
+            if len(self.abandoned) < MAX_GAP:
+                self.abandoned.update(self.awaited)
             log.warning(
                 "Transaction(s) %s did not come back after the refusal; giving up on them",
                 _ids(self.awaited),
