@@ -64,6 +64,15 @@ class TransactionLog:
             return None
         return TxnDigest(body=row["body_digest"], events=row["events_digest"])
 
+    async def last_id(self) -> str | None:
+        """The id handled most recently (ids are not ordered across epochs, times are)."""
+        rows = await self.db.fetch(
+            "SELECT txn_id FROM as_txn WHERE processed_at = (SELECT MAX(processed_at) FROM as_txn)"
+        )
+        ids = [row["txn_id"] for row in rows]
+        # Several in one millisecond: the highest number among them came last.
+        return max(ids, key=lambda i: (len(i), i)) if ids else None
+
     async def record(self, txn_id: str, digest: TxnDigest, event_count: int) -> None:
         # A reused id replaces the old row: the homeserver no longer knows the old transaction.
         await self.db.execute(

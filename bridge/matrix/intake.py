@@ -11,6 +11,9 @@ content is a new transaction: homeservers reuse ids (Synapse on SQLite starts ag
 after every restart, a database restored from a backup repeats them), so it is handled and
 recorded in place of the old one, and a warning says once per process that the homeserver
 reset its transaction counter.
+
+Integer ids are also watched for ones the homeserver skipped (``gaps.py``): a transaction
+Synapse stranded is fetched by refusing the next one once with a 503.
 """
 
 from __future__ import annotations
@@ -32,7 +35,15 @@ from ..context import (
     ExistenceQuery,
 )
 from ..db.txn import TxnDigest
-from ..errors import BadRequest, Forbidden, MissingToken, NotFound, read_json
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    MissingToken,
+    NotFound,
+    ServiceUnavailable,
+    read_json,
+)
+from .gaps import GapTracker, parse_id
 
 log = logging.getLogger("bridge.matrix.intake")
 
@@ -48,6 +59,10 @@ class _Intake:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # A reset counter reuses every id after it: one warning, not one per transaction.
     reset_warned: bool = False
+    gaps: GapTracker = field(default_factory=lambda: GapTracker(timeout=0))
+    # The last id handled is read from as_txn on the first transaction: a bridge killed
+    # mid-burst must still notice the one it never got.
+    resumed: bool = False
 
 
 _INTAKE = web.AppKey("intake", _Intake)
@@ -104,10 +119,20 @@ async def put_transaction(request: web.Request) -> web.Response:
     txn_log, intake = request.app[TXN_LOG], request.app[_INTAKE]
     digest = TxnDigest.of(body)
     async with intake.lock:
+        if not intake.resumed:
+            intake.gaps.last = parse_id(await txn_log.last_id() or "")
+            intake.resumed = True
         recorded = await txn_log.get(txn_id)
         if recorded is not None and recorded.replayed_by(digest, has_ephemeral=bool(ephemeral)):
             log.debug("Transaction %s was already handled", txn_id)
             return web.json_response({})
+        # Synapse never stores ephemeral events, so refusing a transaction with some would
+        # lose them: wait for one without.
+        if recorded is None and not ephemeral and intake.gaps.should_refuse(txn_id):
+            # Not recorded: Synapse marks us down and its recoverer resends, oldest first.
+            raise ServiceUnavailable(
+                "Refusing this transaction once so that the homeserver resends the ones it skipped"
+            )
         if recorded is not None and not intake.reset_warned:
             intake.reset_warned = True
             log.warning(
@@ -123,6 +148,7 @@ async def put_transaction(request: web.Request) -> web.Response:
             log.exception("Handling transaction %s failed; the homeserver will retry", txn_id)
             raise
         await txn_log.record(txn_id, digest, len(events) + len(ephemeral))
+        intake.gaps.handled(txn_id)
     return web.json_response({})
 
 
@@ -154,5 +180,6 @@ async def ping(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[_INTAKE] = _Intake()
+    seconds = float(app[CONFIG].get("appservice.gap_recovery_seconds") or 0)
+    app[_INTAKE] = _Intake(gaps=GapTracker(timeout=max(seconds, 0.0)))
     app.add_routes(routes)

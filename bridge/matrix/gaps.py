@@ -1,0 +1,124 @@
+"""Transactions the homeserver skipped, and one refusal to make it send them.
+
+Synapse numbers appservice transactions with one counter and sends ours in order, so
+after txn N the next one is N+1. Synapse 1.163 can strand one: a sender that sees the
+appservice DOWN stores its transaction while the recoverer, having found nothing left,
+marks it UP again. Nothing sends the stored transaction until a later delivery fails, and
+neither a restart (it only recovers services marked DOWN) nor a ping (it only hurries a
+running recoverer) helps. So when an id is skipped and stays missing for
+``appservice.gap_recovery_seconds``, the next transaction is answered 503 once: Synapse
+marks us down and its recoverer sends what it stored, oldest first (the stranded one,
+then the refused one). A transaction with ephemeral events is never refused (Synapse
+does not store those, a refusal would lose them); the next one without is.
+
+Only integer ids take part. A drop in ids is a new epoch (Synapse on SQLite counts from 1
+again after a restart), not a gap. Each gap is refused for once; if the refusal does not
+fill it, it is given up with a warning. A refusal that filled nothing means the counter is
+shared with other appservices on the homeserver (skipped ids are theirs), so gap recovery
+then turns itself off for this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("bridge.matrix.gaps")
+
+# Beyond this many missing ids at once, the jump is not a stranded transaction.
+MAX_GAP = 100
+
+
+def parse_id(txn_id: str) -> int | None:
+    """The sequence number of a Synapse-style id; None for ids of other homeservers."""
+    return int(txn_id) if txn_id.isascii() and txn_id.isdigit() and len(txn_id) < 19 else None
+
+
+@dataclass
+class GapTracker:
+    timeout: float  # seconds a gap stays open before a refusal; 0 turns recovery off
+    clock: Callable[[], float] = time.monotonic
+    last: int | None = None  # the highest id handled in this epoch
+    # Missing id -> when it was found missing.
+    open: dict[int, float] = field(default_factory=dict)
+    # The id answered 503, and the gaps that refusal is meant to fill.
+    refused: int | None = None
+    awaited: set[int] = field(default_factory=set)
+    asked: int = 0  # how many gaps that refusal asked for
+    # Gaps given up on: one arriving late is not a drop in ids (a new epoch).
+    abandoned: set[int] = field(default_factory=set)
+    disabled: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.timeout > 0 and not self.disabled
+
+    def should_refuse(self, txn_id: str) -> bool:
+        """Whether to answer this new (not replayed) transaction 503 so that the homeserver
+        goes into recovery. Marks the refusal; at most once per gap."""
+        n = parse_id(txn_id)
+        if n is None or not self.enabled or self.refused is not None:
+            return False
+        if n in self.open or self.last is None or n <= self.last:
+            return False  # a missing one arriving, or a new epoch: nothing to recover
+        now = self.clock()
+        due = {gap for gap, since in self.open.items() if now - since >= self.timeout}
+        if not due:
+            return False
+        self.refused, self.awaited, self.asked = n, due, len(due)
+        log.warning(
+            "Transaction(s) %s never arrived from the homeserver; refusing transaction %s "
+            "once (503) so that it resends what it stored",
+            _ids(due),
+            txn_id,
+        )
+        return True
+
+    def handled(self, txn_id: str) -> None:
+        """A transaction was handled and recorded."""
+        n = parse_id(txn_id)
+        if n is None or self.timeout <= 0:
+            return
+        if n in self.open or n in self.abandoned:
+            self.open.pop(n, None)
+            self.abandoned.discard(n)
+            self.awaited.discard(n)
+            log.info("Transaction %s, missing until now, arrived", txn_id)
+        elif self.last is None or n > self.last:
+            if self.last is not None and 1 < n - self.last <= MAX_GAP + 1 and not self.disabled:
+                now = self.clock()
+                self.open.update((gap, now) for gap in range(self.last + 1, n))
+            self.last = n
+        else:
+            # Ids dropped: the homeserver counts again (restart on SQLite). Old gaps belong
+            # to the old epoch, where nothing will ever fill them.
+            self.last, self.open, self.abandoned = n, {}, set()
+            self.refused, self.awaited, self.asked = None, set(), 0
+        if self.refused is not None and n >= self.refused:
+            self._settle()
+
+    def _settle(self) -> None:
+        """The refused transaction came back: what the recovery did not bring is lost."""
+        if self.awaited:
+            for gap in self.awaited:
+                self.open.pop(gap, None)
+            if len(self.abandoned) < MAX_GAP:
+                self.abandoned.update(self.awaited)
+            log.warning(
+                "Transaction(s) %s did not come back after the refusal; giving up on them",
+                _ids(self.awaited),
+            )
+            if len(self.awaited) == self.asked:
+                self.disabled = True
+                self.open.clear()
+                log.warning(
+                    "No skipped transaction came back: the homeserver's transaction counter "
+                    "is shared with other appservices. Gap recovery is off until restart."
+                )
+        self.refused, self.awaited, self.asked = None, set(), 0
+
+
+def _ids(ids: set[int]) -> str:
+    return ", ".join(str(i) for i in sorted(ids))

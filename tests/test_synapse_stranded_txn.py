@@ -1,0 +1,97 @@
+"""A transaction Synapse stranded reaches the bridge all the same (real Synapse on SQLite).
+
+Synapse 1.163 can leave a transaction in ``application_services_txns`` with the appservice
+marked ``up`` and no recoverer (``send`` vs ``_Recoverer.retry`` in
+synapse/appservice/scheduler.py). The test builds that state on purpose: the bridge is
+killed, a message is sent (Synapse stores its transaction and marks the service down),
+Synapse is stopped, the service is set back to ``up`` in its database, and Synapse and the
+bridge are started again. The bridge's startup ping does not help (Synapse only hurries a
+running recoverer), so without gap recovery the message never reaches the sockets. With
+it, the bridge sees the skipped id, refuses the next transaction once, and Synapse's
+recoverer sends the stored one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from tests.conftest import unique
+from tests.fault_support import fault_stack
+from tests.fault_traffic import join_when_invited, matrix_send, stuck_appservice_events
+from tests.helpers import eventually, matrix_user
+from tests.realtime_support import Recorder
+
+GAP_SECONDS = 1
+
+
+def _mark_up(data_dir: Path, as_id: str) -> None:
+    conn = sqlite3.connect(data_dir / "homeserver.db")
+    try:
+        conn.execute("UPDATE application_services_state SET state='up' WHERE as_id=?", (as_id,))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _bodies(rec: Recorder) -> list[str]:
+    return [m["content"] for m in rec.of("new_message")]
+
+
+async def test_a_stranded_transaction_is_fetched_by_one_refusal(tmp_path: Path) -> None:
+    async with fault_stack(
+        tmp_path, synapse_db="sqlite", redis=None, **{"appservice.gap_recovery_seconds": 1}
+    ) as fs:
+        as_id = fs.config["appservice.id"]
+        carol = await matrix_user(fs.synapse, unique("carol"))
+        directory = fs.directory
+        bob_id = await directory.user("Bob Reader")
+        carol_id = await directory.user("Carol Element", matrix_id=carol.user_id)
+        project = await directory.project(unique("p"), "Strand", [bob_id, carol_id], bob_id)
+        room_id = project["roomId"]
+        await join_when_invited(carol, room_id)
+        bob = await Recorder("bob").connect(fs.url, fs.token(bob_id))
+        await matrix_send(carol, room_id, "before", unique("t"))
+        await bob.wait("new_message", lambda m: m["content"] == "before")
+        await bob.close()
+
+        fs.bridge.kill()
+        await matrix_send(carol, room_id, "stranded", unique("t"))
+
+        async def stored() -> dict | None:
+            found = stuck_appservice_events(fs.synapse.data_dir)
+            return found if found.get("txns") and found["state"].get(as_id) == "down" else None
+
+        before = await eventually(stored, timeout=30, interval=0.2)
+        fs.synapse.stop()
+        _mark_up(fs.synapse.data_dir, as_id)  # the race's outcome: stored, yet "up"
+        fs.synapse.start()
+        await fs.synapse.wait_ready()
+        strand = stuck_appservice_events(fs.synapse.data_dir)
+        assert strand["state"][as_id] == "up" and strand["txns"] == before["txns"]
+
+        await fs.bridge.start()
+        bob = await Recorder("bob").connect(fs.url, fs.token(bob_id))
+        try:
+            await matrix_send(carol, room_id, "after 1", unique("t"))
+            await bob.wait("new_message", lambda m: m["content"] == "after 1", timeout=60)
+            await asyncio.sleep(GAP_SECONDS + 1)
+            started = time.monotonic()
+            await matrix_send(carol, room_id, "after 2", unique("t"))
+            await bob.wait("new_message", lambda m: m["content"] == "stranded", timeout=40)
+            recovered = time.monotonic() - started
+            await bob.wait("new_message", lambda m: m["content"] == "after 2", timeout=30)
+            assert _bodies(bob).count("stranded") == 1 and _bodies(bob).count("after 2") == 1
+
+            async def drained() -> bool:
+                left = stuck_appservice_events(fs.synapse.data_dir)
+                return not left["txns"] and left["state"][as_id] == "up"
+
+            await eventually(drained, timeout=30, interval=0.2)
+            print(f"stranded txn(s) {sorted(before['txns'])}: recovered {recovered:.1f} s "
+                  "after the next send")  # fmt: skip
+        finally:
+            await bob.close()
+            await carol.close()
