@@ -14,6 +14,7 @@ from bridge.app import build_app
 from bridge.config import Config
 from bridge.context import CONFIG, DISPATCHER
 from bridge.registration import generate
+from tests.test_intake import message
 
 GAP_SECONDS = 0.3
 
@@ -31,17 +32,6 @@ def _config(tmp_path: Path) -> Config:
 @pytest.fixture
 async def client(tmp_path: Path, aiohttp_client) -> TestClient:
     return await aiohttp_client(build_app(_config(tmp_path), check_homeserver_on_start=False))
-
-
-def message(event_id: str) -> dict:
-    return {
-        "type": "m.room.message",
-        "event_id": event_id,
-        "room_id": "!room:localhost",
-        "sender": "@alice:localhost",
-        "origin_server_ts": 1700000000000,
-        "content": {"msgtype": "m.text", "body": event_id},
-    }
 
 
 class Intake:
