@@ -6,6 +6,7 @@ python -m bridge dev                              local Synapse + bridge under .
 python -m bridge sync snapshot.json [--dry-run]   reconcile the CRM directory
 python -m bridge token <crmUserId>                mint a development JWT
 python -m bridge doctor [-c config.yaml] [-r reg.yaml]  check the deployment, say how to fix it
+python -m bridge export <conversationId|projectId> [-o file]  archive a history as JSON lines
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and hs_token, the database and Redis. Exits 1 if anything is wrong.",
     )
     _config_options(doctor, registration=True)
+    export = sub.add_parser(
+        "export", help="archive a conversation's history from Matrix, oldest first"
+    )
+    export.add_argument("target", help="a conversationId, or a projectId for its project room")
+    export.add_argument("--format", default="jsonl", help="jsonl: one message object a line")
+    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    _config_options(export)
     return parser.parse_args(argv)
 
 
@@ -130,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from .crm.cli import sync_command
 
             return asyncio.run(sync_command(config, args))
+        if args.command == "export":
+            from .export import export_command
+
+            return asyncio.run(export_command(config, args))
         asyncio.run(run_bridge(config))
         return 0
     except ConfigError as e:
