@@ -248,3 +248,23 @@ async def test_database_schema_version(version: int, status: str, tmp_path: Path
         assert f"v{version}" in finding.message and finding.fix
     finally:
         await drop_schema(schema)
+
+
+async def test_bridge_answering_elsewhere(stack: Stack, tmp_path: Path) -> None:
+    """Doctor run on a host where the bridge is not (its port here is free): the homeserver's
+    ping reaches the real bridge, not the doctor, which says so."""
+    config, registration = session_config(stack, tmp_path, **{"appservice.port": free_port()})
+    result = await doctor(config, registration)
+    assert result.returncode == 1
+    assert result.failed == ["ping"], result.stdout
+    assert "another process answered the homeserver's ping" in result.line("ping")
+
+
+async def test_facade_process_skips_the_ping(stack: Stack, tmp_path: Path) -> None:
+    config, registration = session_config(
+        stack, tmp_path, **{"appservice.receive_transactions": False}
+    )
+    result = await doctor(config, registration)
+    assert result.returncode == 0, result.stdout
+    assert result.line("ping").startswith("skip") and "facade" in result.line("ping")
+    assert result.line("as_token").startswith("ok")

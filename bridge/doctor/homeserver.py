@@ -185,9 +185,10 @@ async def _ping_listener(
         return [
             fail(
                 "ping",
-                f"something other than this bridge answered the homeserver's ping (this host "
-                f"listens on {where})",
-                f"the registration's url must lead to {where}; appservice.address is {address}",
+                f"another process answered the homeserver's ping, not {where}: is the bridge "
+                "running on another host or container?",
+                f"run doctor where the bridge runs, or make the registration's url lead to "
+                f"{where} (appservice.address is {address})",
             )
         ]
     return [_ping_failure(status, body, config, where)]
