@@ -5,6 +5,8 @@ python -m bridge -g [-c config.yaml] [-r reg.yaml] write secrets and registratio
 python -m bridge dev                              local Synapse + bridge under .dev/
 python -m bridge sync snapshot.json [--dry-run]   reconcile the CRM directory
 python -m bridge token <crmUserId>                mint a development JWT
+python -m bridge doctor [-c config.yaml] [-r reg.yaml]  check the deployment, say how to fix it
+python -m bridge export <conversationId|projectId> [-o file]  archive a history as JSON lines
 """
 
 from __future__ import annotations
@@ -57,7 +59,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     token = sub.add_parser("token", help="mint a development JWT for a CRM user")
     token.add_argument("crm_user_id")
     token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check config, registration, homeserver, tokens, database and Redis",
+        description="Checks the config, the registration (-r), the homeserver, the as_token "
+        "and hs_token, the database and Redis. Exits 1 if anything is wrong.",
+    )
+    _config_options(doctor, registration=True)
+    export = sub.add_parser(
+        "export", help="archive a conversation's history from Matrix, oldest first"
+    )
+    export.add_argument("target", help="a conversationId, or a projectId for its project room")
+    export.add_argument("--format", default="jsonl", help="jsonl: one message object a line")
+    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    _config_options(export)
     return parser.parse_args(argv)
+
+
+def _config_options(parser: argparse.ArgumentParser, registration: bool = False) -> None:
+    """-c (and -r) after the verb too; SUPPRESS keeps the top-level value when absent."""
+    parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file")
+    if registration:
+        parser.add_argument(
+            "-r", "--registration", default=argparse.SUPPRESS, help="registration file"
+        )
 
 
 def configure_logging(config: Config) -> None:
@@ -99,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             from .devstack.run import run_dev
 
             return asyncio.run(run_dev(args))
+        if args.command == "doctor":
+            from .doctor import doctor_command
+
+            return asyncio.run(doctor_command(args))
         config = load_config(args.config)
         if args.command == "token":
             from .api.cli import token_command
@@ -109,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from .crm.cli import sync_command
 
             return asyncio.run(sync_command(config, args))
+        if args.command == "export":
+            from .export import export_command
+
+            return asyncio.run(export_command(config, args))
         asyncio.run(run_bridge(config))
         return 0
     except ConfigError as e:

@@ -11,6 +11,7 @@ Two ways to page, both served from Synapse:
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..context import MATRIX
@@ -162,3 +163,33 @@ async def page(
     else:
         next_cursor = message_id_for_event(events[-1]["event_id"]) if events else query.get("after")
     return {"messages": messages, "hasMore": has_more, "nextCursor": next_cursor}
+
+
+async def whole_history(
+    service: ChatService, conversation: Conversation, reader: str
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every message of a room, oldest first, as the API's message objects, in batches.
+
+    Walks /messages forwards from the room's start (no ``from`` token) as ``reader``, a
+    joined member; for operator tools such as ``python -m bridge export``, never a user.
+    """
+    matrix = service.app[MATRIX]
+    token: str | None = None
+    seen: set[str] = set()
+    while True:
+        resp = await matrix.messages(
+            conversation.room_id, direction="f", limit=MAX_LIMIT, from_token=token,
+            as_user=reader, filter_json=_FILTER,
+        )  # fmt: skip
+        chunk = resp.get("chunk") or []
+        events = []
+        for event in chunk:
+            event.setdefault("room_id", conversation.room_id)
+            if _is_message(event) and event["event_id"] not in seen:
+                seen.add(event["event_id"])
+                events.append(event)
+        if events:
+            yield await service.messages_from_events(conversation, events)
+        token = resp.get("end")
+        if not chunk or not token:
+            return
