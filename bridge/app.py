@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import health, protocol
+from . import health, metrics, protocol
 from .config import Config
 from .context import (
     CONFIG,
@@ -55,7 +55,7 @@ PING_TASK = web.AppKey("ping_task", asyncio.Task)
 
 def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[*metrics.middlewares(config), error_middleware],
         client_max_size=max(config["api.max_body_size"], config["api.max_upload_size"] + 65536),
     )
     app.on_response_prepare.append(protocol.on_response_prepare)
@@ -65,6 +65,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app[READY] = {"database": False, "homeserver": False}
     app[LOCAL_ECHO] = []
     app[REVOCATIONS] = Revocations()
+    metrics.setup(app)
     app.add_routes(health.routes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -98,6 +99,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
             session,
             retry_budget=float(config["homeserver.retry_budget"]),
             silence_timeout=float(config["homeserver.silence_timeout"]),
+            metrics=app.get(metrics.METRICS),
         )
         app[HOMESERVER] = hs
         app[MATRIX] = MatrixClient(hs, config["appservice.id"], app[IDS].bot_mxid)
