@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import health, metrics, protocol
+from . import bridge_state, health, metrics, protocol
 from .config import Config
 from .context import (
     CONFIG,
@@ -67,6 +67,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app[REVOCATIONS] = Revocations()
     metrics.setup(app)
     app.add_routes(health.routes)
+    app.add_routes(bridge_state.routes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         db = create_database(config["database.url"], config.get("database.args"))
