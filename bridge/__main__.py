@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import logging.config
 import signal
@@ -61,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def configure_logging(config: Config) -> None:
-    logging.config.dictConfig(config["logging"])
+    settings = copy.deepcopy(config["logging"])
+    # `formatter: json` works even with a logging section written before it existed.
+    formatters = settings.setdefault("formatters", {})
+    formatters.setdefault("json", {"()": "bridge.logs.JsonFormatter"})
+    logging.config.dictConfig(settings)
 
 
 def load_config(path: str) -> Config:

@@ -40,6 +40,7 @@ from .db.room_member import RoomMemberStore
 from .db.txn import TransactionLog
 from .errors import error_middleware
 from .ids import IdMapper
+from .logs import AccessLogger
 from .matrix import indexer, intake
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
@@ -145,8 +146,14 @@ class BridgeServer:
     def __init__(self, config: Config, app: web.Application | None = None) -> None:
         self.config = config
         self.app = app or build_app(config)
+        # The access log is off unless the aiohttp.access logger is at INFO; it never
+        # shows a token (bridge/logs.py).
         self.runner = protocol.BridgeRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=5
+            self.app,
+            access_log=logging.getLogger("aiohttp.access"),
+            access_log_class=AccessLogger,
+            handle_signals=False,
+            shutdown_timeout=5,
         )
 
     async def start(self, ping: bool = True) -> None:
