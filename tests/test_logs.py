@@ -96,6 +96,10 @@ async def traffic(fs: FaultStack) -> list[str]:
         admin = f"{fs.url}/api/admin/v1/users/{alice}"
         async with session.get(admin, headers={"Authorization": "Bearer wrong-admin"}) as resp:
             assert resp.status in (401, 403)
+        # Media links carry the JWT in the query string (an <img> sends no header).
+        media = f"{fs.url}/api/chat/media/localhost/nothing"
+        async with session.get(media, params={"token": alice_jwt}) as resp:
+            assert resp.status == 404
         # A transaction with the hs_token in the deprecated query parameter.
         txn = f"{fs.url}/_matrix/app/v1/transactions/{unique('log')}"
         params = {"access_token": fs.config["appservice.hs_token"]}
