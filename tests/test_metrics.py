@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devstack.synapse import free_port
-from bridge.matrix.homeserver import endpoint_of, q
+from bridge.errors import HomeserverUnavailable
+from bridge.matrix.homeserver import Homeserver, MatrixError, endpoint_of, q
+from bridge.metrics import Metrics
 from tests.conftest import unique
 from tests.fault_support import fault_stack
 from tests.helpers import eventually
@@ -46,7 +49,10 @@ async def scrape(url: str) -> Samples:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200
         assert resp.content_type == "text/plain"
-        text = await resp.text()
+        return parse(await resp.text())
+
+
+def parse(text: str) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -192,3 +198,31 @@ async def test_metrics_count_real_traffic(tmp_path: Path) -> None:
             for _k, label in labels:
                 assert not any(i in label for i in ids), label
                 assert not re.search(r"[!@$#]|%21|%40|%24", label), label
+
+
+@pytest.mark.integration
+async def test_homeserver_errors_by_endpoint(stack) -> None:
+    """The homeserver client's own counts, against the session's real Synapse."""
+    metrics = Metrics()
+    as_token = stack.config["appservice.as_token"]
+    async with aiohttp.ClientSession() as session:
+        hs = Homeserver(stack.config["homeserver.address"], as_token, session, metrics=metrics)
+        room = q(f"!{unique('nothere')}:localhost")
+        with pytest.raises(MatrixError) as refused:
+            await hs.get(f"{C}/rooms/{room}/state/m.room.name/")
+        await hs.get("/_matrix/client/versions")
+        # Nothing listens on port 1: refused connections until the budget is spent.
+        dead = "http://127.0.0.1:1"
+        gone = Homeserver(dead, as_token, session, retry_budget=0.6, metrics=metrics)
+        with pytest.raises(HomeserverUnavailable):
+            await gone.get("/_matrix/client/versions")
+    samples = parse(metrics.exposition().decode())
+    state = f"{C}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey}}"
+    status = str(refused.value.status)
+    errors = "bridge_homeserver_errors_total"
+    assert value(samples, errors, method="GET", endpoint=state, reason=status) == 1
+    assert value(samples, HS_LATENCY + "_count", method="GET", endpoint=state) == 1
+    versions = {"method": "GET", "endpoint": "/_matrix/client/versions"}
+    assert value(samples, HS_LATENCY + "_count", **versions) == 1
+    assert value(samples, errors, **versions, reason="connection") >= 2
+    assert total(samples, errors, reason="200") == 0
