@@ -37,10 +37,10 @@ from ..context import (
 from ..db.txn import TxnDigest
 from ..errors import (
     BadRequest,
-    BridgeError,
     Forbidden,
     MissingToken,
     NotFound,
+    PayloadTooLarge,
     ServiceUnavailable,
     read_json,
 )
@@ -121,8 +121,8 @@ async def put_transaction(request: web.Request) -> web.Response:
     except ResendRequested:
         metrics.transaction_failed("resend_requested")
         raise
-    except BridgeError as e:
-        metrics.transaction_failed("invalid" if e.status < 500 else "error")
+    except (BadRequest, PayloadTooLarge):
+        metrics.transaction_failed("invalid")  # the body, before any handler ran
         raise
     except Exception:
         metrics.transaction_failed("error")
