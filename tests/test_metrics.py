@@ -11,10 +11,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.app import build_app
+from bridge.config import Config
 from bridge.devstack.synapse import free_port
 from bridge.errors import HomeserverUnavailable
 from bridge.matrix.homeserver import Homeserver, MatrixError, endpoint_of, q
-from bridge.metrics import Metrics
+from bridge.metrics import METRICS, Metrics
 from tests.conftest import unique
 from tests.fault_support import fault_stack
 from tests.helpers import eventually
@@ -23,6 +25,7 @@ from tests.realtime_support import Recorder, conversation_of
 SEND_LIMIT = 4
 ACTIONS = "bridge_reconcile_actions_total"
 HS_LATENCY = "bridge_homeserver_request_duration_seconds"
+RATE_LIMITED = "bridge_rate_limited_total"
 C = "/_matrix/client/v3"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -43,6 +46,19 @@ def test_endpoint_templates_hold_no_ids() -> None:
     media = "/_matrix/client/v1/media/download"
     assert endpoint_of(f"{media}/localhost/abc") == media + "/{serverName}/{mediaId}"
     assert endpoint_of("/_matrix/client/versions") == "/_matrix/client/versions"
+
+
+def test_each_app_has_its_own_registry_and_none_when_disabled() -> None:
+    config = Config.load(None, environ={})
+    for key in ("appservice.as_token", "appservice.hs_token", "admin_api.token", "auth.secret"):
+        config.set(key, unique("secret") * 4)
+    assert METRICS not in build_app(config)  # off by default: no registry, no middleware
+    config.set("metrics.enabled", True)
+    first, second = build_app(config), build_app(config)  # no "Duplicated timeseries"
+    assert first[METRICS].registry is not second[METRICS].registry
+    first[METRICS].rate_limit_hit("send")
+    assert value(parse(second[METRICS].exposition().decode()), RATE_LIMITED, route="send") == 0
+    assert value(parse(first[METRICS].exposition().decode()), RATE_LIMITED, route="send") == 1
 
 
 async def scrape(url: str) -> Samples:
