@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import logging.config
 import signal
@@ -86,7 +87,11 @@ def _config_options(parser: argparse.ArgumentParser, registration: bool = False)
 
 
 def configure_logging(config: Config) -> None:
-    logging.config.dictConfig(config["logging"])
+    settings = copy.deepcopy(config["logging"])
+    # `formatter: json` works even with a logging section written before it existed.
+    formatters = settings.setdefault("formatters", {})
+    formatters.setdefault("json", {"()": "bridge.logs.JsonFormatter"})
+    logging.config.dictConfig(settings)
 
 
 def load_config(path: str) -> Config:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import health, protocol
+from . import bridge_state, health, metrics, protocol
 from .config import Config
 from .context import (
     CONFIG,
@@ -40,6 +40,7 @@ from .db.room_member import RoomMemberStore
 from .db.txn import TransactionLog
 from .errors import error_middleware
 from .ids import IdMapper
+from .logs import AccessLogger
 from .matrix import indexer, intake
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
@@ -55,7 +56,7 @@ PING_TASK = web.AppKey("ping_task", asyncio.Task)
 
 def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[*metrics.middlewares(config), error_middleware],
         client_max_size=max(config["api.max_body_size"], config["api.max_upload_size"] + 65536),
     )
     app.on_response_prepare.append(protocol.on_response_prepare)
@@ -65,7 +66,9 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app[READY] = {"database": False, "homeserver": False}
     app[LOCAL_ECHO] = []
     app[REVOCATIONS] = Revocations()
+    metrics.setup(app)
     app.add_routes(health.routes)
+    app.add_routes(bridge_state.routes)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         db = create_database(config["database.url"], config.get("database.args"))
@@ -98,6 +101,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
             session,
             retry_budget=float(config["homeserver.retry_budget"]),
             silence_timeout=float(config["homeserver.silence_timeout"]),
+            metrics=app.get(metrics.METRICS),
         )
         app[HOMESERVER] = hs
         app[MATRIX] = MatrixClient(hs, config["appservice.id"], app[IDS].bot_mxid)
@@ -142,8 +146,14 @@ class BridgeServer:
     def __init__(self, config: Config, app: web.Application | None = None) -> None:
         self.config = config
         self.app = app or build_app(config)
+        # The access log is off unless the aiohttp.access logger is at INFO; it never
+        # shows a token (bridge/logs.py).
         self.runner = protocol.BridgeRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=5
+            self.app,
+            access_log=logging.getLogger("aiohttp.access"),
+            access_log_class=AccessLogger,
+            handle_signals=False,
+            shutdown_timeout=5,
         )
 
     async def start(self, ping: bool = True) -> None:

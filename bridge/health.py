@@ -8,6 +8,8 @@ load balancer would turn a partial outage (no cross-process fan-out) into a full
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from .api.ratelimit import RATE_LIMITER
@@ -22,16 +24,21 @@ async def live(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@routes.get("/health/ready")
-@routes.get("/_matrix/mau/ready")
-async def ready(request: web.Request) -> web.Response:
-    state = request.app[READY]
+def facts(app: web.Application) -> dict[str, Any]:
+    """What readiness and the bridge state both report: the checks, Redis, degradation."""
+    state = app[READY]
     ok = all(state.values()) and bool(state)
-    redis = request.app.get(REDIS_STATE)
+    redis = app.get(REDIS_STATE)
     redis_up = None if redis is None else redis.up
-    limiter = request.app.get(RATE_LIMITER)
+    limiter = app.get(RATE_LIMITER)
     # The rate limiter notices a Redis outage on its own (api/ratelimit.py): it says so too.
     degraded = redis_up is False or bool(limiter and limiter.degraded)
     status = "starting" if not ok else "degraded" if degraded else "ok"
-    body = {"status": status, "checks": state, "redis": redis_up, "degraded": degraded}
-    return web.json_response(body, status=200 if ok else 503)
+    return {"status": status, "checks": dict(state), "redis": redis_up, "degraded": degraded}
+
+
+@routes.get("/health/ready")
+@routes.get("/_matrix/mau/ready")
+async def ready(request: web.Request) -> web.Response:
+    body = facts(request.app)
+    return web.json_response(body, status=503 if body["status"] == "starting" else 200)

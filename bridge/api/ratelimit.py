@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -48,6 +49,8 @@ class RateLimiter:
         self.degraded = False
         self._retry_at = 0.0
         self._local: dict[str, tuple[int, int]] = {}
+        # Told the route of every request refused (metrics), when set.
+        self.on_limited: Callable[[str], None] | None = None
 
     def limit_for(self, route: str) -> int:
         return self.send_requests if route == "send" else self.requests
@@ -109,6 +112,8 @@ class RateLimiter:
             "X-RateLimit-Reset": str(reset),
         }
         if count > limit:
+            if self.on_limited is not None:
+                self.on_limited(route)
             raise RateLimited(
                 f"Too many requests; try again in {reset} seconds",
                 headers={**headers, "Retry-After": str(reset)},

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from ..config import redis_prefix
 from ..context import CONFIG
+from ..metrics import METRICS
 from . import CHAT, index, openapi, routes_chat, routes_directory, uploads
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
 from .chat import ChatService
@@ -40,6 +41,8 @@ def setup(app: web.Application) -> None:
         prefix=f"{redis_prefix(config)}:rl",
         retry_seconds=float(limits.get("redis_retry_seconds", 5)),
     )
+    if (metrics := app.get(METRICS)) is not None:
+        app[RATE_LIMITER].on_limited = metrics.rate_limit_hit
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         url = config.get("redis.url")

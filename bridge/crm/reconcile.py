@@ -33,6 +33,7 @@ from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..errors import HomeserverUnavailable
 from ..matrix.homeserver import MatrixError
+from ..metrics import METRICS
 from .plan import PRESENT, MemberOp, Plan, ProjectChange, UserChange, member_ops, power_changes
 from .puppets import apply_user, crm_fields_changed, plan_user, spec_of
 from .rooms import (
@@ -296,9 +297,12 @@ class Directory:
         await asyncio.gather(
             *(guarded("project", p.project_id, self.apply_project(p, write)) for p in plan.projects)
         )
+        applied = plan.summary(done_only=True)
+        if (metrics := self.app.get(METRICS)) is not None:
+            metrics.count_reconcile(applied)
         return {
             "plan": plan.summary(),
-            "applied": plan.summary(done_only=True),
+            "applied": applied,
             "writes": {"planned": plan.writes(), "made": hs.writes - before},
             "errors": errors,
             "withheld": plan.withheld,

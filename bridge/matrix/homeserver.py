@@ -18,12 +18,15 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 
 from ..errors import BridgeError, HomeserverUnavailable
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("bridge.matrix.homeserver")
 
@@ -86,6 +89,49 @@ def write_kind(path: str) -> str:
     return rest[0] if rest else ""
 
 
+# After these path segments come ids (or other free text): named, not copied, in metrics.
+_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "rooms": ("{roomId}",),
+    "profile": ("{userId}",),
+    "user": ("{userId}",),
+    "presence": ("{userId}",),
+    "typing": ("{userId}",),
+    "appservice": ("{appserviceId}",),
+    "room": ("{roomAlias}",),
+    "send": ("{eventType}", "{txnId}"),
+    "state": ("{eventType}", "{stateKey}"),
+    "event": ("{eventId}",),
+    "context": ("{eventId}",),
+    "receipt": ("{receiptType}", "{eventId}"),
+    "redact": ("{eventId}", "{txnId}"),
+    "relations": ("{eventId}", "{relType}", "{eventType}"),
+    "account_data": ("{type}",),
+    "download": ("{serverName}", "{mediaId}"),
+    "thumbnail": ("{serverName}", "{mediaId}"),
+}
+# Matrix id sigils, raw or percent-encoded: a safety net for paths not described above.
+_SIGILS = ("!", "@", "#", "$", "%21", "%40", "%23", "%24")
+
+
+def endpoint_of(path: str) -> str:
+    """The endpoint template of a client-server path, without ids: bounded label values.
+
+    ``/_matrix/client/v3/rooms/!r%3Ahs/send/m.room.message/t1`` ->
+    ``/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}``.
+    """
+    parts = path.split("?", 1)[0].split("/")
+    out: list[str] = []
+    pending: tuple[str, ...] = ()
+    for part in parts:
+        if pending:
+            out.append(pending[0])
+            pending = pending[1:]
+            continue
+        out.append("{id}" if part.startswith(_SIGILS) else part)
+        pending = _PLACEHOLDERS.get(part, ())
+    return "/".join(out)
+
+
 def q(value: str) -> str:
     """Quote one path segment (room ids, user ids, aliases, event ids)."""
     return quote(value, safe="")
@@ -100,7 +146,9 @@ class Homeserver:
         *,
         retry_budget: float = 30.0,
         silence_timeout: float = 1.5,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.retry_budget = retry_budget
@@ -159,6 +207,7 @@ class Homeserver:
             if method != "GET":
                 self.writes += 1
             rate_limited = False
+            started = time.perf_counter()
             try:
                 attempt = self._attempt(
                     method, path, raw, json=json, data=data, params=query, headers=headers
@@ -166,6 +215,10 @@ class Homeserver:
                 status, resp_headers, body = await (
                     self._while_answering(attempt, quiet_since) if user_waits else attempt
                 )
+                if self.metrics is not None:
+                    self.metrics.homeserver_answered(
+                        method, path, status, time.perf_counter() - started
+                    )
                 if status < 300:
                     if method != "GET":
                         self.writes_by_kind[write_kind(path)] += 1
@@ -183,6 +236,9 @@ class Homeserver:
                 else:
                     raise MatrixError(status, errcode, message, body)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                if self.metrics is not None:
+                    reason = "timeout" if isinstance(e, TimeoutError) else "connection"
+                    self.metrics.homeserver_failed(method, path, reason)
                 wait = backoff
                 message = str(e) or type(e).__name__
             # A rate-limited or failed request sent nothing durable: don't count it as a write.

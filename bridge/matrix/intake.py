@@ -40,9 +40,11 @@ from ..errors import (
     Forbidden,
     MissingToken,
     NotFound,
+    PayloadTooLarge,
     ServiceUnavailable,
     read_json,
 )
+from ..metrics import METRICS, Metrics
 from .gaps import GapTracker, parse_id
 
 log = logging.getLogger("bridge.matrix.intake")
@@ -103,9 +105,31 @@ def check_hs_token(request: web.Request) -> None:
         raise Forbidden("Invalid hs_token")
 
 
+class ResendRequested(ServiceUnavailable):
+    """Refused once on purpose, so that the homeserver resends what it skipped."""
+
+
 @routes.put("/_matrix/app/v1/transactions/{txn_id}")
 async def put_transaction(request: web.Request) -> web.Response:
     check_hs_token(request)
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await _transaction(request, None)
+    metrics.transactions.inc()
+    try:
+        return await _transaction(request, metrics)
+    except ResendRequested:
+        metrics.transaction_failed("resend_requested")
+        raise
+    except (BadRequest, PayloadTooLarge):
+        metrics.transaction_failed("invalid")  # the body, before any handler ran
+        raise
+    except Exception:
+        metrics.transaction_failed("error")
+        raise
+
+
+async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Response:
     txn_id = request.match_info["txn_id"]
     # Events carry whatever content a Matrix client sent, and a refused transaction is
     # retried forever: nesting is bounded only by what the parser takes, not MAX_DEPTH.
@@ -130,7 +154,7 @@ async def put_transaction(request: web.Request) -> web.Response:
         # lose them: wait for one without.
         if recorded is None and not ephemeral and intake.gaps.should_refuse(txn_id):
             # Not recorded: Synapse marks us down and its recoverer resends, oldest first.
-            raise ServiceUnavailable(
+            raise ResendRequested(
                 "Refusing this transaction once so that the homeserver resends the ones it skipped"
             )
         if recorded is not None and not intake.reset_warned:
@@ -149,6 +173,8 @@ async def put_transaction(request: web.Request) -> web.Response:
             raise
         await txn_log.record(txn_id, digest, len(events) + len(ephemeral))
         intake.gaps.handled(txn_id)
+    if metrics is not None:
+        metrics.count_events(events, ephemeral)
     return web.json_response({})
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
+from ..metrics import METRICS
 from ..redis_state import RedisState
 from . import handlers
 from .access import Access
@@ -41,6 +42,8 @@ def setup(app: web.Application) -> None:
     sio.attach(app)
     app[SIO] = sio
     sockets = LocalSockets()
+    if (metrics := app.get(METRICS)) is not None:
+        metrics.sockets.set_function(sockets.__len__)  # read at scrape time: no hot-path cost
     access = Access(app, sio, sockets)
     sio.manager.gate = access
     app[ACCESS] = access
