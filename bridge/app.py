@@ -133,6 +133,10 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     crm.setup(app)
     api.setup(app)
     realtime.setup(app)
+    if config.get("metrics.enabled"):
+        from . import metrics
+
+        metrics.setup(app)
     return app
 
 
