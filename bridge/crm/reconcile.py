@@ -93,7 +93,8 @@ class Directory:
     def lock(self) -> EngineLock:
         """Serialises operations across the deployment's processes (engine_lock.py)."""
         if self._lock is None:
-            self._lock = EngineLock(self.app.get(DATABASE), redis_prefix(self.app[CONFIG]))
+            # Made once the database is open (first operation), never before.
+            self._lock = EngineLock(self.app[DATABASE], redis_prefix(self.app[CONFIG]))
         return self._lock
 
     @property
