@@ -32,7 +32,7 @@ from ..db.media import MediaStore
 from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
-from . import direct, history, messaging, serialize
+from . import direct, history, messaging, preview, serialize
 from .serialize import ReadState
 
 log = logging.getLogger("bridge.api.chat")
@@ -41,6 +41,8 @@ CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
 _PROFILE_CACHE_SIZE = 10000
 _EVENT_CACHE_SIZE = 20000
+# unreadCount stops counting here: clients show "99+" for UNREAD_CAP (docs/api.md).
+UNREAD_CAP = 100
 
 
 class EventCache:
@@ -49,18 +51,26 @@ class EventCache:
     def __init__(self, size: int = _EVENT_CACHE_SIZE) -> None:
         self.size = size
         self._events: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Set while this process may miss invalidations (api/invalidation.py): nothing is
+        # served from memory then.
+        self.bypass = False
 
     def put(self, event: dict[str, Any]) -> None:
+        if self.bypass:
+            return
         self._events[event["event_id"]] = event
         self._events.move_to_end(event["event_id"])
         while len(self._events) > self.size:
             self._events.popitem(last=False)
 
     def get(self, event_id: str) -> dict[str, Any] | None:
-        return self._events.get(event_id)
+        return None if self.bypass else self._events.get(event_id)
 
     def drop(self, event_id: str) -> None:
         self._events.pop(event_id, None)
+
+    def clear(self) -> None:
+        self._events.clear()
 
 
 class ChatService:
@@ -275,7 +285,7 @@ class ChatService:
             extra += f" AND c.room_id=${len(args)}"
         rows = await db.fetch(
             "SELECT c.conversation_id, c.room_id, c.kind, c.project_id, c.direct_key, "
-            "c.created_at, c.last_event_id, c.last_activity FROM conversation c "
+            "c.created_at, c.last_event_id, c.last_activity, c.last_preview FROM conversation c "
             f"WHERE c.room_id IN ({mine}){extra} ORDER BY c.last_activity DESC",
             *args,
         )
@@ -287,6 +297,7 @@ class ChatService:
                 pending = self.pending.get(c.room_id)
                 if pending and pending[1] >= c.last_activity and pending[0] != c.last_event_id:
                     c.last_event_id, c.last_activity = pending
+                    c.last_preview = None  # the row's preview is of the message before
             conversations.sort(key=lambda c: c.last_activity, reverse=True)
         room_ids = [c.room_id for c in conversations]
         filtered = bool(kind or room_id)
@@ -305,15 +316,25 @@ class ChatService:
         member_scope, member_args = scope(1)
         receipt_scope, receipt_args = scope(1)
         last_ids = [c.last_event_id for c in conversations if c.last_event_id]
-        cached = {i: e for i in last_ids if (e := self.events.get(i)) is not None}
+        # The index row's preview first (any process), then this process's memory (a
+        # message it sent that the index has not caught up with), then the homeserver.
+        cached: dict[str, dict[str, Any]] = {}
+        for c in conversations:
+            if not c.last_event_id:
+                continue
+            event = preview.event_of(c.last_preview, c.last_event_id, c.room_id)
+            if event is not None or (event := self.events.get(c.last_event_id)) is not None:
+                cached[c.last_event_id] = event
         missing = [c for c in conversations if c.last_event_id and c.last_event_id not in cached]
+        # Counted up to UNREAD_CAP per room, so a long unread backlog costs no scan.
         unread_rows, member_rows, receipt_rows, seqs, projects, fetched = await asyncio.gather(
             db.fetch(
-                "SELECT e.room_id, COUNT(*) AS unread FROM room_event e "
-                "LEFT JOIN (SELECT room_id, MAX(seq) AS seq FROM receipt "
-                "WHERE mxid=$1 OR mxid=$2 GROUP BY room_id) r ON r.room_id = e.room_id "
-                f"WHERE e.room_id IN ({unread_scope}) AND e.seq > COALESCE(r.seq, 0) "
-                "AND e.sender <> $1 AND e.sender <> $2 GROUP BY e.room_id",
+                "SELECT s.room_id, (SELECT COUNT(*) FROM (SELECT 1 FROM room_event e "
+                "WHERE e.room_id = s.room_id AND e.seq > COALESCE((SELECT MAX(r.seq) "
+                "FROM receipt r WHERE r.room_id = s.room_id AND r.mxid IN ($1, $2)), 0) "
+                f"AND e.sender <> $1 AND e.sender <> $2 LIMIT {UNREAD_CAP}) capped) AS unread "
+                f"FROM (SELECT DISTINCT room_id FROM conversation WHERE room_id IN "
+                f"({unread_scope})) s",
                 user.mxid, own, *unread_args,
             ),
             db.fetch(
@@ -335,7 +356,14 @@ class ChatService:
         )  # fmt: skip
         wanted = set(room_ids)
         unread = {r["room_id"]: int(r["unread"]) for r in unread_rows}
-        last_events = {**cached, **{e["event_id"]: e for e in fetched if e and e.get("content")}}
+        for c, event in zip(missing, fetched, strict=True):
+            if event is not None:
+                # Rows indexed before previews existed fill in once, for every process.
+                await self.app[CONVERSATIONS].set_preview(
+                    c.room_id, event["event_id"], preview.preview_of(event)
+                )
+        found = {**cached, **{e["event_id"]: e for e in fetched if e}}
+        last_events = {i: e for i, e in found.items() if e.get("content")}
         bot = self.app[IDS].bot_mxid
         members: dict[str, list[str]] = {}
         for r in member_rows:

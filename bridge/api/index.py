@@ -17,10 +17,24 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONVERSATIONS, DISPATCHER, EVENT_INDEX, IDS, MATRIX, RECEIPTS, ROOM_MEMBERS
+from ..context import (
+    CONFIG,
+    CONVERSATIONS,
+    DISPATCHER,
+    EVENT_INDEX,
+    IDS,
+    MATRIX,
+    RECEIPTS,
+    ROOM_MEMBERS,
+)
 from ..matrix.dispatcher import Event
 from ..matrix.indexer import INDEXED_TYPES, msgtype_of
 from . import CHAT
+from .invalidation import invalidate
+from .preview import preview_of, redacted
+
+# A redacted last message whose preview was never recorded: nothing to show.
+_EMPTY_PREVIEW = '{"sender":"","type":"m.room.message","ts":0,"content":{}}'
 
 log = logging.getLogger("bridge.api.index")
 
@@ -39,10 +53,12 @@ def _is_message(event: Event) -> bool:
 def setup(app: web.Application) -> None:
     async def on_timeline(event: Event) -> None:
         if event.get("type") == "m.room.redaction":
-            # A deleted message must not live on in the body cache (lastMessage, replays).
+            # A deleted message must not live on in any process's body cache, nor in the
+            # conversation's preview (lastMessage, replays).
             redacts = event.get("redacts") or (event.get("content") or {}).get("redacts")
             if isinstance(redacts, str):
-                app[CHAT].events.drop(redacts)
+                await redact_preview(app, event["room_id"], redacts)
+                await invalidate(app, redacts)
             return
         if not _is_message(event):
             return
@@ -52,7 +68,7 @@ def setup(app: web.Application) -> None:
         if isinstance(url, str) and url.startswith("mxc://"):
             await chat.media.posted_in(url, event["room_id"])
         ts = int(event.get("origin_server_ts") or time.time() * 1000)
-        await app[CONVERSATIONS].touch(event["room_id"], event["event_id"], ts)
+        await app[CONVERSATIONS].touch(event["room_id"], event["event_id"], ts, preview_of(event))
         # Only now that the index shows it may the in-memory stand-in go.
         if chat.pending.get(event["room_id"], ("",))[0] == event["event_id"]:
             del chat.pending[event["room_id"]]
@@ -72,7 +88,18 @@ def setup(app: web.Application) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await app[BACKFILL_TASK]
 
-    app.cleanup_ctx.append(backfill_ctx)
+    # Only the process that receives transactions indexes: facade processes read the index.
+    if app[CONFIG]["appservice.receive_transactions"]:
+        app.cleanup_ctx.append(backfill_ctx)
+
+
+async def redact_preview(app: web.Application, room_id: str, event_id: str) -> None:
+    """The conversation's preview loses the content of its message when that is redacted."""
+    conversation = await app[CONVERSATIONS].get_by_room(room_id)
+    if conversation is not None and conversation.last_event_id == event_id:
+        await app[CONVERSATIONS].set_preview(
+            room_id, event_id, redacted(conversation.last_preview) or _EMPTY_PREVIEW
+        )
 
 
 async def store_receipts(app: web.Application, room_id: str, content: dict[str, Any]) -> int:
@@ -138,7 +165,7 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
             event["event_id"], room_id, event["sender"], event["type"],
             msgtype_of(event["content"]), ts,
         )  # fmt: skip
-        await app[CONVERSATIONS].touch(room_id, event["event_id"], ts)
+        await app[CONVERSATIONS].touch(room_id, event["event_id"], ts, preview_of(event))
         app[CHAT].events.put({**event, "room_id": room_id})
     return len(missed)
 

@@ -158,7 +158,12 @@ SCHEMAS: dict[str, Any] = {
             "project": {"oneOf": [_ref("ProjectRef"), {"type": "null"}]},
             "lastMessage": {"oneOf": [_ref("Message"), {"type": "null"}]},
             "lastActivity": _NULLABLE_STR,
-            "unreadCount": {"type": "integer", "minimum": 0},
+            "unreadCount": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 100,
+                "description": "Unread messages, counted up to 100 (show 99+ at 100)",
+            },
             "createdAt": _NULLABLE_STR,
             "updatedAt": _NULLABLE_STR,
             "matrixRoomId": {"type": "string"},

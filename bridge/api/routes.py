@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from ..config import redis_prefix
 from ..context import CONFIG
 from ..metrics import METRICS
-from . import CHAT, index, openapi, routes_chat, routes_directory, uploads
+from . import CHAT, index, invalidation, openapi, routes_chat, routes_directory, uploads
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
 from .chat import ChatService
 from .direct import DM_LOCKS
@@ -56,6 +56,7 @@ def setup(app: web.Application) -> None:
 
     app.cleanup_ctx.append(redis_ctx)
     index.setup(app)
+    invalidation.setup(app)
     routes_directory.setup(app)
     registered = [
         *app.router.add_routes(routes_chat.routes),

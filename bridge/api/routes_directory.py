@@ -2,46 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
 
-from ..context import CONVERSATIONS, DISPATCHER, MATRIX, PROJECTS, USERS
+from ..config import redis_prefix
+from ..context import CONFIG, CONVERSATIONS, DISPATCHER, PROJECTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.project import Project
-from .plumbing import authed, json_response
+from ..presence_board import PRESENCE_BOARD, PresenceBoard
+from .plumbing import RATE_LIMITER, authed, json_response
 from .serialize import iso, project_object, user_object
 
 log = logging.getLogger("bridge.api.directory")
 
 routes = web.RouteTableDef()
-PRESENCE = web.AppKey("presence", dict)
-_PRESENCE_TTL = 30.0
 
 
 async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[str, Any]]:
-    """Matrix presence per mxid: pushed m.presence first, then asked (briefly cached)."""
-    cache: dict[str, tuple[float, dict[str, Any]]] = app[PRESENCE]
-    now = time.monotonic()
-    missing = [m for m in mxids if m not in cache or now - cache[m][0] > _PRESENCE_TTL]
-    limit = asyncio.Semaphore(8)
-
-    async def ask(mxid: str) -> None:
-        async with limit:
-            try:
-                state = await app[MATRIX].get_presence(mxid)
-            except Exception as e:
-                log.debug("No presence for %s: %s", mxid, e)
-                state = {}
-        ago = state.get("last_active_ago")
-        state["_at"] = time.time() * 1000 - ago if isinstance(ago, int | float) else None
-        cache[mxid] = (time.monotonic(), state)
-
-    await asyncio.gather(*(ask(m) for m in missing))
-    return {m: cache[m][1] for m in mxids}
+    """Matrix presence per mxid: pushed m.presence first, asked only when unseen."""
+    return await app[PRESENCE_BOARD].get_many(mxids)
 
 
 def directory_entry(user: CrmUser, presence: dict[str, Any]) -> dict[str, Any]:
@@ -63,18 +44,16 @@ async def users(request: web.Request, user: CrmUser) -> web.Response:
     return json_response([directory_entry(u, presence.get(u.mxid, {})) for u in others])
 
 
-async def _project_entry(app: web.Application, project: Project) -> dict[str, Any]:
-    members = await app[USERS].get_many(project.members)
-    conversation = (
-        await app[CONVERSATIONS].get_by_room(project.room_id) if project.room_id else None
-    )
+def _project_entry(
+    project: Project, members: dict[str, CrmUser], conversation_id: str | None
+) -> dict[str, Any]:
     return {
         **project_object(project),
         "description": project.description,
         "members": [user_object(members[m]) for m in project.members if m in members],
         "createdBy": project.created_by,
         "archived": project.archived,
-        "conversationId": conversation.conversation_id if conversation else None,
+        "conversationId": conversation_id,
         "createdAt": iso(project.created_at),
         "updatedAt": iso(project.updated_at),
     }
@@ -83,10 +62,15 @@ async def _project_entry(app: web.Application, project: Project) -> dict[str, An
 @routes.get("/api/projects")
 @authed("projects")
 async def projects(request: web.Request, user: CrmUser) -> web.Response:
-    store = request.app[PROJECTS]
-    found = [await store.get(pid) for pid in await store.projects_of(user.crm_user_id)]
-    mine = sorted((p for p in found if p and not p.archived), key=lambda p: p.name)
-    return json_response([await _project_entry(request.app, p) for p in mine])
+    """Four queries whatever the number of projects."""
+    app = request.app
+    found = await app[PROJECTS].of_member(user.crm_user_id)
+    mine = sorted((p for p in found if not p.archived), key=lambda p: p.name)
+    members = await app[USERS].get_many(sorted({m for p in mine for m in p.members}))
+    conversations = await app[CONVERSATIONS].ids_by_room([p.room_id for p in mine if p.room_id])
+    return json_response(
+        [_project_entry(p, members, conversations.get(p.room_id or "")) for p in mine]
+    )
 
 
 @routes.get("/api/auth/me")
@@ -97,16 +81,15 @@ async def me(request: web.Request, user: CrmUser) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[PRESENCE] = {}
+    app[PRESENCE_BOARD] = PresenceBoard(
+        app, redis_prefix(app[CONFIG]), lambda: app[RATE_LIMITER].redis
+    )
 
     async def on_presence(event: dict[str, Any]) -> None:
         if event.get("type") != "m.presence" or not isinstance(event.get("content"), dict):
             return
-        content = dict(event["content"])
-        ago = content.get("last_active_ago")
-        content["_at"] = time.time() * 1000 - ago if isinstance(ago, int | float) else None
         if sender := event.get("sender"):
-            app[PRESENCE][sender] = (time.monotonic(), content)
+            await app[PRESENCE_BOARD].put(sender, event["content"])
 
     app[DISPATCHER].on_ephemeral(on_presence)
     app.add_routes(routes)

@@ -26,8 +26,9 @@ def setup(app: web.Application) -> None:
     async def alias_query(alias: str) -> bool:
         project_id = app[IDS].project_id_of(alias)
         project = await app[PROJECTS].get(project_id) if project_id is not None else None
-        # While the engine runs, it is the one creating rooms (and asking for this alias).
-        if project is None or app[DIRECTORY].lock.locked():
+        # While the engine runs (in any process), it is the one creating rooms (and asking
+        # for this alias): waiting for it here would stall the homeserver's query.
+        if project is None or await app[DIRECTORY].lock.busy():
             return False
         await operations.reconcile_project(app, project.project_id)
         return True

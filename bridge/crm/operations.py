@@ -75,14 +75,9 @@ async def put_user(
             all_users,
             {pid: project_spec_of(p) for pid, p in projects.items()},
             db_users,
-            await _all_projects(app),
+            projects,
         )
         return _dry(plan) if dry_run else await engine.apply(plan)
-
-
-async def _all_projects(app: web.Application) -> dict[str, Project]:
-    # Planning needs every project room id, to tell project rooms from DMs.
-    return {p.project_id: p for p in await app[PROJECTS].all()}
 
 
 async def delete_user(app: web.Application, crm_user_id: str) -> dict[str, Any]:
@@ -104,13 +99,13 @@ async def put_project(
                 "The project names members the bridge does not know",
                 extra={"problems": [f"members: unknown user {m!r}" for m in unknown]},
             )
-        all_projects = await _all_projects(app)
-        old = all_projects.get(spec.project_id)
+        old = await app[PROJECTS].get(spec.project_id)
+        db_projects = {spec.project_id: old} if old is not None else {}
         if old is not None:
             for uid, u in (await app[USERS].get_many(old.members)).items():
                 db_users.setdefault(uid, u)
         all_users = {uid: spec_of(u) for uid, u in db_users.items()}
-        plan = await engine._plan({}, all_users, {spec.project_id: spec}, db_users, all_projects)
+        plan = await engine._plan({}, all_users, {spec.project_id: spec}, db_users, db_projects)
         return _dry(plan) if dry_run else await engine.apply(plan)
 
 

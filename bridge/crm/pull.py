@@ -61,7 +61,9 @@ def _safe_url(url: str) -> str:
 
 def setup(app: web.Application) -> None:
     async def pull_ctx(app: web.Application) -> AsyncIterator[None]:
-        if app[CONFIG].get("sync.pull_url"):
+        # One poller per deployment: the process that receives transactions.
+        config = app[CONFIG]
+        if config.get("sync.pull_url") and config["appservice.receive_transactions"]:
             app[PULL_TASK] = asyncio.create_task(_loop(app))
         yield
         task = app.get(PULL_TASK)

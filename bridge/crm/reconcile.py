@@ -17,9 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import redis_prefix
 from ..context import (
     CONFIG,
     CONVERSATIONS,
+    DATABASE,
     HOMESERVER,
     IDS,
     MATRIX,
@@ -34,6 +36,7 @@ from ..db.project import Project
 from ..errors import HomeserverUnavailable
 from ..matrix.homeserver import MatrixError
 from ..metrics import METRICS
+from .engine_lock import EngineLock
 from .plan import PRESENT, MemberOp, Plan, ProjectChange, UserChange, member_ops, power_changes
 from .puppets import apply_user, crm_fields_changed, plan_user, spec_of
 from .rooms import (
@@ -47,6 +50,7 @@ from .rooms import (
     read_room,
 )
 from .snapshot import ProjectSpec, Snapshot, UserSpec
+from .tasks import run_all
 from .writer import Progress, Writer
 
 log = logging.getLogger("bridge.crm.reconcile")
@@ -83,8 +87,16 @@ class Directory:
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
-        self.lock = asyncio.Lock()
+        self._lock: EngineLock | None = None
         self._default_version: str | None = None
+
+    @property
+    def lock(self) -> EngineLock:
+        """Serialises operations across the deployment's processes (engine_lock.py)."""
+        if self._lock is None:
+            # Made once the database is open (first operation), never before.
+            self._lock = EngineLock(self.app[DATABASE], redis_prefix(self.app[CONFIG]))
+        return self._lock
 
     @property
     def role_levels(self) -> dict[str, int]:
@@ -171,11 +183,15 @@ class Directory:
     ) -> Plan:
         app, ids, plan = self.app, self.app[IDS], Plan()
         presence = await app[USERS].applied_presences()
-        project_rooms = {p.room_id for p in db_projects.values() if p.room_id}
+        project_rooms: set[str] | None = None
         for crm_user_id, spec in user_specs.items():
             row = db_users.get(crm_user_id)
             leave: list[str] = []
             if not spec.active and row and row.registered and presence.get(crm_user_id) is None:
+                if project_rooms is None:
+                    # Every project room, not only those planned: a deactivated user leaves
+                    # their DMs, never a project room (the directory kicks them there).
+                    project_rooms = await app[PROJECTS].room_ids()
                 joined = await app[ROOM_MEMBERS].joined_rooms(ids.puppet_mxid(crm_user_id))
                 leave = [r for r in joined if r not in project_rooms]
             change = plan_user(app, spec, row, presence.get(crm_user_id), leave)
@@ -218,7 +234,7 @@ class Directory:
                     inactive, crm_user_of,
                 )  # fmt: skip
 
-        plan.projects = list(await asyncio.gather(*(one(s) for s in project_specs.values())))
+        plan.projects = await run_all(one(s) for s in project_specs.values())
         return plan
 
     async def _plan_project(
@@ -291,11 +307,13 @@ class Directory:
                 log.warning("Applying %s %s failed: %s", kind, key, e)
                 errors.append({kind: key, "message": str(e)})
 
-        await asyncio.gather(
-            *(guarded("user", u.crm_user_id, self._apply_user(u, write)) for u in plan.users)
+        # Homeserver refusals and outages are per entity (reported, siblings go on); any
+        # other failure stops the whole operation before the engine lock is released.
+        await run_all(
+            guarded("user", u.crm_user_id, self._apply_user(u, write)) for u in plan.users
         )
-        await asyncio.gather(
-            *(guarded("project", p.project_id, self.apply_project(p, write)) for p in plan.projects)
+        await run_all(
+            guarded("project", p.project_id, self.apply_project(p, write)) for p in plan.projects
         )
         applied = plan.summary(done_only=True)
         if (metrics := self.app.get(METRICS)) is not None:
@@ -360,7 +378,7 @@ class Directory:
             await app[ROOM_MEMBERS].set_many(room_id, {op.mxid: "invite" for op in invites})
             change.done_ops.extend(invites)
             joins = [op for op in change.ops if op.kind == "join"]
-            await asyncio.gather(*(self._member(room_id, [op], change, write) for op in joins))
+            await run_all(self._member(room_id, [op], change, write) for op in joins)
             return
         assert room_id is not None
         if change.observed_members is not None:
@@ -386,7 +404,7 @@ class Directory:
             applied[key] = value
             change.done.add(done)
 
-        await asyncio.gather(*(put_state(*step[:5]) for step in state if step[5]))
+        await run_all(put_state(*step[:5]) for step in state if step[5])
         if change.done:
             await app[PROJECTS].save_applied(pid, room_id, applied)
         await self._members(room_id, change, write)
@@ -396,9 +414,7 @@ class Directory:
         by_mxid: dict[str, list[MemberOp]] = {}
         for op in change.ops:
             by_mxid.setdefault(op.mxid, []).append(op)
-        await asyncio.gather(
-            *(self._member(room_id, ops, change, write) for ops in by_mxid.values())
-        )
+        await run_all(self._member(room_id, ops, change, write) for ops in by_mxid.values())
 
     async def _membership(self, room_id: str, mxid: str) -> str:
         event = await self.app[MATRIX].get_state_event(room_id, "m.room.member", mxid)  # type: ignore[arg-type]

@@ -8,10 +8,11 @@ from mautrix.util.async_db import Database
 
 from ..ids import conversation_id_for_room
 from .crm_user import now_ms
+from .receipt import _rows_changed
 
 COLUMNS = (
     "conversation_id, room_id, kind, project_id, direct_key, created_at, last_event_id, "
-    "last_activity"
+    "last_activity, last_preview"
 )
 
 PROJECT = "project"
@@ -33,6 +34,8 @@ class Conversation:
     created_at: int = field(default_factory=now_ms)
     last_event_id: str | None = None
     last_activity: int = field(default_factory=now_ms)
+    # The last message's sender, type and bounded content (api/preview.py), as JSON.
+    last_preview: str | None = None
 
 
 class ConversationStore:
@@ -70,20 +73,40 @@ class ConversationStore:
             direct_key=key,
         )
         await self.db.execute(
-            f"INSERT INTO conversation ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            f"INSERT INTO conversation ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
             "ON CONFLICT (room_id) DO NOTHING",
             conversation.conversation_id, room_id, kind, project_id, key,
-            conversation.created_at, None, conversation.last_activity,
+            conversation.created_at, None, conversation.last_activity, None,
         )  # fmt: skip
         return await self.get_by_room(room_id) or conversation
 
-    async def touch(self, room_id: str, event_id: str, ts: int) -> None:
-        """Move the conversation's last activity forward (never backward)."""
+    async def touch(self, room_id: str, event_id: str, ts: int, preview: str | None = None) -> None:
+        """Move the conversation's last activity forward (never backward), with the last
+        message's preview."""
         await self.db.execute(
-            "UPDATE conversation SET last_event_id=$2, last_activity=$3 "
+            "UPDATE conversation SET last_event_id=$2, last_activity=$3, last_preview=$4 "
             "WHERE room_id=$1 AND last_activity <= $3",
-            room_id, event_id, ts,
+            room_id, event_id, ts, preview,
         )  # fmt: skip
+
+    async def set_preview(self, room_id: str, event_id: str, preview: str | None) -> bool:
+        """Replace the preview if ``event_id`` is still the conversation's last message."""
+        result = await self.db.execute(
+            "UPDATE conversation SET last_preview=$3 WHERE room_id=$1 AND last_event_id=$2",
+            room_id, event_id, preview,
+        )  # fmt: skip
+        return _rows_changed(result) > 0
+
+    async def ids_by_room(self, room_ids: list[str]) -> dict[str, str]:
+        """Conversation ids of these rooms (those that have one), in one query."""
+        if not room_ids:
+            return {}
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(room_ids)))
+        rows = await self.db.fetch(
+            f"SELECT room_id, conversation_id FROM conversation WHERE room_id IN ({placeholders})",
+            *room_ids,
+        )
+        return {r["room_id"]: r["conversation_id"] for r in rows}
 
     async def ids_joined_by(self, mxids: list[str]) -> list[str]:
         """Conversations whose room any of these Matrix accounts has joined."""

@@ -70,6 +70,31 @@ class ProjectStore:
             members.setdefault(member["project_id"], []).append(member["crm_user_id"])
         return [p for p in (_row(r, members.get(r["project_id"], [])) for r in rows) if p]
 
+    async def of_member(self, crm_user_id: str) -> list[Project]:
+        """The projects a user is a member of, with their member lists: two queries."""
+        rows = await self.db.fetch(
+            f"SELECT {', '.join('p.' + c.strip() for c in COLUMNS.split(','))} FROM project p "
+            "JOIN project_member m ON m.project_id = p.project_id WHERE m.crm_user_id=$1",
+            crm_user_id,
+        )
+        if not rows:
+            return []
+        ids = [r["project_id"] for r in rows]
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(ids)))
+        members: dict[str, list[str]] = {}
+        for member in await self.db.fetch(
+            "SELECT project_id, crm_user_id FROM project_member "
+            f"WHERE project_id IN ({placeholders}) ORDER BY crm_user_id",
+            *ids,
+        ):
+            members.setdefault(member["project_id"], []).append(member["crm_user_id"])
+        return [p for p in (_row(r, members.get(r["project_id"], [])) for r in rows) if p]
+
+    async def room_ids(self) -> set[str]:
+        """Every project room, to tell project rooms from DMs (no member lists)."""
+        rows = await self.db.fetch("SELECT room_id FROM project WHERE room_id IS NOT NULL")
+        return {r["room_id"] for r in rows}
+
     async def members(self, project_id: str) -> list[str]:
         rows = await self.db.fetch(
             "SELECT crm_user_id FROM project_member WHERE project_id=$1 ORDER BY crm_user_id",

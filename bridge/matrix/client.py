@@ -150,6 +150,10 @@ class MatrixClient:
         resp = await self.hs.get(f"{C}/rooms/{q(room_id)}/joined_members", as_user=as_user)
         return resp.get("joined", {})
 
+    async def joined_rooms(self, as_user: str) -> list[RoomID]:
+        resp = await self.hs.get(f"{C}/joined_rooms", as_user=as_user)
+        return [RoomID(r) for r in resp.get("joined_rooms", [])]
+
     # Messages and ephemeral data.
     async def send_event(
         self,

@@ -132,6 +132,11 @@ def endpoint_of(path: str) -> str:
     return "/".join(out)
 
 
+def never_sent(error: BaseException) -> bool:
+    """True when the request certainly never left: the connection could not be opened."""
+    return isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
 def q(value: str) -> str:
     """Quote one path segment (room ids, user ids, aliases, event ids)."""
     return quote(value, safe="")
@@ -157,6 +162,8 @@ class Homeserver:
         self.writes = 0
         self.requests = 0
         self.rate_limited = 0
+        # Non-idempotent requests given up because they may have reached the homeserver.
+        self.not_retried = 0
         # Accepted writes by endpoint ("typing", "send", "presence", ...), to measure them.
         self.writes_by_kind: Counter[str] = Counter()
         # When the homeserver last answered anything (ours or the monitor's probes), and
@@ -187,7 +194,8 @@ class Homeserver:
         """Send one request; ``path`` starts with ``/_matrix``. Returns the decoded JSON.
 
         ``idempotent=False`` (createRoom) retries only what certainly did not reach the
-        homeserver (429, refused connections): a 5xx may hide a request that took effect.
+        homeserver (429, a connection that could not be opened): a 5xx, a timeout or a
+        connection lost after sending may hide a request that took effect.
         """
         user_waits = _FOR_USER.get()
         if user_waits and not self.available:
@@ -239,6 +247,12 @@ class Homeserver:
                 if self.metrics is not None:
                     reason = "timeout" if isinstance(e, TimeoutError) else "connection"
                     self.metrics.homeserver_failed(method, path, reason)
+                if not idempotent and not never_sent(e):
+                    # A timeout or a dropped connection after sending may hide a request
+                    # that took effect (a second createRoom would make a second room).
+                    self.not_retried += 1
+                    log.warning("Not retrying %s %s: %s", method, path.split("?")[0], e)
+                    raise HomeserverUnavailable() from e
                 wait = backoff
                 message = str(e) or type(e).__name__
             # A rate-limited or failed request sent nothing durable: don't count it as a write.

@@ -15,6 +15,8 @@ from redis.backoff import NoBackoff
 
 from ..context import CONFIG, DATABASE, MATRIX, REDIS_STATE, REVOCATIONS, USERS
 from ..db.announced_receipt import AnnouncedReceiptStore
+from ..db.crm_user import CrmUser
+from ..presence_board import PRESENCE_BOARD
 from .access import Access
 from .cursors import FallbackFrontier, Frontier, MemoryFrontier, RedisFrontier
 from .dedup import Claims, DatabaseClaims, FallbackClaims, RedisClaims
@@ -109,11 +111,18 @@ def context(app: web.Application):
                 frontier = MemoryFrontier()
                 registry = MemoryRegistry()
             relays = Relays(app, sio, AnnouncedReceiptStore(app[DATABASE]))
+
+            async def transition(user: CrmUser, online: bool) -> None:
+                # The directory's presence board asks Matrix again after a transition.
+                if (board := app.get(PRESENCE_BOARD)) is not None:
+                    await board.forget(user.mxid)
+                await relays.announce_user(user, online)
+
             presence = PresenceTracker(
                 registry,
                 app[MATRIX],
                 app[USERS],
-                relays.announce_user,
+                transition,
                 grace_s=float(config["realtime.offline_grace"]),
                 refresh_s=float(config.get("realtime.presence_refresh", 20)),
             )
