@@ -144,9 +144,16 @@ async def test_users_projects_and_conversations(db) -> None:
     conversations = ConversationStore(db)
     first = await conversations.add("!r", PROJECT, project_id="p1")
     assert (await conversations.add("!r", PROJECT, project_id="p1")) == first
-    await conversations.touch("!r", "$new", first.last_activity + 10)
-    await conversations.touch("!r", "$old", first.last_activity - 10)
-    assert (await conversations.get(first.conversation_id)).last_event_id == "$new"
+    # The last message is the newest in the live order (seq), whatever the timestamps say;
+    # the last activity is the newest timestamp.
+    index, ts = RoomEventIndex(db), first.last_activity
+    await index.add("$early", "!r", "@u:x", "m.room.message", None, ts + 10)
+    await conversations.touch("!r", "$early", ts + 10)
+    await index.add("$late", "!r", "@u:x", "m.room.message", None, ts - 10)
+    await conversations.touch("!r", "$late", ts - 10)
+    await conversations.touch("!r", "$early", ts + 10)  # indexed early, touched again later
+    touched = await conversations.get(first.conversation_id)
+    assert (touched.last_event_id, touched.last_activity) == ("$late", ts + 10)
 
 
 async def test_receipts_only_move_forward(db) -> None:

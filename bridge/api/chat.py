@@ -68,7 +68,7 @@ class ChatService:
         self.app = app
         self.events = EventCache()
         self._profiles: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._fetch_limit = asyncio.Semaphore(8)
+        self.fetch_limit = asyncio.Semaphore(8)
         self._by_room: dict[str, Conversation] = {}
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
         # Sent by /send, not yet back from the homeserver: room -> (event id, ts).
@@ -244,7 +244,7 @@ class ChatService:
         """A message body from the cache, or from the homeserver (then cached)."""
         if cached := self.events.get(event_id):
             return cached
-        async with self._fetch_limit:
+        async with self.fetch_limit:
             try:
                 event = await self.app[MATRIX].get_event(room_id, event_id, as_user=as_user)
             except MatrixError as e:
