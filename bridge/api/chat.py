@@ -283,11 +283,7 @@ class ChatService:
         if not conversations:
             return []
         if self.pending:
-            for c in conversations:
-                pending = self.pending.get(c.room_id)
-                if pending and pending[1] >= c.last_activity and pending[0] != c.last_event_id:
-                    c.last_event_id, c.last_activity = pending
-            conversations.sort(key=lambda c: c.last_activity, reverse=True)
+            await self._overlay_pending(conversations)
         room_ids = [c.room_id for c in conversations]
         filtered = bool(kind or room_id)
 
@@ -376,6 +372,30 @@ class ChatService:
                 )
             )
         return out
+
+    async def _overlay_pending(self, conversations: list[Conversation]) -> None:
+        """A message sent through this process and not indexed yet is the last one meanwhile.
+
+        Only meanwhile: once indexed, the index's live order decides (a process that receives
+        no transactions never sees it come back, so the index is asked)."""
+        waiting = {
+            c.room_id: pending
+            for c in conversations
+            if (pending := self.pending.get(c.room_id)) and pending[0] != c.last_event_id
+        }
+        if not waiting:
+            return
+        indexed = await self.app[EVENT_INDEX].get_many([p[0] for p in waiting.values()])
+        for c in conversations:
+            pending = waiting.get(c.room_id)
+            if pending is None:
+                continue
+            if pending[0] in indexed:
+                if self.pending.get(c.room_id) == pending:
+                    del self.pending[c.room_id]
+            elif pending[1] >= c.last_activity:
+                c.last_event_id, c.last_activity = pending
+        conversations.sort(key=lambda c: c.last_activity, reverse=True)
 
     # Writes (see messaging.py and direct.py).
     async def send(
