@@ -376,8 +376,9 @@ class ChatService:
     async def _overlay_pending(self, conversations: list[Conversation]) -> None:
         """A message sent through this process and not indexed yet is the last one meanwhile.
 
-        Only meanwhile: once indexed, the index's live order decides (a process that receives
-        no transactions never sees it come back, so the index is asked)."""
+        Only meanwhile: once the conversation's last message is it or later in the live
+        order, the index decides (a process that receives no transactions never sees it
+        come back, so the index is asked)."""
         waiting = {
             c.room_id: pending
             for c in conversations
@@ -385,16 +386,20 @@ class ChatService:
         }
         if not waiting:
             return
-        indexed = await self.app[EVENT_INDEX].get_many([p[0] for p in waiting.values()])
+        lasts = [c.last_event_id for c in conversations if c.room_id in waiting]
+        ids = [p[0] for p in waiting.values()] + [i for i in lasts if i]
+        indexed = await self.app[EVENT_INDEX].get_many(ids)
         for c in conversations:
             pending = waiting.get(c.room_id)
             if pending is None:
                 continue
-            if pending[0] in indexed:
+            sent, last = indexed.get(pending[0]), indexed.get(c.last_event_id or "")
+            if sent is not None and last is not None and last.seq >= sent.seq:
                 if self.pending.get(c.room_id) == pending:
                     del self.pending[c.room_id]
-            elif pending[1] >= c.last_activity:
-                c.last_event_id, c.last_activity = pending
+            elif pending[1] >= c.last_activity or sent is not None:
+                # Not indexed yet, or indexed and the conversation not touched yet.
+                c.last_event_id, c.last_activity = pending[0], max(pending[1], c.last_activity)
         conversations.sort(key=lambda c: c.last_activity, reverse=True)
 
     # Writes (see messaging.py and direct.py).
