@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -153,8 +154,15 @@ def synapse_and_config(stack_dir: Path) -> Iterator[tuple[SynapseProcess, Path]]
             "realtime.offline_grace": 1,
         },
     )
+    # Synapse runs in its data directory, whose path is first on its sys.path: the test module
+    # that delays marked messages (tests/synapse_lag.py) is imported from there.
+    (stack_dir / "synapse").mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).with_name("synapse_lag.py"), stack_dir / "synapse")
     synapse = SynapseProcess(
-        stack_dir / "synapse", port=synapse_port, registration_files=[registration_path]
+        stack_dir / "synapse",
+        port=synapse_port,
+        registration_files=[registration_path],
+        extra_config={"modules": [{"module": "synapse_lag.LaggingSends", "config": {}}]},
     )
     synapse.start()
     try:

@@ -255,6 +255,7 @@ async def test_outsiders_get_404_and_nothing_changes(stack) -> None:
         ("/api/chat/messages/CID?page=abc", None, 400, "M_INVALID_PARAM"),
         ("/api/chat/messages/CID?before=a&after=b", None, 400, "M_INVALID_PARAM"),
         ("/api/chat/messages/CID?before=nonexistent", None, 404, "M_NOT_FOUND"),
+        ("/api/chat/messages/CID?after=nonexistent", None, 404, "M_NOT_FOUND"),
     ],
 )  # fmt: skip
 async def test_malformed_requests_change_nothing(stack, path, body, status, errcode) -> None:

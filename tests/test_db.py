@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,62 @@ async def test_event_index_is_idempotent_and_ordered(db) -> None:
     assert await index.get("$missing") is None
 
 
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)  # SQLite: one writer at a time
+async def test_event_index_seq_becomes_visible_in_order(db) -> None:
+    """A writer that drew a seq but has not committed holds back later writers of its room,
+    so a reader paging ``seq > cursor`` never sees N+1 while N is still to come."""
+    index = RoomEventIndex(db)
+    await index.add("$first", "!r", "@u:x", "m.room.message", "m.text", 1)
+    # acquire_direct: a connection of its own (acquire() would lend it to every task here).
+    async with db.acquire_direct() as conn, conn.transaction():
+        # In flight: indexed on this connection, not committed yet.
+        held, _ = await RoomEventIndex(conn).add("$held", "!r", "@u:x", "m.room.message", None, 2)
+        later = asyncio.create_task(index.add("$later", "!r", "@v:x", "m.room.message", None, 3))
+        other = await index.add("$other", "!elsewhere", "@v:x", "m.room.message", None, 4)
+        await asyncio.sleep(0.3)
+        visible = [e.event_id for e in await index.between("!r", 0, 1 << 62)]
+        assert visible == ["$first"], "a later seq became visible before the one in flight"
+        assert not later.done()
+        assert other[1]  # another room is not held back
+    (after, _) = await asyncio.wait_for(later, timeout=5)
+    assert after.seq > held.seq
+    seen = [e.event_id for e in await index.between("!r", 0, 1 << 62)]
+    assert seen == ["$first", "$held", "$later"]
+
+
+async def test_event_index_concurrent_writers_leave_no_gap_behind_a_reader(db) -> None:
+    """Many writers of one room at once, and a reader polling ``seq > cursor`` as the live
+    ``after`` walk does: the reader ends with every event exactly once."""
+    index = RoomEventIndex(db)
+    total, writers = 300, 8
+    done = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        for n in range(w, total, writers):
+            await index.add(f"$e{n}", "!busy", "@u:x", "m.room.message", None, n)
+
+    async def reader() -> list[str]:
+        seen: list[str] = []
+        cursor = 0
+        for _ in range(100000):
+            finished = done.is_set()
+            rows = (await index.between("!busy", cursor, 1 << 62))[:50]
+            seen += [r.event_id for r in rows]
+            cursor = rows[-1].seq if rows else cursor
+            if finished and not rows:
+                return seen
+            if not rows:
+                await asyncio.sleep(0)
+        raise AssertionError("reader did not end")
+
+    polling = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    done.set()
+    seen = await asyncio.wait_for(polling, timeout=60)
+    assert sorted(seen) == sorted(f"$e{n}" for n in range(total))
+    assert len(seen) == len(set(seen))
+
+
 async def test_users_projects_and_conversations(db) -> None:
     from bridge.db.conversation import PROJECT, ConversationStore
     from bridge.db.crm_user import CrmUser, CrmUserStore
@@ -87,9 +144,16 @@ async def test_users_projects_and_conversations(db) -> None:
     conversations = ConversationStore(db)
     first = await conversations.add("!r", PROJECT, project_id="p1")
     assert (await conversations.add("!r", PROJECT, project_id="p1")) == first
-    await conversations.touch("!r", "$new", first.last_activity + 10)
-    await conversations.touch("!r", "$old", first.last_activity - 10)
-    assert (await conversations.get(first.conversation_id)).last_event_id == "$new"
+    # The last message is the newest in the live order (seq), whatever the timestamps say;
+    # the last activity is the newest timestamp.
+    index, ts = RoomEventIndex(db), first.last_activity
+    await index.add("$early", "!r", "@u:x", "m.room.message", None, ts + 10)
+    await conversations.touch("!r", "$early", ts + 10)
+    await index.add("$late", "!r", "@u:x", "m.room.message", None, ts - 10)
+    await conversations.touch("!r", "$late", ts - 10)
+    await conversations.touch("!r", "$early", ts + 10)  # indexed early, touched again later
+    touched = await conversations.get(first.conversation_id)
+    assert (touched.last_event_id, touched.last_activity) == ("$late", ts + 10)
 
 
 async def test_receipts_only_move_forward(db) -> None:

@@ -62,6 +62,10 @@ async def kill_during_burst(
         alice = Chat(session, url, fs.token(alice_id))
         bob = Chat(session, url, fs.token(bob_id))
         rest_queue, matrix_queue = list(from_rest), list(from_matrix)
+        # Before the burst, from the reader (so not unread for him): the walk of the live
+        # order below starts from it.
+        status, opening = await bob.send(cid, "opening")
+        assert status == 201, opening
 
         async def rest_worker() -> None:
             nonlocal answered
@@ -150,14 +154,21 @@ async def kill_during_burst(
             walked = [m["content"] for m in history]
             report.extra["facade_history_missing"] = sorted(set(expected) - set(walked))
             report.extra["facade_history_duplicated"] = duplicated(walked)
+            # The live order (docs/api.md, "Order"): after= from the first message, the
+            # walk a reconnecting client does; it ends on the newest message, lastMessage.
+            live = [opening, *await alice.catch_up(cid, opening["_id"])]
+            live_walked = [m["content"] for m in live]
+            report.extra["live_order_missing"] = sorted(set(expected) - set(live_walked))
+            report.extra["live_order_duplicated"] = duplicated(live_walked)
 
             # The bridge's index has every message too (redelivered transactions): Bob's
-            # unread count, served from it, counts them all; lastMessage is the newest.
+            # unread count, served from it, counts them all; lastMessage is the newest in
+            # the live order.
             async def listed_right() -> dict[str, Any] | None:
                 conversation = await bob.conversation(cid)
                 right = (
                     conversation["unreadCount"] == len(expected)
-                    and (conversation["lastMessage"] or {}).get("_id") == history[-1]["_id"]
+                    and (conversation["lastMessage"] or {}).get("_id") == live[-1]["_id"]
                 )
                 return conversation if right else None
 
@@ -171,9 +182,9 @@ async def kill_during_burst(
                 report.extra["synapse_undelivered_txns"] = stuck
             conversation = await bob.conversation(cid)
             report.extra["unreadCount"] = conversation["unreadCount"]
-            report.extra["lastMessage_ok"] = (conversation["lastMessage"] or {}).get(
-                "_id"
-            ) == history[-1]["_id"]
+            report.extra["lastMessage_ok"] = (conversation["lastMessage"] or {}).get("_id") == live[
+                -1
+            ]["_id"]
         finally:
             for task in workers:
                 task.cancel()
@@ -209,6 +220,8 @@ def _synapse_stranded(stuck: dict[str, Any]) -> bool:
 
 def assert_facade_history_complete(report: FaultReport) -> None:
     assert not report.extra["facade_history_missing"], report.line()
+    assert not report.extra["live_order_missing"], report.line()
+    assert not report.extra["live_order_duplicated"], report.line()
 
 
 async def test_kill_during_burst_loses_nothing(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ class ChatService:
         self.app = app
         self.events = EventCache()
         self._profiles: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._fetch_limit = asyncio.Semaphore(8)
+        self.fetch_limit = asyncio.Semaphore(8)
         self._by_room: dict[str, Conversation] = {}
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
         # Sent by /send, not yet back from the homeserver: room -> (event id, ts).
@@ -254,7 +254,7 @@ class ChatService:
         """A message body from the cache, or from the homeserver (then cached)."""
         if cached := self.events.get(event_id):
             return cached
-        async with self._fetch_limit:
+        async with self.fetch_limit:
             try:
                 event = await self.app[MATRIX].get_event(room_id, event_id, as_user=as_user)
             except MatrixError as e:
@@ -293,12 +293,7 @@ class ChatService:
         if not conversations:
             return []
         if self.pending:
-            for c in conversations:
-                pending = self.pending.get(c.room_id)
-                if pending and pending[1] >= c.last_activity and pending[0] != c.last_event_id:
-                    c.last_event_id, c.last_activity = pending
-                    c.last_preview = None  # the row's preview is of the message before
-            conversations.sort(key=lambda c: c.last_activity, reverse=True)
+            await self._overlay_pending(conversations)
         room_ids = [c.room_id for c in conversations]
         filtered = bool(kind or room_id)
 
@@ -404,6 +399,36 @@ class ChatService:
                 )
             )
         return out
+
+    async def _overlay_pending(self, conversations: list[Conversation]) -> None:
+        """A message sent through this process and not indexed yet is the last one meanwhile.
+
+        Only meanwhile: once the conversation's last message is it or later in the live
+        order, the index decides (a process that receives no transactions never sees it
+        come back, so the index is asked)."""
+        waiting = {
+            c.room_id: pending
+            for c in conversations
+            if (pending := self.pending.get(c.room_id)) and pending[0] != c.last_event_id
+        }
+        if not waiting:
+            return
+        lasts = [c.last_event_id for c in conversations if c.room_id in waiting]
+        ids = [p[0] for p in waiting.values()] + [i for i in lasts if i]
+        indexed = await self.app[EVENT_INDEX].get_many(ids)
+        for c in conversations:
+            pending = waiting.get(c.room_id)
+            if pending is None:
+                continue
+            sent, last = indexed.get(pending[0]), indexed.get(c.last_event_id or "")
+            if sent is not None and last is not None and last.seq >= sent.seq:
+                if self.pending.get(c.room_id) == pending:
+                    del self.pending[c.room_id]
+            elif pending[1] >= c.last_activity or sent is not None:
+                # Not indexed yet, or indexed and the conversation not touched yet.
+                c.last_event_id, c.last_activity = pending[0], max(pending[1], c.last_activity)
+                c.last_preview = None  # the row's preview is of the message before
+        conversations.sort(key=lambda c: c.last_activity, reverse=True)
 
     # Writes (see messaging.py and direct.py).
     async def send(

@@ -1,11 +1,14 @@
-"""History pages, read from the homeserver's /messages as the user's puppet.
+"""History pages, read as the user's puppet (docs/api.md, "Order").
 
-Two ways to page, both served from Synapse:
+* ``page``/``limit`` (the seed's) and ``before=<messageId>``: the homeserver's topological
+  order (/messages): page 1 is the newest ``limit`` messages, page 2 the ones before, each
+  ordered oldest to newest; ``before`` continues back from a message;
+* ``after=<messageId>``: the conversation's live order, the bridge's index (live_walk.py), so
+  a client resuming from a cursor misses nothing that arrived later at a lower depth. A
+  cursor the index never saw (older than the bridge's index of the room) is walked
+  topologically until the walk reaches indexed messages.
 
-* ``page``/``limit`` (the seed's): page 1 is the newest ``limit`` messages, page 2 the ones
-  before, each ordered oldest to newest;
-* ``before``/``after`` a message id (ours, gap-free while new messages arrive): the reply's
-  ``nextCursor`` continues in the same direction.
+Each walk returns every message of its order exactly once, whatever arrives meanwhile.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ..context import MATRIX
+from ..context import EVENT_INDEX, MATRIX
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
+from ..db.room_event import RoomEvent
 from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
-from ..matrix.indexer import INDEXED_TYPES
+from ..matrix.indexer import INDEXED_TYPES, msgtype_of
+from . import live_walk
 
 if TYPE_CHECKING:
     from .chat import ChatService
@@ -29,6 +34,12 @@ MAX_LIMIT = 100
 # Events asked of the homeserver at once: a full page, its look-ahead and the cursor event.
 BATCH = MAX_LIMIT + 2
 MAX_PAGE_DEPTH = 5000
+# Empty chunks in a row that a walk goes on through (Synapse answers an empty chunk with an
+# ``end`` token when everything in its batch was hidden from the user).
+MAX_EMPTY_CHUNKS = 20
+# A cursor the index does not hold yet, no older than its newest message by this much, is
+# on its way (a message just sent).
+IN_FLIGHT_MS = 60_000
 _FILTER = json.dumps(
     {"types": sorted(INDEXED_TYPES - {"m.room.encrypted"}), "lazy_load_members": True}
 )
@@ -72,7 +83,8 @@ async def _collect(
     """
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
-    while len(found) < skip + want:
+    empty = 0
+    while len(found) < skip + want and empty <= MAX_EMPTY_CHUNKS:
         batch = min(BATCH, skip + want - len(found) + 1)
         resp = await matrix.messages(
             conversation.room_id,
@@ -83,8 +95,10 @@ async def _collect(
             filter_json=_FILTER,
         )
         chunk = resp.get("chunk") or []
-        token = resp.get("end")
-        done = not chunk or not token
+        previous, token = token, resp.get("end")
+        # No end token is the end of the timeline; an empty chunk with one is not.
+        done = not token or (not chunk and token == previous)
+        empty = 0 if chunk else empty + 1
         if drop_through is not None:
             ids = [event.get("event_id") for event in chunk]
             if drop_through in ids:
@@ -102,6 +116,13 @@ async def _collect(
 async def _token_at(
     service: ChatService, conversation: Conversation, user: CrmUser, message_id: str
 ) -> tuple[str, str]:
+    event_id, token, _ = await _context(service, conversation, user, message_id)
+    return event_id, token
+
+
+async def _context(
+    service: ChatService, conversation: Conversation, user: CrmUser, message_id: str
+) -> tuple[str, str, dict[str, Any]]:
     """The event id of a cursor and a token right after it in the room's order.
 
     Synapse orders a room by (depth, stream ordering), and concurrent sends give many events
@@ -124,7 +145,85 @@ async def _token_at(
     event = context.get("event") or {}
     if event.get("room_id", conversation.room_id) != conversation.room_id:
         raise NotFound("Message not found")
-    return event_id, context["end"]
+    return event_id, context["end"], event
+
+
+async def _indexed(
+    service: ChatService, conversation: Conversation, event: dict[str, Any]
+) -> RoomEvent | None:
+    """An index row for a cursor the index does not hold yet: a message on its way from the
+    homeserver (as new as the newest indexed message, say just sent) takes its place in the
+    live order now, as mark-read does (everything indexed before it came before it in the
+    homeserver's stream order; what is still on its way comes after). An older one (from
+    before the bridge indexed the room) gets none."""
+    index = service.app[EVENT_INDEX]
+    latest = await index.latest(conversation.room_id)
+    ts = event.get("origin_server_ts")
+    if latest is None or not isinstance(ts, int) or ts < latest.origin_ts - IN_FLIGHT_MS:
+        return None
+    if not _is_message(event) or not isinstance(event.get("sender"), str):
+        return None
+    content = event.get("content") or {}
+    row, _ = await index.add(
+        event["event_id"], conversation.room_id, event["sender"], event["type"],
+        msgtype_of(content), ts,
+    )  # fmt: skip
+    return row
+
+
+async def _after(
+    service: ChatService, user: CrmUser, conversation: Conversation, cursor: str, limit: int
+) -> tuple[list[dict[str, Any]], bool, str]:
+    """The page after a cursor in the live order: events, hasMore, nextCursor."""
+    event_id = event_id_for_message(cursor)
+    if event_id is None:
+        raise InvalidParam("The cursor is not a message id")
+    index = service.app[EVENT_INDEX]
+    row = await index.get(event_id)
+    if row is not None and row.room_id != conversation.room_id:
+        raise NotFound("Message not found")
+    if row is not None:
+
+        async def token() -> str | None:
+            try:
+                return (await _token_at(service, conversation, user, cursor))[1]
+            except NotFound:
+                return None  # a cursor hidden from the user: no window, /event per message
+
+        page = await live_walk.after(
+            service, conversation, user, row.seq, limit,
+            token=token, filter_json=_FILTER, is_message=_is_message,
+        )  # fmt: skip
+        return page.messages, page.more, page.next_cursor(cursor)
+    _, at, event = await _context(service, conversation, user, cursor)
+    if (row := await _indexed(service, conversation, event)) is not None:
+        page = await live_walk.after(
+            service, conversation, user, row.seq, limit,
+            token=lambda: _constant(at), filter_json=_FILTER, is_message=_is_message,
+        )  # fmt: skip
+        return page.messages, page.more, page.next_cursor(cursor)
+    # Older than the index: topologically, up to the first indexed messages.
+    events = await _collect(service, conversation, user, "f", at, 0, limit + 1)
+    known = await index.get_many([e["event_id"] for e in events])
+    cut = next((i for i, e in enumerate(events) if e["event_id"] in known), len(events))
+    if cut >= limit or cut == len(events):
+        events = events[: limit + 1]
+        more = len(events) > limit
+        events = events[:limit]
+        return events, more, message_id_for_event(events[-1]["event_id"]) if events else cursor
+    # From there on, the index's order, from the oldest indexed message the walk met.
+    start = min(known[e["event_id"]].seq for e in events[cut:] if e["event_id"] in known)
+    page = await live_walk.after(
+        service, conversation, user, start - 1, limit - cut,
+        token=lambda: _constant(at), filter_json=_FILTER, is_message=_is_message,
+    )  # fmt: skip
+    prefix = events[:cut]
+    resume = message_id_for_event(prefix[-1]["event_id"]) if prefix else cursor
+    return prefix + page.messages, page.more, page.next_cursor(resume)
+
+
+async def _constant(value: str) -> str:
+    return value
 
 
 async def page(
@@ -134,13 +233,17 @@ async def page(
     before, after = query.get("before"), query.get("after")
     if before and after:
         raise InvalidParam("Use either before or after, not both")
-    if before or after:
-        event_id, token = await _token_at(service, conversation, user, before or after)
-        direction = "b" if before else "f"
+    if after:
+        events, has_more, next_cursor = await _after(service, user, conversation, after, limit)
+        for event in events:
+            service.events.put(event)
+        messages = await service.messages_from_events(conversation, events)
+        return {"messages": messages, "hasMore": has_more, "nextCursor": next_cursor}
+    if before:
+        event_id, token = await _token_at(service, conversation, user, before)
         # Backwards the walk starts on the cursor event itself; it is dropped there.
-        drop = event_id if before else None
         events = await _collect(
-            service, conversation, user, direction, token, 0, limit + 1, drop_through=drop
+            service, conversation, user, "b", token, 0, limit + 1, drop_through=event_id
         )
     else:
         number = _int_param(query, "page", 1, 1, MAX_PAGE_DEPTH)
@@ -149,20 +252,14 @@ async def page(
         events = await _collect(
             service, conversation, user, "b", None, (number - 1) * limit, limit + 1
         )
-        direction = "b"
     has_more = len(events) > limit
     events = events[:limit]
-    if direction == "b":
-        events.reverse()
+    events.reverse()
     for event in events:
-        if event.get("content"):
-            service.events.put(event)
+        service.events.put(event)
     messages = await service.messages_from_events(conversation, events)
-    if direction == "b":
-        next_cursor = message_id_for_event(events[0]["event_id"]) if has_more and events else None
-    else:
-        next_cursor = message_id_for_event(events[-1]["event_id"]) if events else query.get("after")
-    return {"messages": messages, "hasMore": has_more, "nextCursor": next_cursor}
+    back = message_id_for_event(events[0]["event_id"]) if has_more and events else None
+    return {"messages": messages, "hasMore": has_more, "nextCursor": back}
 
 
 async def whole_history(

@@ -81,11 +81,15 @@ class ConversationStore:
         return await self.get_by_room(room_id) or conversation
 
     async def touch(self, room_id: str, event_id: str, ts: int, preview: str | None = None) -> None:
-        """Move the conversation's last activity forward (never backward), with the last
-        message's preview."""
+        """A message was indexed: it is the last message (with its preview) unless the current
+        one comes later in the live order (seq; a message mark-read indexed early comes back
+        later), and the last activity (the listing's sort key) is the newest timestamp seen."""
         await self.db.execute(
-            "UPDATE conversation SET last_event_id=$2, last_activity=$3, last_preview=$4 "
-            "WHERE room_id=$1 AND last_activity <= $3",
+            "UPDATE conversation SET last_event_id=$2, last_preview=$4, "
+            "last_activity=CASE WHEN last_activity < $3 THEN $3 ELSE last_activity END "
+            "WHERE room_id=$1 AND NOT EXISTS (SELECT 1 FROM room_event held, room_event new "
+            "WHERE held.event_id = conversation.last_event_id AND new.event_id = $2 "
+            "AND held.seq > new.seq)",
             room_id, event_id, ts, preview,
         )  # fmt: skip
 

@@ -1,12 +1,38 @@
-"""The timeline index (table ``room_event``): ids, senders, types and order, never bodies."""
+"""The timeline index (table ``room_event``): ids, senders, types and order, never bodies.
+
+``seq`` is the conversation's live order (docs/api.md, "Order"): the order in which the
+bridge indexed the events of a room, which is the homeserver's stream order for everything
+that came by appservice transaction. Readers page it with ``seq > cursor``, so within a
+room a seq must never become visible before a smaller one: on PostgreSQL concurrent writers
+(intake, mark-read's ``_index_sent``, backfill; several processes) take a per-room
+transaction lock before the INSERT draws its seq, and commit before releasing it. SQLite
+has one writer at a time anyway (the seq is drawn and committed under its write lock).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, Scheme
 
 COLUMNS = "seq, event_id, room_id, sender, event_type, msgtype, origin_ts"
+# Events a history walk shows (the index also counts m.room.encrypted, which it cannot show).
+SHOWN_TYPES = ("m.room.message", "m.sticker")
+# First key of the advisory lock: this table's per-room write lock, apart from other users.
+ROOM_LOCK_CLASS = 0x5E01
+
+INSERT = (
+    "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+)
+# One statement, so one round trip: the CTE takes the room's lock before the row (and its
+# nextval) exists, and the lock lasts until the statement's transaction has committed.
+INSERT_SERIALIZED = (
+    "WITH room_lock AS (SELECT pg_advisory_xact_lock($7::int4, hashtext($2::text))) "
+    "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
+    "SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint FROM room_lock "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+)
 
 
 @dataclass
@@ -34,16 +60,11 @@ class RoomEventIndex:
         origin_ts: int,
     ) -> tuple[RoomEvent, bool]:
         """Index an event; returns it and whether it was new. Safe to call twice."""
-        seq = await self.db.fetchval(
-            "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-            event_id,
-            room_id,
-            sender,
-            event_type,
-            msgtype,
-            origin_ts,
-        )
+        args: tuple[object, ...] = (event_id, room_id, sender, event_type, msgtype, origin_ts)
+        if self.db.scheme == Scheme.POSTGRES:
+            seq = await self.db.fetchval(INSERT_SERIALIZED, *args, ROOM_LOCK_CLASS)
+        else:
+            seq = await self.db.fetchval(INSERT, *args)
         if seq is None:
             existing = await self.get(event_id)
             assert existing is not None
@@ -81,5 +102,14 @@ class RoomEventIndex:
             f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND seq > $2 AND seq <= $3 "
             "ORDER BY seq",
             room_id, after_seq, upto_seq,
+        )  # fmt: skip
+        return [RoomEvent(**row) for row in rows]
+
+    async def shown_after(self, room_id: str, after_seq: int, limit: int) -> list[RoomEvent]:
+        """Up to ``limit`` events a history walk shows, with seq > after_seq, oldest first."""
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND seq > $2 "
+            "AND event_type IN ($3, $4) ORDER BY seq LIMIT $5",
+            room_id, after_seq, *SHOWN_TYPES, limit,
         )  # fmt: skip
         return [RoomEvent(**row) for row in rows]
