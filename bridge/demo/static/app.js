@@ -170,8 +170,8 @@ async function start() {
   renderConversations();
   renderPeople();
   connectSocket();
-  const first = params.get("c") || [...state.conversations.keys()][0];
-  if (first && !params.has("idle")) await openConversation(first);
+  // ?c=<conversationId> opens a conversation straight away (links from the CRM).
+  if (params.get("c")) await openConversation(params.get("c"));
 }
 
 // --- Socket.IO ----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ function connectSocket() {
   socket.on("conversation_update", onConversationUpdate);
   socket.on("user_typing", onUserTyping);
   socket.on("messages_read", onMessagesRead);
-  socket.on("message_update", (message) => upsertMessage(message));
+  socket.on("message_update", updateMessage);
   socket.on("message_deleted", onMessageDeleted);
   socket.on("user_online", (user) => setOnline(user.id ?? user._id, true));
   socket.on("user_offline", (userId) => setOnline(userId?.id ?? userId, false));
@@ -451,16 +451,28 @@ async function onScroll() {
 }
 
 // --- messages -----------------------------------------------------------------------------
+// A new message (new_message, our own send, a catch-up page): added once, merged by _id.
 function upsertMessage(message) {
   const id = message.conversationId || message.conversation;
   const list = state.messages.get(id);
   if (!list) return;
-  const at = list.findIndex((m) => m._id === message._id);
-  if (at >= 0) list[at] = { ...list[at], ...message };
-  else list.push(message);
+  if (list.some((m) => m._id === message._id)) return updateMessage(message);
+  list.push(message);
   if (id !== state.active) return;
-  if (at >= 0) renderMessage(list[at]);
-  else appendMessage(message);
+  appendMessage(message);
+  renderPins();
+}
+
+// A change to a message (message_update: read by, edited, reactions, pinned). One we have
+// not loaded (older than the history shown) stays unloaded: scrolling up fetches it fresh.
+function updateMessage(message) {
+  const id = message.conversationId || message.conversation;
+  const list = state.messages.get(id);
+  const at = list ? list.findIndex((m) => m._id === message._id) : -1;
+  if (at < 0) return;
+  list[at] = { ...list[at], ...message };
+  if (id !== state.active) return;
+  renderMessage(list[at]);
   renderPins();
 }
 
@@ -500,16 +512,12 @@ function messageNode(m) {
       el("span", { class: "sender" }, mine ? "You" : m.sender?.name || "?"),
       el("time", { datetime: m.createdAt }, time),
       m.isPinned ? el("span", { class: "pin", title: "Pinned" }, "📌") : null,
+      el("button", { type: "button", class: "reply", onclick: () => startReply(m) }, "↩ Reply"),
+      mine ? tickNode(m) : null,
     ),
     m.content ? el("div", { class: "body" }, m.content, m.edited ? el("span", { class: "edited" }, " (edited)") : null) : null,
     (m.attachments || []).map(attachmentNode),
     reactionsNode(m.reactions),
-    el(
-      "div",
-      { class: "actions" },
-      el("button", { type: "button", class: "reply", onclick: () => startReply(m) }, "↩ Reply"),
-      mine ? tickNode(m) : null,
-    ),
   );
 }
 
