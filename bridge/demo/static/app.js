@@ -390,6 +390,14 @@ function renderPeople() {
 }
 
 async function openDirect(userId) {
+  // Creating a DM room takes a moment: say so, and send nothing to the previous room.
+  stopTyping();
+  state.active = null;
+  $("composer").hidden = true;
+  $("messages").replaceChildren();
+  $("room-title").textContent = `Opening a conversation with ${nameOf(userId)}…`;
+  renderTyping();
+  renderConversations();
   const conversation = await api("/api/chat/direct/create", { method: "POST", json: { userId } });
   state.conversations.set(conversation._id, conversation);
   await openConversation(conversation._id);
