@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
-# Long enough for a loaded 2-core machine, short enough to fail fast.
-WAIT_MS = 15000
+# Each wait is a few hundred ms on a quiet machine; a receipt's trip through Synapse has
+# taken over 15 s on 2 cores at load average 16, so allow 30.
+WAIT_MS = 30000
 # A first page (PAGE) taller than the window, and older messages (HISTORY - PAGE) that
 # only scrolling up fetches.
 HISTORY = 16
@@ -186,6 +187,9 @@ async def test_two_users_chat_and_a_matrix_reply_shows_in_both_pages(
             shown_a = await bodies(page_a)  # the newest PAGE, or more if it fetched older
             loaded = len(shown_a) - len(live)
             assert loaded >= PAGE and shown_a == history[-loaded:] + live
+            # The screenshots show a typing notice too (docs/demo.png is Bob's page).
+            await page_a.locator("#text").press_sequentially("Thanks both", delay=20)
+            await expect(page_b.locator("#typing")).to_have_text("Alice Demo is typing…")
             await page_a.screenshot(path=artifacts / "demo-alice.png")
             await page_b.screenshot(path=artifacts / "demo-bob.png")
             assert page_a.errors == [] and page_b.errors == []  # type: ignore[attr-defined]
@@ -200,3 +204,34 @@ async def test_two_users_chat_and_a_matrix_reply_shows_in_both_pages(
 
 async def _joined(app, room_id: str, mxid: str) -> bool:
     return await app[ROOM_MEMBERS].get(room_id, mxid) == "join"
+
+
+async def test_page_renews_its_short_lived_dev_token(stack, browser: Browser) -> None:
+    """The bridge closes a socket whose token expired; the page mints another and goes on."""
+    directory = Directory(stack.bridge_url, stack.config["admin_api.token"])
+    dana = await directory.user("Dana Demo")
+    eli = await directory.user("Eli Demo")
+    project = await directory.project(unique("p"), "Short tokens", [dana, eli], dana)
+    cid = conversation_of(project)
+    ttl = 3
+    overrides = {"demo.enabled": True, "demo.sign_in": True, "demo.token_ttl": ttl}
+    async with second_facade(stack.config, **{**overrides, "auth.leeway": 0}) as facade:
+        base = facade.config["appservice.address"] + "/demo"
+        page = await open_page(browser, f"{base}?as={dana}&c={cid}")
+        first_token = await page.evaluate("window.demo.token")
+        # Once it expires, the bridge closes the socket; the page mints a new token...
+        await page.wait_for_function("old => window.demo.token !== old", arg=first_token)
+        # ...and connects again with it.
+        await expect(page.locator("body")).to_have_attribute("data-socket", "connected")
+        # REST with the old token would be a 401; the page sends and receives as before.
+        await page.locator("#text").fill("Still here")
+        await page.locator("#text").press("Enter")
+        await expect(message(page, "Still here")).to_be_visible()
+        async with api_for(stack.app, stack.bridge_url, eli) as api:
+            status, _, _ = await api.post(
+                "/api/chat/send", {"conversationId": cid, "content": "Me too"}
+            )
+            assert status == 201
+        await expect(message(page, "Me too")).to_be_visible()
+        assert page.errors == []  # type: ignore[attr-defined]
+        await page.context.close()

@@ -186,13 +186,25 @@ function connectSocket() {
     if (connectedBefore) catchUp();
     connectedBefore = true;
   });
-  socket.on("disconnect", () => setStatus("reconnecting"));
-  socket.on("connect_error", async (err) => {
-    setStatus("offline", err.message);
-    if (err.data?.errcode === "M_UNKNOWN_TOKEN" && state.devUser) {
+  // A socket the bridge refused or closed (its token expired) is not retried by
+  // socket.io-client on its own: with the dev sign-in, mint a fresh token and connect again.
+  const renew = async () => {
+    if (!state.devUser) return;
+    try {
       state.token = await mintDevToken(state.devUser);
-      sessionStorage.setItem("demo.token", state.token);
+    } catch (err) {
+      return setStatus("offline", `Signed out: ${err.message}`);
     }
+    sessionStorage.setItem("demo.token", state.token);
+    socket.connect();
+  };
+  socket.on("disconnect", (reason) => {
+    setStatus("reconnecting");
+    if (reason === "io server disconnect") renew();
+  });
+  socket.on("connect_error", (err) => {
+    setStatus("offline", err.message);
+    if (err.data?.errcode === "M_UNKNOWN_TOKEN") renew();
   });
   socket.on("error", (err) => console.warn("socket error", err?.errcode, err?.message));
   socket.on("new_message", onNewMessage);
