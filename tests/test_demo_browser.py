@@ -73,12 +73,14 @@ def online_dot(page: Page, crm_user_id: str):
 
 
 async def bodies(page: Page) -> list[str]:
-    return await page.locator("#messages .msg .body").all_inner_texts()
+    return await page.locator("#messages .msg .body .text").all_inner_texts()
 
 
 def message(page: Page, text: str):
     """The message whose text is exactly ``text`` ("History 1" is not "History 12")."""
-    return page.locator("#messages .msg").filter(has=page.get_by_text(text, exact=True))
+    return page.locator("#messages .msg").filter(
+        has=page.locator(".body .text").get_by_text(text, exact=True)
+    )
 
 
 async def test_two_users_chat_and_a_matrix_reply_shows_in_both_pages(
@@ -206,8 +208,9 @@ async def _joined(app, room_id: str, mxid: str) -> bool:
     return await app[ROOM_MEMBERS].get(room_id, mxid) == "join"
 
 
-async def test_page_renews_its_short_lived_dev_token(stack, browser: Browser) -> None:
-    """The bridge closes a socket whose token expired; the page mints another and goes on."""
+async def test_page_renews_its_dev_token_and_draws_message_changes(stack, browser: Browser) -> None:
+    """The bridge closes a socket whose token expired; the page mints another and goes on.
+    Then the fields of edits, reactions, pins, replies and deletes are drawn."""
     directory = Directory(stack.bridge_url, stack.config["admin_api.token"])
     dana = await directory.user("Dana Demo")
     eli = await directory.user("Eli Demo")
@@ -233,5 +236,38 @@ async def test_page_renews_its_short_lived_dev_token(stack, browser: Browser) ->
             )
             assert status == 201
         await expect(message(page, "Me too")).to_be_visible()
+        # Read at once, being open (a reconnect in between included): no badge.
+        badge = page.locator(f'#conversations li[data-id="{cid}"] .badge')
+        await expect(badge).to_have_count(0)
+
+        # Edits, reactions, pins, replies and deletes, in the shapes of issue 8, fed to the
+        # handlers that message_update, new_message and message_deleted call (the bridge
+        # does not send these fields yet, and the page must draw them once it does).
+        await page.evaluate(
+            """([cid, eli]) => {
+                const m = window.demo.messages.get(cid).find((x) => x.content === "Still here");
+                updateMessage({ ...m, content: "Still here, edited", edited: true,
+                  isPinned: true, reactions: [{ key: "👍", count: 2, users: [eli], me: true }] });
+                upsertMessage({ ...m, _id: m._id + "r", content: "A reply",
+                  replyTo: { _id: m._id, content: "Still here, edited", sender: m.sender } });
+            }""",
+            [cid, eli],
+        )
+        edited = message(page, "Still here, edited")
+        await expect(edited.locator(".edited")).to_have_text(" (edited)")
+        await expect(edited.locator(".reaction.me")).to_have_text("👍 2")
+        await expect(edited.locator(".pin")).to_be_visible()
+        await expect(page.locator("#pins")).to_contain_text("Still here, edited")
+        quote = message(page, "A reply").locator(".reply-quote")
+        await expect(quote).to_have_text("Dana Demo Still here, edited")
+        await page.evaluate(
+            """(cid) => {
+                const m = window.demo.messages.get(cid).find((x) => x.edited);
+                onMessageDeleted({ conversationId: cid, messageId: m._id });
+            }""",
+            cid,
+        )
+        await expect(edited).to_have_count(0)
+        await expect(page.locator("#pins")).to_be_hidden()
         assert page.errors == []  # type: ignore[attr-defined]
         await page.context.close()

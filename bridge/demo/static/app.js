@@ -241,6 +241,8 @@ async function catchUp() {
       after = page.nextCursor;
     }
   }
+  // What arrived in the open conversation while we were away has been seen now.
+  if (state.active && state.conversations.get(state.active)?.unreadCount) markRead(state.active);
 }
 
 function onNewMessage(message) {
@@ -535,7 +537,9 @@ function messageNode(m) {
       el("button", { type: "button", class: "reply", onclick: () => startReply(m) }, "↩ Reply"),
       mine ? tickNode(m) : null,
     ),
-    m.content ? el("div", { class: "body" }, m.content, m.edited ? el("span", { class: "edited" }, " (edited)") : null) : null,
+    m.content
+      ? el("div", { class: "body" }, el("span", { class: "text" }, m.content), m.edited ? el("span", { class: "edited" }, " (edited)") : null)
+      : null,
     (m.attachments || []).map(attachmentNode),
     reactionsNode(m.reactions),
   );
