@@ -274,7 +274,8 @@ function onConversationUpdate(update) {
   const known = state.conversations.get(id);
   if (update.participants) {
     // A full object: a new conversation, a rename, a membership change.
-    state.conversations.set(id, { ...known, ...update, unreadCount: update.unreadCount ?? known?.unreadCount ?? 0 });
+    const unreadCount = update.unreadCount ?? known?.unreadCount ?? 0;
+    state.conversations.set(id, { ...known, ...update, unreadCount });
   } else if (!known) {
     refreshConversations();
     return;
@@ -359,7 +360,9 @@ function titleOf(conversation) {
 function lastText(conversation) {
   const last = conversation.lastMessage;
   if (!last) return "No messages yet";
-  const text = typeof last === "string" ? last : last.content || (last.attachments?.length ? "📎 file" : "");
+  // conversation_update carries lastMessage as a bare string; the list, as a message.
+  if (typeof last === "string") return last;
+  const text = last.content || (last.attachments?.length ? "📎 file" : "");
   const who = last.sender?._id === state.me._id ? "You: " : "";
   return who + text;
 }
@@ -379,13 +382,17 @@ function renderConversations() {
           class: c._id === state.active ? "active" : null,
           onclick: () => openConversation(c._id),
         },
-        other ? el("span", { class: `dot ${online ? "online" : ""}`, title: online ? "online" : "offline" }) : null,
+        other ? onlineDot(online) : null,
         el("span", { class: "title" }, titleOf(c)),
         c.unreadCount > 0 ? el("span", { class: "badge" }, c.unreadCount) : null,
         el("span", { class: "preview" }, lastText(c)),
       );
     }),
   );
+}
+
+function onlineDot(online) {
+  return el("span", { class: `dot ${online ? "online" : ""}`, title: online ? "online" : "offline" });
 }
 
 function renderPeople() {
@@ -395,7 +402,7 @@ function renderPeople() {
       el(
         "li",
         { dataset: { id: u._id }, onclick: () => openDirect(u._id), title: `Message ${u.name}` },
-        el("span", { class: `dot ${u.isOnline ? "online" : ""}` }),
+        onlineDot(u.isOnline),
         u.name,
         u.role ? el("small", {}, ` ${u.role}`) : null,
       ),
@@ -462,7 +469,8 @@ async function onScroll() {
     if (state.active !== conversationId) return;
     const list = state.messages.get(conversationId);
     const known = new Set(list.map((m) => m._id));
-    state.messages.set(conversationId, [...page.messages.filter((m) => !known.has(m._id)), ...list]);
+    const older = page.messages.filter((m) => !known.has(m._id));
+    state.messages.set(conversationId, [...older, ...list]);
     state.older.set(conversationId, page.hasMore ? page.nextCursor : null);
     const fromBottom = box.scrollHeight - box.scrollTop;
     renderMessages();
@@ -538,7 +546,12 @@ function messageNode(m) {
       mine ? tickNode(m) : null,
     ),
     m.content
-      ? el("div", { class: "body" }, el("span", { class: "text" }, m.content), m.edited ? el("span", { class: "edited" }, " (edited)") : null)
+      ? el(
+          "div",
+          { class: "body" },
+          el("span", { class: "text" }, m.content),
+          m.edited ? el("span", { class: "edited" }, " (edited)") : null,
+        )
       : null,
     (m.attachments || []).map(attachmentNode),
     reactionsNode(m.reactions),
@@ -565,8 +578,12 @@ function attachmentNode(a) {
       el("img", { src: mediaUrl(a.url), alt: a.originalName || a.filename, loading: "lazy" }));
   }
   const kb = Math.max(1, Math.round((a.size || 0) / 1024));
-  return el("a", { class: "attachment file", href: mediaUrl(a.url), download: a.originalName || a.filename },
-    `📄 ${a.originalName || a.filename} (${kb} KB)`);
+  const name = a.originalName || a.filename;
+  return el(
+    "a",
+    { class: "attachment file", href: mediaUrl(a.url), download: name },
+    `📄 ${name} (${kb} KB)`,
+  );
 }
 
 function reactionsNode(reactions) {
@@ -574,21 +591,32 @@ function reactionsNode(reactions) {
   return el(
     "div",
     { class: "reactions" },
-    reactions.map((r) => el("span", { class: `reaction ${r.me ? "me" : ""}`, title: (r.users || []).map(nameOf).join(", ") }, `${r.key} ${r.count ?? r.users?.length ?? 1}`)),
+    reactions.map((r) =>
+      el(
+        "span",
+        { class: `reaction ${r.me ? "me" : ""}`, title: (r.users || []).map(nameOf).join(", ") },
+        `${r.key} ${r.count ?? r.users?.length ?? 1}`,
+      ),
+    ),
   );
 }
 
 // ✓ sent, ✓✓ read by someone else (readBy always lists the sender first).
 function tickNode(m) {
   const readers = (m.readBy || []).filter((r) => r.user !== state.me._id);
-  const title = readers.length ? `Read by ${readers.map((r) => nameOf(r.user)).join(", ")}` : "Sent";
-  return el("span", { class: `tick ${readers.length ? "read" : "sent"}`, title }, readers.length ? "✓✓" : "✓");
+  if (readers.length === 0) return el("span", { class: "tick sent", title: "Sent" }, "✓");
+  const title = `Read by ${readers.map((r) => nameOf(r.user)).join(", ")}`;
+  return el("span", { class: "tick read", title }, "✓✓");
 }
 
 function renderPins() {
   const pinned = (state.messages.get(state.active) || []).filter((m) => m.isPinned);
   $("pins").hidden = pinned.length === 0;
-  $("pins").replaceChildren(...pinned.map((m) => el("div", { class: "pinned-item" }, "📌 ", el("strong", {}, m.sender?.name), " ", m.content)));
+  $("pins").replaceChildren(
+    ...pinned.map((m) =>
+      el("div", { class: "pinned-item" }, "📌 ", el("strong", {}, m.sender?.name), " ", m.content),
+    ),
+  );
 }
 
 function renderTyping() {
@@ -680,7 +708,7 @@ async function send(conversationId, content) {
     type: attachments.length ? (images ? "image" : "file") : "text",
     attachments,
     // A retry of the same send never makes a second message.
-    clientMessageId: crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`,
+    clientMessageId: crypto.randomUUID?.() ?? `${Date.now()}.${Math.random()}`,
   };
   if (state.replyTo) body.replyTo = state.replyTo._id; // bridges that support replies
   const message = await api("/api/chat/send", { method: "POST", json: body });
@@ -696,4 +724,4 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible" && state.active) markRead(state.active);
 });
 
-signIn();
+signIn().catch((err) => showSignIn(err.message));
