@@ -17,7 +17,7 @@ from nio import AsyncClient, RoomSendResponse
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bridge.context import ROOM_MEMBERS
-from tests.api_support import api_for, second_facade
+from tests.api_support import api_for, png, second_facade
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 from tests.realtime_support import Directory, conversation_of
@@ -151,7 +151,17 @@ async def test_two_users_chat_and_a_matrix_reply_shows_in_both_pages(
             await page_b.locator("#text").press("Enter")
             await expect(message(page_a, "Hi Alice, looks good")).to_be_visible()
 
-            lap("answer")
+            # Bob sends a picture: uploaded, then drawn on Alice's page through ?token=.
+            await page_b.locator("#file").set_input_files(
+                files=[{"name": "chart.png", "mimeType": "image/png", "buffer": png(96, 48)}]
+            )
+            await page_b.locator("#text").press("Enter")
+            picture = page_a.locator('#messages .msg img[alt="chart.png"]')
+            await expect(picture).to_be_visible()
+            await page_a.wait_for_function(
+                "img => img.complete && img.naturalWidth === 96", arg=await picture.element_handle()
+            )
+            lap("answer+file")
             # The Matrix user replies to Alice's message, as Element does (m.in_reply_to).
             async with api_for(stack.app, stack.bridge_url, alice) as api:
                 _, page, _ = await api.get(f"/api/chat/messages/{cid}?limit=5")
@@ -239,6 +249,17 @@ async def test_page_renews_its_dev_token_and_draws_message_changes(stack, browse
         # Read at once, being open (a reconnect in between included): no badge.
         badge = page.locator(f'#conversations li[data-id="{cid}"] .badge')
         await expect(badge).to_have_count(0)
+
+        # A DM: picked from People, created through /api/chat/direct/create.
+        await page.locator(f'#people li[data-id="{eli}"]').click()
+        await expect(page.locator("#room-title")).to_have_text("Eli Demo")
+        await page.locator("#text").fill("Just us")
+        await page.locator("#text").press("Enter")
+        await expect(message(page, "Just us")).to_be_visible()
+        dm = page.locator('#conversations li[data-type="direct"]')
+        await expect(dm.locator(".title")).to_have_text("Eli Demo")
+        await page.locator(f'#conversations li[data-id="{cid}"]').click()
+        await expect(message(page, "Still here")).to_be_visible()
 
         # Edits, reactions, pins, replies and deletes, in the shapes of issue 8, fed to the
         # handlers that message_update, new_message and message_deleted call (the bridge
