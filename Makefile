@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	if [ -f tests/node/package.json ]; then npm --prefix tests/node ci --no-audit --no-fund --silent; fi
+	# The browser test runs Debian's Chromium (Playwright's own download is not reachable).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-color-emoji)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

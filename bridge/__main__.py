@@ -18,10 +18,15 @@ import logging
 import logging.config
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError
 from .startup import ExitCode, StartupError
+
+if TYPE_CHECKING:
+    from .app import BridgeServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--dir", default=".dev", help="where the dev stack keeps its state")
     dev.add_argument("--synapse-port", type=int, default=8008)
     dev.add_argument("--bridge-port", type=int, default=29340)
+    dev.add_argument("--no-demo", action="store_true", help="no /demo web client and no demo data")
     sync = sub.add_parser("sync", help="reconcile Matrix with a CRM snapshot file")
     sync.add_argument("snapshot", help="JSON file with {users: [...], projects: [...]}")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -100,7 +106,9 @@ def load_config(path: str) -> Config:
     return config
 
 
-async def run_bridge(config: Config) -> None:
+async def run_bridge(
+    config: Config, on_started: Callable[[BridgeServer], Awaitable[None]] | None = None
+) -> None:
     from .app import BridgeServer
 
     server = BridgeServer(config)
@@ -110,6 +118,8 @@ async def run_bridge(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     try:
+        if on_started is not None:
+            await on_started(server)
         await stop.wait()
     finally:
         logging.getLogger("bridge").info("Shutting down")

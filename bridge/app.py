@@ -132,11 +132,12 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
         indexer.setup(app)
 
     # The other sides plug in here; each owns its routes, handlers and background tasks.
-    from . import api, crm, realtime
+    from . import api, crm, demo, realtime
 
     crm.setup(app)
     api.setup(app)
     realtime.setup(app)
+    demo.setup(app)
     return app
 
 

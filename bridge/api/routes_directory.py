@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -25,11 +26,30 @@ async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[
     return await app[PRESENCE_BOARD].get_many(mxids)
 
 
-def directory_entry(user: CrmUser, presence: dict[str, Any]) -> dict[str, Any]:
+async def with_sockets(app: web.Application) -> set[str]:
+    """CRM users with a socket open in any process: the realtime registry behind
+    ``user_online``/``user_offline``. A facade that gets no transactions hears no
+    ``m.presence``, so its presence cache alone could show a connected user offline."""
+    from ..realtime import REALTIME
+
+    realtime = app.get(REALTIME)
+    if realtime is None:
+        return set()
+    try:
+        return set(await realtime.registry.online())
+    except Exception as e:
+        log.debug("Socket registry unavailable for presence: %s", e)
+        return set()
+
+
+def directory_entry(
+    user: CrmUser, presence: dict[str, Any], connected: bool = False
+) -> dict[str, Any]:
+    matrix_online = presence.get("presence") == "online" or bool(presence.get("currently_active"))
     return {
         **user_object(user),
         "role": user.role,
-        "isOnline": presence.get("presence") == "online" or bool(presence.get("currently_active")),
+        "isOnline": connected or matrix_online,
         "lastSeen": iso(presence.get("_at") or user.updated_at),
         "matrixId": user.matrix_id,
     }
@@ -40,8 +60,12 @@ def directory_entry(user: CrmUser, presence: dict[str, Any]) -> dict[str, Any]:
 async def users(request: web.Request, user: CrmUser) -> web.Response:
     everyone = [u for u in await request.app[USERS].all(active_only=True)]
     others = [u for u in everyone if u.crm_user_id != user.crm_user_id]
-    presence = await presence_of(request.app, [u.mxid for u in others])
-    return json_response([directory_entry(u, presence.get(u.mxid, {})) for u in others])
+    presence, connected = await asyncio.gather(
+        presence_of(request.app, [u.mxid for u in others]), with_sockets(request.app)
+    )
+    return json_response(
+        [directory_entry(u, presence.get(u.mxid, {}), u.crm_user_id in connected) for u in others]
+    )
 
 
 def _project_entry(
@@ -76,8 +100,10 @@ async def projects(request: web.Request, user: CrmUser) -> web.Response:
 @routes.get("/api/auth/me")
 @authed("me")
 async def me(request: web.Request, user: CrmUser) -> web.Response:
-    presence = await presence_of(request.app, [user.mxid])
-    return json_response(directory_entry(user, presence[user.mxid]))
+    presence, connected = await asyncio.gather(
+        presence_of(request.app, [user.mxid]), with_sockets(request.app)
+    )
+    return json_response(directory_entry(user, presence[user.mxid], user.crm_user_id in connected))
 
 
 def setup(app: web.Application) -> None:
