@@ -20,6 +20,7 @@ from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from ..matrix.indexer import INDEXED_TYPES
+from ..matrix.relations import is_timeline_message
 
 if TYPE_CHECKING:
     from .chat import ChatService
@@ -47,11 +48,8 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
 
 
 def _is_message(event: dict[str, Any]) -> bool:
-    return (
-        event.get("type") in INDEXED_TYPES
-        and "state_key" not in event
-        and bool(event.get("content"))
-    )
+    # Edits, thread replies and redacted events are no items of the main history.
+    return is_timeline_message(event)
 
 
 async def _collect(
@@ -156,7 +154,7 @@ async def page(
     for event in events:
         if event.get("content"):
             service.events.put(event)
-    messages = await service.messages_from_events(conversation, events)
+    messages = await service.messages_from_events(conversation, events, viewer=user)
     if direction == "b":
         next_cursor = message_id_for_event(events[0]["event_id"]) if has_more and events else None
     else:

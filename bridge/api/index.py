@@ -18,8 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from ..context import CONVERSATIONS, DISPATCHER, EVENT_INDEX, IDS, MATRIX, RECEIPTS, ROOM_MEMBERS
+from ..db.relation import REPLACE, THREAD
 from ..matrix.dispatcher import Event
-from ..matrix.indexer import INDEXED_TYPES, msgtype_of
+from ..matrix.indexer import msgtype_of
+from ..matrix.relations import MESSAGE_TYPES, is_timeline_message, rel_type_of
 from . import CHAT
 
 log = logging.getLogger("bridge.api.index")
@@ -29,10 +31,16 @@ BACKFILL_LIMIT = 500
 
 
 def _is_message(event: Event) -> bool:
+    return is_timeline_message(event)
+
+
+def _is_related_message(event: Event) -> bool:
+    content = event.get("content")
     return (
-        event.get("type") in INDEXED_TYPES
+        event.get("type") in MESSAGE_TYPES
         and "state_key" not in event
-        and bool(event.get("content"))
+        and isinstance(content, dict)
+        and rel_type_of(content) in (REPLACE, THREAD)
     )
 
 
@@ -44,9 +52,15 @@ def setup(app: web.Application) -> None:
             if isinstance(redacts, str):
                 app[CHAT].events.drop(redacts)
             return
-        if not _is_message(event):
-            return
         chat = app[CHAT]
+        if not _is_message(event):
+            if _is_related_message(event):
+                # Edits and thread replies: bodies the message objects need, kept in memory.
+                chat.events.put(event)
+                url = (event.get("content") or {}).get("url")
+                if isinstance(url, str) and url.startswith("mxc://"):
+                    await chat.media.posted_in(url, event["room_id"])
+            return
         chat.events.put(event)
         url = (event.get("content") or {}).get("url")
         if isinstance(url, str) and url.startswith("mxc://"):

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from ..config import redis_prefix
 from ..context import CONFIG
-from . import CHAT, index, openapi, routes_chat, routes_directory, uploads
+from . import CHAT, index, openapi, routes_chat, routes_directory, routes_relations, uploads
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
 from .chat import ChatService
 from .direct import DM_LOCKS
@@ -56,6 +56,7 @@ def setup(app: web.Application) -> None:
     routes_directory.setup(app)
     registered = [
         *app.router.add_routes(routes_chat.routes),
+        *app.router.add_routes(routes_relations.routes),
         *app.router.add_routes(uploads.routes),
         *app.router.add_routes(openapi.routes),
     ]

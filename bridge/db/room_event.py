@@ -83,3 +83,10 @@ class RoomEventIndex:
             room_id, after_seq, upto_seq,
         )  # fmt: skip
         return [RoomEvent(**row) for row in rows]
+
+    async def remove(self, event_id: str) -> RoomEvent | None:
+        """A redacted message leaves the index (unread counts, lastMessage, cursors)."""
+        existing = await self.get(event_id)
+        if existing is not None:
+            await self.db.execute("DELETE FROM room_event WHERE event_id=$1", event_id)
+        return existing

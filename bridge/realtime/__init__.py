@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
+from ..matrix.relations import RELATIONS, Effect
 from ..redis_state import RedisState
 from . import handlers
 from .access import Access
@@ -83,5 +84,18 @@ def setup(app: web.Application) -> None:
             connected = realtime.registry.connected
             realtime.live.submit(lambda: realtime.relays.presence(event, connected))
 
+    async def on_relation(effect: Effect) -> None:
+        if REALTIME not in app:
+            return
+        realtime = app[REALTIME]
+        fanout, room_id = realtime.fanout, effect.room_id
+        if effect.deleted:
+            deleted = list(effect.deleted)
+            realtime.live.submit(lambda: fanout.messages_deleted(room_id, deleted, realtime.slow))
+        if effect.changed:
+            changed = list(effect.changed)
+            realtime.live.submit(lambda: fanout.messages_changed(room_id, changed, realtime.slow))
+
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
+    app[RELATIONS].listeners.append(on_relation)
