@@ -216,6 +216,18 @@ async def test_element_edits_reacts_replies_threads_pins_and_deletes(stack) -> N
             assert list(await page()) == [root]
             await eventually(lambda: _last_is(a, cid, root))
             await settle(0.5)
+            # Element marks a reaction read: that reads up to the message before it.
+            check = await send(stranger, room_id, reaction("✅"), "m.reaction")
+            await stranger.room_read_markers(room_id, check, check)
+            got = await a_sock.wait("messages_read", lambda r: r["readBy"]["user"] == dan_id)
+            assert root in got["messageIds"]
+            async with api_for(app, url, dan_id) as dn:
+
+                async def dan_read_all() -> bool:
+                    listing = (await dn.get("/api/chat/conversations"))[1]
+                    return next(c for c in listing if c["_id"] == cid)["unreadCount"] == 0
+
+                await eventually(dan_read_all)
             # Edits, reactions, redactions and state are never new messages.
             news = {m["_id"] for m in a_sock.of("new_message")}
             assert news == {root, reply, sent["_id"]}, (root, reply, sent["_id"], news)

@@ -21,7 +21,14 @@ from ..context import CONVERSATIONS, DISPATCHER, EVENT_INDEX, IDS, MATRIX, RECEI
 from ..db.relation import REPLACE, THREAD
 from ..matrix.dispatcher import Event
 from ..matrix.indexer import msgtype_of
-from ..matrix.relations import MESSAGE_TYPES, is_timeline_message, rel_type_of
+from ..matrix.relations import (
+    MESSAGE_TYPES,
+    Effect,
+    is_timeline_message,
+    read_position,
+    rel_type_of,
+)
+from ..matrix.relations import ensure as ensure_relations
 from . import CHAT
 
 log = logging.getLogger("bridge.api.index")
@@ -76,8 +83,14 @@ def setup(app: web.Application) -> None:
             return
         await store_receipts(app, event["room_id"], event.get("content") or {})
 
+    async def on_relation(effect: Effect) -> None:
+        if effect.redaction:
+            for event_id in effect.changed:
+                app[CHAT].events.drop(event_id)
+
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
+    ensure_relations(app).listeners.append(on_relation)
 
     async def backfill_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BACKFILL_TASK] = asyncio.create_task(backfill(app))
@@ -98,15 +111,15 @@ async def store_receipts(app: web.Application, room_id: str, content: dict[str, 
         readers = kinds.get("m.read")
         if not isinstance(readers, dict):
             continue
-        indexed = await app[EVENT_INDEX].get(event_id)
-        if indexed is None or indexed.room_id != room_id:
+        indexed = await read_position(app, room_id, event_id)
+        if indexed is None:
             continue
         for mxid, data in readers.items():
             if isinstance(data, dict) and data.get("thread_id") not in (None, "main"):
                 continue
             ts = data.get("ts") if isinstance(data, dict) else None
             ts = int(ts) if isinstance(ts, int | float) else int(time.time() * 1000)
-            if await app[RECEIPTS].advance(room_id, mxid, event_id, indexed.seq, ts):
+            if await app[RECEIPTS].advance(room_id, mxid, indexed.event_id, indexed.seq, ts):
                 moved += 1
     return moved
 

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from ..config import redis_prefix
 from ..context import CONFIG
+from ..matrix.relations import ensure as ensure_relations
 from . import CHAT, index, openapi, routes_chat, routes_directory, routes_relations, uploads
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
 from .chat import ChatService
@@ -29,6 +30,7 @@ FOREIGN_PREFIXES = ("/api/admin/",)
 def setup(app: web.Application) -> None:
     config = app[CONFIG]
     app[CHAT] = ChatService(app)
+    ensure_relations(app)
     app[VERIFIER] = JwtVerifier.from_config(config)
     app[DM_LOCKS] = {}
     app[SEEN_USERS] = {}

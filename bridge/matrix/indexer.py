@@ -10,7 +10,7 @@ from aiohttp import web
 from ..context import DISPATCHER, EVENT_INDEX
 from . import relations
 from .dispatcher import Event
-from .relations import RELATIONS, Relations, is_timeline_message
+from .relations import is_timeline_message
 
 log = logging.getLogger("bridge.matrix.indexer")
 
@@ -26,7 +26,7 @@ def msgtype_of(content: dict) -> str | None:
 
 
 def setup(app: web.Application) -> None:
-    app[RELATIONS] = Relations(app)
+    relations.ensure(app)
 
     async def index_event(event: Event) -> None:
         effect = await relations.apply(app, event)

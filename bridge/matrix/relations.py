@@ -30,6 +30,7 @@ from ..db.relation import (
     Relation,
     RelationStore,
 )
+from ..db.room_event import RoomEvent
 
 log = logging.getLogger("bridge.matrix.relations")
 
@@ -46,6 +47,8 @@ class Effect:
     room_id: str
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # A redaction: copies of the changed messages may hold what it took away (a bundled edit).
+    redaction: bool = False
 
 
 Listener = Callable[[Effect], Awaitable[None]]
@@ -84,6 +87,13 @@ class Relations:
 
 
 RELATIONS = web.AppKey("relations", Relations)
+
+
+def ensure(app: web.Application) -> Relations:
+    """The app's relations service (a facade without transactions has one too)."""
+    if RELATIONS not in app:
+        app[RELATIONS] = Relations(app)
+    return app[RELATIONS]
 
 
 def _event_id(value: Any) -> str | None:
@@ -205,7 +215,7 @@ async def _redact(app: web.Application, event: dict[str, Any]) -> Effect | None:
             int(event.get("origin_server_ts") or time.time() * 1000), parent,
         )  # fmt: skip
         await store.add(done)
-    effect = Effect(room_id)
+    effect = Effect(room_id, redaction=True)
     if done.parent:
         effect.changed.append(done.parent)
     if done.key == "message":
@@ -245,6 +255,27 @@ async def _pinned(app: web.Application, event: dict[str, Any]) -> Effect:
                  json.dumps(changed[:200]), ts)
     )  # fmt: skip
     return Effect(room_id, changed=changed)
+
+
+async def read_position(app: web.Application, room_id: str, event_id: str) -> RoomEvent | None:
+    """Where a receipt at this event reads up to: the event itself when it is a message,
+    else (Element marks an edit, a reaction or a redaction read) the newest message of the
+    room from before it."""
+    indexed = await app[EVENT_INDEX].get(event_id)
+    if indexed is not None:
+        return indexed if indexed.room_id == room_id else None
+    row = await app[DATABASE].fetchrow(
+        "SELECT MAX(origin_ts) AS ts FROM relation WHERE event_id=$1 AND room_id=$2",
+        event_id, room_id,
+    )  # fmt: skip
+    if row is None or row["ts"] is None:
+        return None
+    found = await app[DATABASE].fetchrow(
+        "SELECT event_id FROM room_event WHERE room_id=$1 AND origin_ts <= $2 "
+        "ORDER BY seq DESC LIMIT 1",
+        room_id, int(row["ts"]),
+    )  # fmt: skip
+    return await app[EVENT_INDEX].get(found["event_id"]) if found else None
 
 
 async def notify(app: web.Application, effect: Effect | None) -> None:

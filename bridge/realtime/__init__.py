@@ -21,7 +21,8 @@ from aiohttp import web
 
 from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
-from ..matrix.relations import RELATIONS, Effect
+from ..matrix.relations import Effect
+from ..matrix.relations import ensure as ensure_relations
 from ..redis_state import RedisState
 from . import handlers
 from .access import Access
@@ -98,4 +99,4 @@ def setup(app: web.Application) -> None:
 
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
-    app[RELATIONS].listeners.append(on_relation)
+    ensure_relations(app).listeners.append(on_relation)
