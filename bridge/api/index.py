@@ -23,11 +23,14 @@ from ..matrix.dispatcher import Event
 from ..matrix.indexer import msgtype_of
 from ..matrix.relations import (
     MESSAGE_TYPES,
+    PINNED,
     Effect,
     is_timeline_message,
     read_position,
     rel_type_of,
+    relations_in,
 )
+from ..matrix.relations import apply as apply_relations
 from ..matrix.relations import ensure as ensure_relations
 from . import CHAT
 
@@ -142,6 +145,8 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
     if reader is None:
         return 0
     missed: list[dict[str, Any]] = []
+    # Edits, reactions, redactions and pins missed too (the relations index is idempotent).
+    related: list[dict[str, Any]] = []
     token: str | None = None
     done = False
     while not done and len(missed) < limit:
@@ -156,6 +161,12 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
                 break
             if _is_message(event):
                 missed.append(event)
+            elif (
+                event.get("type") == "m.room.redaction"
+                or relations_in(event)
+                or (event.get("type") == PINNED and event.get("state_key") == "")
+            ):
+                related.append(event)
         token = resp.get("end")
         if not chunk or not token:
             break
@@ -167,6 +178,8 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
         )  # fmt: skip
         await app[CONVERSATIONS].touch(room_id, event["event_id"], ts)
         app[CHAT].events.put({**event, "room_id": room_id})
+    for event in reversed(related):
+        await apply_relations(app, {**event, "room_id": room_id})
     return len(missed)
 
 
