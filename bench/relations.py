@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench.relations [--json out.json] [--requests 60]
 
-A 50-message page in which half the messages are edited, reply to the message before and
-carry two reactions (25 edits and 50 reactions in the timeline besides). Interleaved, the
-same user's puppet asks:
+A 50-message page (of 60 messages) in which half the messages are edited, reply to the
+message before and carry two reactions (25 edits and 50 reactions in the timeline besides).
+Interleaved, the same user's puppet asks:
 
 * the facade for the newest 50 messages (relations from the index, edits bundled);
 * Synapse for the same page: ``/messages`` with the facade's filter and a limit that covers
@@ -31,10 +31,15 @@ from bridge.context import DATABASE, EVENT_INDEX, MATRIX
 from bridge.matrix.homeserver import q
 
 PAGE = 50
+# Older messages before the page, so it is a page of a longer history (hasMore is true).
+OLDER = 10
 
 
 async def populate(app: Any, room_id: str, users: list[Any]) -> list[str]:
     matrix = app[MATRIX]
+    for i in range(OLDER):
+        older = {"msgtype": "m.text", "body": f"older {i}"}
+        await matrix.send_event(room_id, "m.room.message", older, as_user=users[i % 4].mxid)
     ids: list[str] = []
     for i in range(PAGE):
         content: dict[str, Any] = {"msgtype": "m.text", "body": f"message {i}"}

@@ -75,6 +75,8 @@ class ChatService:
         self.pending: dict[str, tuple[str, int]] = {}
         # Serialise a user's react/unreact of one key, and the pins of a room (actions.py).
         self.relation_locks: dict[str, asyncio.Lock] = {}
+        # History: events the homeserver returned per message kept, per room (history.py).
+        self.history_stretch: dict[str, float] = {}
 
     # Stores, opened by the app's database context.
     @property
@@ -234,12 +236,15 @@ class ChatService:
             )
             for event in events
         ]
-        reader = viewer.mxid if viewer else await self.reader_of(conversation)
+
+        async def reader() -> str:
+            return await self.reader_of(conversation)
+
         await enrich.decorate(
             self,
             [(conversation.room_id, e, m) for e, m in zip(events, messages, strict=True)],
             viewer,
-            reader,
+            viewer.mxid if viewer else reader,
         )
         return messages
 

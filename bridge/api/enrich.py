@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..context import MATRIX, USERS
@@ -66,7 +67,7 @@ async def decorate(
     service: ChatService,
     items: list[Item],
     viewer: CrmUser | None,
-    reader: str | None,
+    reader: str | Callable[[], Awaitable[str]] | None,
     *,
     fetch_pins: bool = True,
 ) -> None:
@@ -78,6 +79,14 @@ async def decorate(
     if not items:
         return
     relations = service.app[RELATIONS]
+    resolved: list[str | None] = []
+
+    async def who() -> str | None:
+        """The reader, looked up only on a cache miss (fan-out has no requesting user)."""
+        if not resolved:
+            resolved.append(reader if not callable(reader) else await reader())
+        return resolved[0]
+
     events = {event["event_id"]: (room_id, event) for room_id, event, _ in items}
     replies = {
         event_id: target
@@ -90,7 +99,7 @@ async def decorate(
     if fetch_pins:
         for room_id in rooms:
             if pins[room_id] is None:
-                pins[room_id] = await pins_for(service, room_id, reader)
+                pins[room_id] = await pins_for(service, room_id, await who())
     pinned = {p for room_pins in pins.values() for p in room_pins or []}
 
     edits: dict[str, list[Relation]] = defaultdict(list)
@@ -107,7 +116,9 @@ async def decorate(
             threads[rel.target].append(rel.origin_ts)
 
     async def fetch(room_id: str, event_id: str) -> dict[str, Any] | None:
-        return await service.fetch_event(room_id, event_id, reader or service.app[MATRIX].bot_mxid)
+        return await service.fetch_event(
+            room_id, event_id, await who() or service.app[MATRIX].bot_mxid
+        )
 
     # Quoted messages, from the cache or the homeserver.
     quoted: dict[str, dict[str, Any] | None] = {

@@ -69,8 +69,12 @@ async def _collect(
     """
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
+    # Edits and thread replies come back among the messages and are dropped here: ask for
+    # as many more as this room had last time, so a page stays one call to the homeserver.
+    stretch = service.history_stretch.get(conversation.room_id, 1.0)
+    seen = kept = 0
     while len(found) < skip + want:
-        batch = min(BATCH, skip + want - len(found) + 1)
+        batch = min(BATCH, int((skip + want - len(found)) * stretch) + 1)
         resp = await matrix.messages(
             conversation.room_id,
             direction=direction,
@@ -91,8 +95,15 @@ async def _collect(
             event.setdefault("room_id", conversation.room_id)
             if _is_message(event):
                 found.append(event)
+                kept += 1
+        seen += len(chunk)
         if done:
             break
+    if seen >= 10:
+        stretches = service.history_stretch
+        if len(stretches) > 20000:
+            stretches.clear()
+        stretches[conversation.room_id] = min(3.0, seen / max(kept, 1))
     return found[skip : skip + want]
 
 
