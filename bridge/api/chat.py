@@ -245,6 +245,7 @@ class ChatService:
             [(conversation.room_id, e, m) for e, m in zip(events, messages, strict=True)],
             viewer,
             viewer.mxid if viewer else reader,
+            known=users,
         )
         return messages
 
@@ -405,7 +406,7 @@ class ChatService:
                 )
             )
         # Pins the bridge never saw are not asked of Synapse for a listing (one call a room).
-        await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False)
+        await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
         return out
 
     # Writes (see messaging.py and direct.py).

@@ -70,11 +70,13 @@ async def decorate(
     reader: str | Callable[[], Awaitable[str]] | None,
     *,
     fetch_pins: bool = True,
+    known: dict[str, CrmUser] | None = None,
 ) -> None:
     """Fill the relation fields of message objects in place.
 
     ``reader`` is an account that may read the rooms (for cache misses); ``viewer`` decides
-    ``me`` on reactions (socket payloads go to many people: ``me`` is false there).
+    ``me`` on reactions (socket payloads go to many people: ``me`` is false there);
+    ``known``: CRM users by mxid the caller already loaded.
     """
     if not items:
         return
@@ -166,10 +168,13 @@ async def decorate(
     }
     mxids = {m for ms in mention_lists.values() for m in ms}
     mxids |= {s for keys in reactions.values() for users in keys.values() for s in users}
-    users = await service.app[USERS].get_by_mxids(sorted(mxids))
-    quote_senders = await service.sender_objects(
-        {q["sender"] for q in quoted.values() if q and isinstance(q.get("sender"), str)}
-    )
+    quote_mxids = {q["sender"] for q in quoted.values() if q and isinstance(q.get("sender"), str)}
+    users = dict(known or {})
+    missing_users = sorted((mxids | quote_mxids) - set(users))
+    if missing_users:
+        users.update(await service.app[USERS].get_by_mxids(missing_users))
+    quote_senders = {m: serialize.user_object(users[m]) for m in quote_mxids if m in users}
+    quote_senders.update(await service.sender_objects(quote_mxids - set(quote_senders)))
     mine = set(viewer.mxids) if viewer else set()
 
     def person(mxid: str) -> str:
