@@ -15,6 +15,7 @@ from bridge.api.plumbing import RATE_LIMITER
 from bridge.api.ratelimit import RateLimiter
 from bridge.context import CONVERSATIONS, DATABASE, EVENT_INDEX, MATRIX, RECEIPTS
 from bridge.errors import RateLimited
+from bridge.matrix.relations import RELATIONS
 from tests.api_support import api_for, crm_user, project_chat, second_facade
 from tests.api_support import token as mint
 from tests.conftest import REDIS_URL, unique
@@ -158,11 +159,17 @@ async def test_backfill_restores_what_was_missed(stack) -> None:
         )
         for i in range(3)
     ]  # fmt: skip
+    reaction = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_ids[0], "key": "👍"}}
+    reaction_id = await app[MATRIX].send_event(
+        conv.room_id, "m.reaction", reaction, as_user=bob.mxid
+    )
     await eventually(lambda: app[EVENT_INDEX].get(event_ids[-1]))
-    # Downtime, as far as the index knows: the last two messages never arrived.
+    await eventually(lambda: app[RELATIONS].store.get(reaction_id, "m.annotation"))
+    # Downtime, as far as the index knows: the last two messages and the reaction never arrived.
     db = app[DATABASE]
     for event_id in event_ids[1:]:
         await db.execute("DELETE FROM room_event WHERE event_id=$1", event_id)
+    await db.execute("DELETE FROM relation WHERE event_id=$1", reaction_id)
     await db.execute(
         "UPDATE conversation SET last_event_id=$2, last_activity=0 WHERE room_id=$1",
         conv.room_id, event_ids[0],
@@ -180,6 +187,10 @@ async def test_backfill_restores_what_was_missed(stack) -> None:
             if c["_id"] == conv.conversation_id
         ]
         assert listed[0]["unreadCount"] == 3 and listed[0]["lastMessage"]["content"] == "b2"
+        page = (await b.get(f"/api/chat/messages/{conv.conversation_id}"))[1]["messages"]
+        assert page[0]["reactions"] == [
+            {"key": "👍", "count": 1, "users": [bob.crm_user_id], "me": True}
+        ]
     # A receipt for a backfilled event now counts.
     moved = await store_receipts(
         app, conv.room_id, {event_ids[2]: {"m.read": {bob.mxid: {"ts": int(time.time() * 1000)}}}}

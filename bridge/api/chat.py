@@ -32,7 +32,7 @@ from ..db.media import MediaStore
 from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
-from . import direct, history, messaging, preview, serialize
+from . import direct, enrich, history, messaging, preview, serialize
 from .serialize import ReadState
 
 log = logging.getLogger("bridge.api.chat")
@@ -83,6 +83,10 @@ class ChatService:
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
         # Sent by /send, not yet back from the homeserver: room -> (event id, ts).
         self.pending: dict[str, tuple[str, int]] = {}
+        # Serialise a user's react/unreact of one key, and the pins of a room (actions.py).
+        self.relation_locks: dict[str, asyncio.Lock] = {}
+        # History: events the homeserver returned per message kept, per room (history.py).
+        self.history_stretch: dict[str, float] = {}
 
     # Stores, opened by the app's database context.
     @property
@@ -207,9 +211,21 @@ class ChatService:
         known.update(await self.app[USERS].get_by_mxids(unknown))
         return self._states(room_ids, rows, known)
 
+    async def sender_objects(self, mxids: set[str]) -> dict[str, dict[str, Any]]:
+        return await self._senders(mxids) if mxids else {}
+
+    async def reader_of(self, conversation: Conversation) -> str:
+        """An account of ours joined to the room, to read what the index does not hold."""
+        members = await self.participants(conversation)
+        return members[0].mxid if members else self.app[IDS].bot_mxid
+
     async def messages_from_events(
-        self, conversation: Conversation, events: list[dict[str, Any]]
+        self,
+        conversation: Conversation,
+        events: list[dict[str, Any]],
+        viewer: CrmUser | None = None,
     ) -> list[dict[str, Any]]:
+        """Message objects, relations included; ``viewer`` decides reactions' ``me``."""
         if not events:
             return []
         seqs, rows = await asyncio.gather(
@@ -220,7 +236,7 @@ class ChatService:
         users = await self.app[USERS].get_by_mxids(sorted(senders | {r["mxid"] for r in rows}))
         state = self._states([conversation.room_id], rows, users)[conversation.room_id]
         objects = await self._senders(senders, users)
-        return [
+        messages = [
             serialize.message_object(
                 event,
                 conversation.conversation_id,
@@ -230,6 +246,18 @@ class ChatService:
             )
             for event in events
         ]
+
+        async def reader() -> str:
+            return await self.reader_of(conversation)
+
+        await enrich.decorate(
+            self,
+            [(conversation.room_id, e, m) for e, m in zip(events, messages, strict=True)],
+            viewer,
+            viewer.mxid if viewer else reader,
+            known=users,
+        )
+        return messages
 
     async def conversation_by_room(self, room_id: str) -> Conversation | None:
         """A conversation's identity (id, room, kind, project) never changes: cached."""
@@ -378,6 +406,7 @@ class ChatService:
                 else serialize.matrix_user_object(mxid, self._profiles.get(mxid, (0, {}))[1])
             )
         out = []
+        lasts: list[enrich.Item] = []
         for c in conversations:
             participants: list[dict[str, Any]] = []
             seen: set[str] = set()
@@ -392,12 +421,15 @@ class ChatService:
                 last = serialize.message_object(
                     event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
                 )
+                lasts.append((c.room_id, event, last))
             project = projects.get(c.project_id) if c.project_id else None
             out.append(
                 serialize.conversation_object(
                     c, participants, project, last, unread.get(c.room_id, 0)
                 )
             )
+        # Pins the bridge never saw are not asked of Synapse for a listing (one call a room).
+        await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
         return out
 
     async def _overlay_pending(self, conversations: list[Conversation]) -> None:
@@ -440,6 +472,9 @@ class ChatService:
         attachments: Any = None,
         client_message_id: Any = None,
         *,
+        reply_to: Any = None,
+        mentions: Any = None,
+        thread_id: Any = None,
         quota: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send as the user's puppet; the seed message plus conversationId and cursor.
@@ -448,7 +483,7 @@ class ChatService:
         rate-limit headers."""
         return await messaging.send(
             self, user, conversation_id, content, type, attachments, client_message_id,
-            quota=quota,
+            reply_to=reply_to, mentions=mentions, thread_id=thread_id, quota=quota,
         )  # fmt: skip
 
     async def mark_read(

@@ -25,6 +25,7 @@ from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from ..matrix.indexer import INDEXED_TYPES, msgtype_of
+from ..matrix.relations import is_timeline_message
 from . import live_walk
 
 if TYPE_CHECKING:
@@ -59,11 +60,8 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
 
 
 def _is_message(event: dict[str, Any]) -> bool:
-    return (
-        event.get("type") in INDEXED_TYPES
-        and "state_key" not in event
-        and bool(event.get("content"))
-    )
+    # Edits, thread replies and redacted events are no items of the main history.
+    return is_timeline_message(event)
 
 
 async def _collect(
@@ -83,9 +81,13 @@ async def _collect(
     """
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
+    # Edits and thread replies come back among the messages and are dropped here: ask for
+    # as many more as this room had last time, so a page stays one call to the homeserver.
+    stretch = service.history_stretch.get(conversation.room_id, 1.0)
+    seen = kept = 0
     empty = 0
     while len(found) < skip + want and empty <= MAX_EMPTY_CHUNKS:
-        batch = min(BATCH, skip + want - len(found) + 1)
+        batch = min(BATCH, int((skip + want - len(found)) * stretch) + 1)
         resp = await matrix.messages(
             conversation.room_id,
             direction=direction,
@@ -108,8 +110,15 @@ async def _collect(
             event.setdefault("room_id", conversation.room_id)
             if _is_message(event):
                 found.append(event)
+                kept += 1
+        seen += len(chunk)
         if done:
             break
+    if seen >= 10:
+        stretches = service.history_stretch
+        if len(stretches) > 20000:
+            stretches.clear()
+        stretches[conversation.room_id] = min(3.0, seen / max(kept, 1))
     return found[skip : skip + want]
 
 
@@ -237,7 +246,7 @@ async def page(
         events, has_more, next_cursor = await _after(service, user, conversation, after, limit)
         for event in events:
             service.events.put(event)
-        messages = await service.messages_from_events(conversation, events)
+        messages = await service.messages_from_events(conversation, events, viewer=user)
         return {"messages": messages, "hasMore": has_more, "nextCursor": next_cursor}
     if before:
         event_id, token = await _token_at(service, conversation, user, before)
@@ -257,7 +266,7 @@ async def page(
     events.reverse()
     for event in events:
         service.events.put(event)
-    messages = await service.messages_from_events(conversation, events)
+    messages = await service.messages_from_events(conversation, events, viewer=user)
     back = message_id_for_event(events[0]["event_id"]) if has_more and events else None
     return {"messages": messages, "hasMore": has_more, "nextCursor": back}
 

@@ -27,8 +27,20 @@ from ..context import (
     RECEIPTS,
     ROOM_MEMBERS,
 )
+from ..db.relation import REPLACE, THREAD
 from ..matrix.dispatcher import Event
-from ..matrix.indexer import INDEXED_TYPES, msgtype_of
+from ..matrix.indexer import msgtype_of
+from ..matrix.relations import (
+    MESSAGE_TYPES,
+    PINNED,
+    Effect,
+    is_timeline_message,
+    read_position,
+    rel_type_of,
+    relations_in,
+)
+from ..matrix.relations import apply as apply_relations
+from ..matrix.relations import ensure as ensure_relations
 from . import CHAT
 from .invalidation import invalidate
 from .preview import preview_of, redacted
@@ -43,10 +55,16 @@ BACKFILL_LIMIT = 500
 
 
 def _is_message(event: Event) -> bool:
+    return is_timeline_message(event)
+
+
+def _is_related_message(event: Event) -> bool:
+    content = event.get("content")
     return (
-        event.get("type") in INDEXED_TYPES
+        event.get("type") in MESSAGE_TYPES
         and "state_key" not in event
-        and bool(event.get("content"))
+        and isinstance(content, dict)
+        and rel_type_of(content) in (REPLACE, THREAD)
     )
 
 
@@ -60,9 +78,15 @@ def setup(app: web.Application) -> None:
                 await redact_preview(app, event["room_id"], redacts)
                 await invalidate(app, redacts)
             return
-        if not _is_message(event):
-            return
         chat = app[CHAT]
+        if not _is_message(event):
+            if _is_related_message(event):
+                # Edits and thread replies: bodies the message objects need, kept in memory.
+                chat.events.put(event)
+                url = (event.get("content") or {}).get("url")
+                if isinstance(url, str) and url.startswith("mxc://"):
+                    await chat.media.posted_in(url, event["room_id"])
+            return
         chat.events.put(event)
         url = (event.get("content") or {}).get("url")
         if isinstance(url, str) and url.startswith("mxc://"):
@@ -78,8 +102,14 @@ def setup(app: web.Application) -> None:
             return
         await store_receipts(app, event["room_id"], event.get("content") or {})
 
+    async def on_relation(effect: Effect) -> None:
+        if effect.redaction:
+            for event_id in effect.changed:
+                app[CHAT].events.drop(event_id)
+
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
+    ensure_relations(app).listeners.append(on_relation)
 
     async def backfill_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BACKFILL_TASK] = asyncio.create_task(backfill(app))
@@ -111,15 +141,15 @@ async def store_receipts(app: web.Application, room_id: str, content: dict[str, 
         readers = kinds.get("m.read")
         if not isinstance(readers, dict):
             continue
-        indexed = await app[EVENT_INDEX].get(event_id)
-        if indexed is None or indexed.room_id != room_id:
+        indexed = await read_position(app, room_id, event_id)
+        if indexed is None:
             continue
         for mxid, data in readers.items():
             if isinstance(data, dict) and data.get("thread_id") not in (None, "main"):
                 continue
             ts = data.get("ts") if isinstance(data, dict) else None
             ts = int(ts) if isinstance(ts, int | float) else int(time.time() * 1000)
-            if await app[RECEIPTS].advance(room_id, mxid, event_id, indexed.seq, ts):
+            if await app[RECEIPTS].advance(room_id, mxid, indexed.event_id, indexed.seq, ts):
                 moved += 1
     return moved
 
@@ -142,6 +172,8 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
     if reader is None:
         return 0
     missed: list[dict[str, Any]] = []
+    # Edits, reactions, redactions and pins missed too (the relations index is idempotent).
+    related: list[dict[str, Any]] = []
     token: str | None = None
     done = False
     while not done and len(missed) < limit:
@@ -156,6 +188,12 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
                 break
             if _is_message(event):
                 missed.append(event)
+            elif (
+                event.get("type") == "m.room.redaction"
+                or relations_in(event)
+                or (event.get("type") == PINNED and event.get("state_key") == "")
+            ):
+                related.append(event)
         token = resp.get("end")
         if not chunk or not token:
             break
@@ -167,6 +205,8 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
         )  # fmt: skip
         await app[CONVERSATIONS].touch(room_id, event["event_id"], ts, preview_of(event))
         app[CHAT].events.put({**event, "room_id": room_id})
+    for event in reversed(related):
+        await apply_relations(app, {**event, "room_id": room_id})
     return len(missed)
 
 

@@ -12,8 +12,10 @@ from ..db.crm_user import CrmUser
 from ..db.room_event import RoomEvent
 from ..errors import Conflict, Forbidden, InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
+from ..matrix import relations
 from ..matrix.homeserver import MatrixError
-from . import serialize
+from ..matrix.relations import RELATIONS
+from . import enrich, serialize
 from .ratelimit import RATE_LIMITER
 from .serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
 
@@ -123,6 +125,68 @@ def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) 
     return f"crmc{digest[:40]}"
 
 
+MAX_MENTIONS = 50
+
+
+def _message_ref(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or event_id_for_message(value) is None:
+        raise InvalidParam(f"{name} must be a message id")
+    return event_id_for_message(value)
+
+
+async def _mention_mxids(
+    service: ChatService, conversation: Any, mentions: Any
+) -> list[str] | None:
+    """CRM user ids → their puppets' mxids; only participants may be mentioned."""
+    if mentions is None:
+        return None
+    if not isinstance(mentions, list) or not all(isinstance(m, str) for m in mentions):
+        raise InvalidParam("mentions must be an array of user ids")
+    if len(mentions) > MAX_MENTIONS:
+        raise InvalidParam(f"At most {MAX_MENTIONS} mentions per message")
+    by_id = {u.crm_user_id: u.mxid for u in await service.participants(conversation)}
+    unknown = [m for m in mentions if m not in by_id]
+    if unknown:
+        raise InvalidParam("mentions may name only participants of the conversation")
+    return list(dict.fromkeys(by_id[m] for m in mentions))
+
+
+async def _relates_to(
+    service: ChatService,
+    user: CrmUser,
+    conversation: Any,
+    reply_to: str | None,
+    thread_id: str | None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``m.relates_to`` for a reply and/or a thread reply, and the replied-to sender."""
+    from .actions import room_of_message  # a cycle: actions imports count from here
+
+    replied_sender = None
+    if reply_to is not None:
+        if await room_of_message(service, reply_to) != conversation.room_id:
+            raise NotFound("The message replied to was not found")
+        quoted = service.events.get(reply_to) or await service.fetch_event(
+            conversation.room_id, reply_to, user.mxid
+        )
+        replied_sender = quoted.get("sender") if quoted else None
+    if thread_id is None:
+        return ({"m.in_reply_to": {"event_id": reply_to}} if reply_to else None), replied_sender
+    root = await service.app[EVENT_INDEX].get(thread_id)
+    if root is None or root.room_id != conversation.room_id:
+        raise NotFound("The thread's root message was not found")
+    rel: dict[str, Any] = {"rel_type": "m.thread", "event_id": thread_id}
+    if reply_to is not None:
+        rel.update({"is_falling_back": False, "m.in_reply_to": {"event_id": reply_to}})
+    else:
+        # Per the spec, a thread reply also replies (as a fallback) to the thread's latest.
+        latest = await service.app[RELATIONS].store.latest_in_thread(thread_id)
+        fallback = latest.event_id if latest else thread_id
+        rel.update({"is_falling_back": True, "m.in_reply_to": {"event_id": fallback}})
+    return rel, replied_sender
+
+
 async def send(
     service: ChatService,
     user: CrmUser,
@@ -132,11 +196,16 @@ async def send(
     attachments: Any = None,
     client_message_id: Any = None,
     *,
+    reply_to: Any = None,
+    mentions: Any = None,
+    thread_id: Any = None,
     quota: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     await count(service, user, "send", quota)
     conversation_id = _conversation_id(conversation_id)
     _check(content, kind, attachments, client_message_id)
+    reply_event = _message_ref(reply_to, "replyTo")
+    thread_root = _message_ref(thread_id, "threadId")
     conversation = await service.conversation_for(user, conversation_id, recent=True)
     if client_message_id is not None:
         earlier = await service.client_messages.get(user.crm_user_id, client_message_id)
@@ -144,8 +213,21 @@ async def send(
             return await _replay(
                 service, user, conversation, earlier.conversation_id, earlier.event_id
             )
+    mentioned = await _mention_mxids(service, conversation, mentions)
+    relation, replied_sender = await _relates_to(
+        service, user, conversation, reply_event, thread_root
+    )
     resolved = await _resolve_attachments(service, user, attachments or [])
     body = build_content(content, kind, resolved)
+    if relation is not None:
+        # Fallback-free: the body is the text alone, as clients since Matrix 1.13 expect.
+        body["m.relates_to"] = relation
+    # Intentional mentions; a reply also mentions whom it answers (as Element does).
+    mention_ids = list(mentioned or [])
+    if replied_sender and replied_sender not in user.mxids and replied_sender not in mention_ids:
+        mention_ids.append(replied_sender)
+    if mentioned is not None or replied_sender:
+        body["m.mentions"] = {"user_ids": mention_ids}
     try:
         event_id = await service.app[MATRIX].send_event(
             conversation.room_id,
@@ -182,12 +264,21 @@ async def send(
         service.events.put(event)
     else:
         event = cached
-    # The transaction indexes it shortly; until then listings take it from memory.
-    service.pending[conversation.room_id] = (event_id, now)
     message = serialize.message_object(
         event, conversation.conversation_id, serialize.user_object(user), ReadState(), None
     )
     message["cursor"] = message["_id"]
+    if relation is not None:
+        await relations.apply(service.app, event)
+    await enrich.decorate(
+        service, [(conversation.room_id, event, message)], user, user.mxid, fetch_pins=False
+    )
+    if thread_root is not None:
+        # A thread reply is no message of the main timeline: no lastMessage, no new_message
+        # (its root's message_update tells the thread count, from the transaction).
+        return message
+    # The transaction indexes it shortly; until then listings take it from memory.
+    service.pending[conversation.room_id] = (event_id, now)
     for listener in list(service.app[LOCAL_ECHO]):
         try:
             await listener(conversation, message)

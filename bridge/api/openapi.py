@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import models
+
 routes = web.RouteTableDef()
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -19,6 +21,44 @@ _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 512}
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
+
+# Relations on every message (api/enrich.py); see docs/api.md.
+MESSAGE_RELATION_FIELDS: dict[str, Any] = {
+    "edited": {"type": "boolean"},
+    "editedAt": _NULLABLE_STR,
+    "replyTo": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["_id", "content", "sender"],
+                "properties": {
+                    "_id": {"type": "string"},
+                    "content": _NULLABLE_STR,
+                    "sender": {"oneOf": [_ref("User"), {"type": "null"}]},
+                },
+            },
+            {"type": "null"},
+        ]
+    },
+    "mentions": {"type": "array", "items": {"type": "string"}},
+    "reactions": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["key", "count", "users", "me"],
+            "properties": {
+                "key": {"type": "string"},
+                "count": {"type": "integer", "minimum": 1},
+                "users": {"type": "array", "items": {"type": "string"}},
+                "me": {"type": "boolean"},
+            },
+        },
+    },
+    "threadId": _NULLABLE_STR,
+    "threadCount": {"type": "integer", "minimum": 0},
+    "threadLastReplyAt": _NULLABLE_STR,
+    "isPinned": {"type": "boolean"},
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -113,6 +153,7 @@ SCHEMAS: dict[str, Any] = {
             "updatedAt",
             "matrixRoomId",
             "eventId",
+            *MESSAGE_RELATION_FIELDS,
         ],
         "properties": {
             "_id": {"type": "string"},
@@ -135,6 +176,7 @@ SCHEMAS: dict[str, Any] = {
             "matrixRoomId": _NULLABLE_STR,
             "eventId": {"type": "string"},
             "cursor": {"type": "string"},
+            **MESSAGE_RELATION_FIELDS,
         },
     },
     "Conversation": {
@@ -271,6 +313,14 @@ _SEND_BODY = {
         "type": {"type": "string", "enum": ["text", "file", "image", "link"], "default": "text"},
         "attachments": {"type": "array", "maxItems": 10, "items": _ref("Attachment")},
         "clientMessageId": {"type": "string", "minLength": 1, "maxLength": 128},
+        "replyTo": {"type": "string", "description": "The message id answered"},
+        "mentions": {
+            "type": "array",
+            "maxItems": 50,
+            "items": {"type": "string"},
+            "description": "CRM user ids of participants",
+        },
+        "threadId": {"type": "string", "description": "The thread root's message id"},
     },
 }
 _MARK_READ_BODY = {
@@ -286,6 +336,31 @@ _DIRECT_BODY = {
         "participantId": {"type": "string", "description": "Same as userId"},
     },
 }
+
+_DELETED = {
+    "type": "object",
+    "required": ["message", "conversationId", "messageId"],
+    "properties": {
+        "message": {"type": "string"},
+        "conversationId": {"type": "string"},
+        "messageId": {"type": "string"},
+    },
+}
+
+
+def _relation_op(summary: str, model: type, ok: dict[str, Any], description: str) -> dict:
+    return {
+        "post": _op(
+            summary,
+            ok,
+            ("400", "404", "413", "503"),
+            body=models.schema(model),
+            description=description,
+        )
+    }
+
+
+_UPDATED = _ok("200", _ref("Message"), "The message as it is now")
 
 PATHS: dict[str, Any] = {
     "/api/chat/conversations": {
@@ -415,6 +490,51 @@ PATHS: dict[str, Any] = {
                 ],
             ),
         }
+    },
+    "/api/chat/edit-message": _relation_op(
+        "Edit a message (m.replace); only its sender may",
+        models.EditBody,
+        _UPDATED,
+        "403 when the message is someone else's; 400 for an empty text.",
+    ),
+    "/api/chat/delete-message": _relation_op(
+        "Delete a message (a redaction)",
+        models.MessageRef,
+        _ok("200", _DELETED, "Deleted"),
+        "Your own, or any message where your power level allows redactions (project "
+        "admins and managers); else 403.",
+    ),
+    "/api/chat/react": _relation_op(
+        "React to a message (m.annotation); a second time changes nothing",
+        models.ReactBody,
+        _UPDATED,
+        "One reaction per user and key.",
+    ),
+    "/api/chat/unreact": _relation_op(
+        "Take your reaction back (redacts your annotation)",
+        models.ReactBody,
+        _UPDATED,
+        "Nothing to take back is no error.",
+    ),
+    "/api/chat/pin-message": _relation_op(
+        "Pin a message (m.room.pinned_events)",
+        models.MessageRef,
+        _UPDATED,
+        "Who may pin follows the room's power levels (403 otherwise).",
+    ),
+    "/api/chat/unpin-message": _relation_op(
+        "Unpin a message",
+        models.MessageRef,
+        _UPDATED,
+        "Who may unpin follows the room's power levels (403 otherwise).",
+    ),
+    "/api/chat/pinned-messages/{conversationId}": {
+        "get": _op(
+            "The conversation's pinned messages, newest pin first",
+            _ok("200", {"type": "array", "items": _ref("Message")}, "Full message objects"),
+            ("404", "503"),
+            params=[{"name": "conversationId", "in": "path", "required": True, "schema": _ID}],
+        )
     },
     "/api/users": {
         "get": _op(

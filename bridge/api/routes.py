@@ -12,8 +12,18 @@ from redis.asyncio import Redis
 
 from ..config import redis_prefix
 from ..context import CONFIG
+from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
-from . import CHAT, index, invalidation, openapi, routes_chat, routes_directory, uploads
+from . import (
+    CHAT,
+    index,
+    invalidation,
+    openapi,
+    routes_chat,
+    routes_directory,
+    routes_relations,
+    uploads,
+)
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
 from .chat import ChatService
 from .direct import DM_LOCKS
@@ -30,6 +40,7 @@ FOREIGN_PREFIXES = ("/api/admin/",)
 def setup(app: web.Application) -> None:
     config = app[CONFIG]
     app[CHAT] = ChatService(app)
+    ensure_relations(app)
     app[VERIFIER] = JwtVerifier.from_config(config)
     app[DM_LOCKS] = {}
     app[SEEN_USERS] = {}
@@ -60,6 +71,7 @@ def setup(app: web.Application) -> None:
     routes_directory.setup(app)
     registered = [
         *app.router.add_routes(routes_chat.routes),
+        *app.router.add_routes(routes_relations.routes),
         *app.router.add_routes(uploads.routes),
         *app.router.add_routes(openapi.routes),
     ]

@@ -50,6 +50,9 @@ async def send(request: web.Request, user: CrmUser) -> web.Response:
         body.get("type", "text"),
         body.get("attachments"),
         body.get("clientMessageId"),
+        reply_to=body.get("replyTo"),
+        mentions=body.get("mentions"),
+        thread_id=body.get("threadId"),
         quota=quota,
     )
     response = json_response(message, status=201)

@@ -15,6 +15,7 @@ from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..ids import message_id_for_event
+from ..matrix.relations import thread_root
 
 MESSAGE_TYPES = ("text", "file", "image", "link")
 # Our own record of the seed fields, carried inside the Matrix event beside the standard ones.
@@ -181,6 +182,16 @@ def message_object(
         "updatedAt": iso(ts),
         "matrixRoomId": event.get("room_id"),
         "eventId": event["event_id"],
+        # Relations (api/enrich.py fills them from the index).
+        "edited": False,
+        "editedAt": None,
+        "replyTo": None,
+        "mentions": [],
+        "reactions": [],
+        "threadId": message_id_for_event(root) if (root := thread_root(content)) else None,
+        "threadCount": 0,
+        "threadLastReplyAt": None,
+        "isPinned": False,
     }
 
 

@@ -113,3 +113,10 @@ class RoomEventIndex:
             room_id, after_seq, *SHOWN_TYPES, limit,
         )  # fmt: skip
         return [RoomEvent(**row) for row in rows]
+
+    async def remove(self, event_id: str) -> RoomEvent | None:
+        """A redacted message leaves the index (unread counts, lastMessage, cursors)."""
+        existing = await self.get(event_id)
+        if existing is not None:
+            await self.db.execute("DELETE FROM room_event WHERE event_id=$1", event_id)
+        return existing

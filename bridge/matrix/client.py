@@ -167,6 +167,19 @@ class MatrixClient:
         resp = await self.hs.put(path, content, as_user=as_user)
         return EventID(resp["event_id"])
 
+    async def redact(
+        self,
+        room_id: RoomID,
+        event_id: str,
+        as_user: str | None = None,
+        reason: str | None = None,
+        txn_id: str | None = None,
+    ) -> EventID:
+        body = {"reason": reason} if reason else {}
+        path = f"{C}/rooms/{q(room_id)}/redact/{q(event_id)}/{q(txn_id or self.txn_id())}"
+        resp = await self.hs.put(path, body, as_user=as_user)
+        return EventID(resp["event_id"])
+
     async def messages(
         self,
         room_id: RoomID,

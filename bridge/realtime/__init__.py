@@ -21,6 +21,8 @@ from aiohttp import web
 
 from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
+from ..matrix.relations import Effect
+from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from ..redis_state import RedisState
 from . import handlers
@@ -86,5 +88,18 @@ def setup(app: web.Application) -> None:
             connected = realtime.registry.connected
             realtime.live.submit(lambda: realtime.relays.presence(event, connected))
 
+    async def on_relation(effect: Effect) -> None:
+        if REALTIME not in app:
+            return
+        realtime = app[REALTIME]
+        fanout, room_id = realtime.fanout, effect.room_id
+        if effect.deleted:
+            deleted = list(effect.deleted)
+            realtime.live.submit(lambda: fanout.messages_deleted(room_id, deleted, realtime.slow))
+        if effect.changed:
+            changed = list(effect.changed)
+            realtime.live.submit(lambda: fanout.messages_changed(room_id, changed, realtime.slow))
+
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
+    ensure_relations(app).listeners.append(on_relation)

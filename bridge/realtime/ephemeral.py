@@ -22,6 +22,7 @@ from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..ids import message_id_for_event
 from ..matrix.dispatcher import Event
+from ..matrix.relations import read_position
 from .rooms import conversation_room, participants, user_room
 
 log = logging.getLogger("bridge.realtime.ephemeral")
@@ -103,8 +104,8 @@ class Relays:
     async def _read(
         self, conversation: Conversation, event_id: str, mxid: str, ts: Any, slow: Any
     ) -> None:
-        target = await self.app[EVENT_INDEX].get(event_id)
-        if target is None or target.room_id != conversation.room_id:
+        target = await read_position(self.app, conversation.room_id, event_id)
+        if target is None:
             return
         previous = await self.announced.advance(conversation.room_id, mxid, target.seq)
         if previous is None:

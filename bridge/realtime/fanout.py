@@ -24,8 +24,9 @@ from ..api import CHAT
 from ..context import CONVERSATIONS, USERS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
+from ..ids import message_id_for_event
 from ..matrix.dispatcher import Event
-from ..matrix.indexer import INDEXED_TYPES
+from ..matrix.relations import is_timeline_message
 from ..redis_state import RedisState
 from .access import Access
 from .cursors import Frontier
@@ -111,6 +112,42 @@ class Fanout:
         if self._fans_out():  # the emit reached every process (or none needed to see it)
             await self.frontier.set(conversation_id, message["_id"])
 
+    # Changes to existing messages (bridge/matrix/relations.py says which).
+    async def messages_changed(self, room_id: str, event_ids: list[str], slow: Lane) -> None:
+        """Edits, reactions, thread replies and pins: ``message_update`` with the full message
+        to the conversation's participants (``me`` on reactions is false: many read it)."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
+        if conversation is None or CHAT not in self.app:
+            return
+        chat = self.app[CHAT]
+        reader = await chat.reader_of(conversation)
+        events = await asyncio.gather(
+            *(chat.fetch_event(room_id, e, reader) for e in dict.fromkeys(event_ids))
+        )
+        found = [e for e in events if e and e.get("content")]
+        room = conversation_room(conversation.conversation_id)
+        for message in await chat.messages_from_events(conversation, found):
+            await self.sio.emit(
+                "message_update", {**message, "conversationId": conversation.conversation_id},
+                to=room,
+            )  # fmt: skip
+        if conversation.last_event_id in event_ids:
+            self.schedule_change(room_id, slow)  # lastMessage shows the new text
+
+    async def messages_deleted(self, room_id: str, event_ids: list[str], slow: Lane) -> None:
+        """A redaction: ``message_deleted``, then the conversation (lastMessage, unread)."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
+        if conversation is None:
+            return
+        room = conversation_room(conversation.conversation_id)
+        for event_id in dict.fromkeys(event_ids):
+            payload = {
+                "conversationId": conversation.conversation_id,
+                "messageId": message_id_for_event(event_id),
+            }
+            await self.sio.emit("message_deleted", payload, to=room)
+        self.schedule_change(room_id, slow)
+
     def _fans_out(self) -> bool:
         return self.state is None or self.state.up
 
@@ -188,11 +225,7 @@ class Fanout:
 
 
 def is_message(event: Event) -> bool:
-    return (
-        event.get("type") in INDEXED_TYPES
-        and "state_key" not in event
-        and bool(event.get("content"))
-    )
+    return is_timeline_message(event)
 
 
 def is_conversation_change(event: Event) -> bool:

@@ -227,6 +227,9 @@ def register(
             data.get("type", "text"),
             data.get("attachments"),
             data.get("clientMessageId"),
+            reply_to=data.get("replyTo"),
+            mentions=data.get("mentions"),
+            thread_id=data.get("threadId"),
         )
         await sio.emit("message_sent", message, to=sid)
         return message

@@ -13,6 +13,7 @@ from . import (  # noqa: E402
     v05_txn_digest,
     v06_emitted,
     v07_scale,
+    v08_relations,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "v05_txn_digest",
     "v06_emitted",
     "v07_scale",
+    "v08_relations",
 ]

@@ -1,0 +1,153 @@
+"""``GET /api/chat/messages`` with relations, against Synapse's own /messages, in one run.
+
+    .venv/bin/python -m bench.relations [--json out.json] [--requests 60]
+
+A 50-message page (of 60 messages) in which half the messages are edited, reply to the
+message before and carry two reactions (25 edits and 50 reactions in the timeline besides).
+Interleaved, the same user's puppet asks:
+
+* the facade for the newest 50 messages (relations from the index, edits bundled);
+* Synapse for the same page: ``/messages`` with the facade's filter and a limit that covers
+  the 50 messages and the 25 edits among them (``synapse_same_page``), and, for reference,
+  plain ``limit=50`` (``synapse_limit_50``, which holds fewer messages).
+
+The client runs in the bridge's own process (the ratio is, if anything, against the facade).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from bench.common import base_parser, bench_stack, report, summary
+from bench.facade import bounded, make_user, project_room
+from bridge.api.auth import VERIFIER
+from bridge.api.history import _FILTER
+from bridge.context import DATABASE, EVENT_INDEX, MATRIX
+from bridge.matrix.homeserver import q
+
+PAGE = 50
+# Older messages before the page, so it is a page of a longer history (hasMore is true).
+OLDER = 10
+
+
+async def populate(app: Any, room_id: str, users: list[Any]) -> list[str]:
+    matrix = app[MATRIX]
+    for i in range(OLDER):
+        older = {"msgtype": "m.text", "body": f"older {i}"}
+        await matrix.send_event(room_id, "m.room.message", older, as_user=users[i % 4].mxid)
+    ids: list[str] = []
+    for i in range(PAGE):
+        content: dict[str, Any] = {"msgtype": "m.text", "body": f"message {i}"}
+        if i % 2 and ids:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": ids[-1]}}
+        ids.append(
+            await matrix.send_event(room_id, "m.room.message", content, as_user=users[i % 4].mxid)
+        )
+
+    async def decorate(i: int) -> None:
+        sender = users[i % 4].mxid
+        edit = {
+            "msgtype": "m.text", "body": f"* message {i}, edited",
+            "m.new_content": {"msgtype": "m.text", "body": f"message {i}, edited"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": ids[i]},
+        }  # fmt: skip
+        await matrix.send_event(room_id, "m.room.message", edit, as_user=sender)
+        for j, key in enumerate(("👍", "🎉")):
+            reaction = {
+                "m.relates_to": {"rel_type": "m.annotation", "event_id": ids[i], "key": key}
+            }
+            await matrix.send_event(
+                room_id, "m.reaction", reaction, as_user=users[(i + j + 1) % 4].mxid
+            )
+
+    await bounded(6, [decorate(i) for i in range(1, PAGE, 2)])
+    return ids
+
+
+async def wait_indexed(app: Any, ids: list[str]) -> None:
+    deadline = time.monotonic() + 120
+    want = (PAGE // 2) * 3
+    while time.monotonic() < deadline:
+        relations = await app[DATABASE].fetchval(
+            "SELECT COUNT(*) FROM relation WHERE rel_type IN ('m.replace', 'm.annotation')"
+        )
+        if len(await app[EVENT_INDEX].get_many(ids)) == len(ids) and relations >= want:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the relations never reached the index")
+
+
+async def main(args: argparse.Namespace) -> None:
+    overrides = {"api__rate_limit__requests": 1_000_000}
+    async with bench_stack(**overrides) as stack:
+        app = stack.app
+        users = await bounded(4, [make_user(app, f"r{i}_") for i in range(4)])
+        room_id, conversation_id = await project_room(app, users)
+        ids = await populate(app, room_id, users)
+        await wait_indexed(app, ids)
+        reader = users[0]
+        bearer = {"Authorization": f"Bearer {app[VERIFIER].mint(reader.crm_user_id)}"}
+        as_auth = {"Authorization": f"Bearer {stack.as_token}"}
+        hs = stack.config["homeserver.address"]
+        messages_url = f"{hs}/_matrix/client/v3/rooms/{q(room_id)}/messages"
+
+        async with aiohttp.ClientSession() as session:
+
+            async def facade() -> float:
+                start = time.perf_counter()
+                url = f"{stack.bridge_url}/api/chat/messages/{conversation_id}"
+                async with session.get(url, params={"limit": str(PAGE)}, headers=bearer) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200 and len(body["messages"]) == PAGE, body
+                elapsed = (time.perf_counter() - start) * 1000
+                decorated = [m for m in body["messages"] if m["edited"]]
+                assert len(decorated) == PAGE // 2 and all(m["reactions"] for m in decorated)
+                return elapsed
+
+            async def synapse(limit: int) -> float:
+                params = {"dir": "b", "limit": str(limit), "filter": _FILTER,
+                          "user_id": reader.mxid}  # fmt: skip
+                start = time.perf_counter()
+                async with session.get(messages_url, params=params, headers=as_auth) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+                return (time.perf_counter() - start) * 1000
+
+            runs: dict[str, list[float]] = {"facade": [], "same_page": [], "limit_50": []}
+            for _ in range(5):
+                await facade()
+                await synapse(PAGE + PAGE // 2)
+            for i in range(args.requests):
+                order = ["facade", "same_page", "limit_50"]
+                for kind in order[i % 3 :] + order[: i % 3]:
+                    if kind == "facade":
+                        runs[kind].append(await facade())
+                    else:
+                        limit = PAGE + PAGE // 2 if kind == "same_page" else PAGE
+                        runs[kind].append(await synapse(limit))
+        f, same, plain = (summary(runs[k]) for k in ("facade", "same_page", "limit_50"))
+        results = {
+            "page": PAGE,
+            "edited_replied_reacted": PAGE // 2,
+            "facade": f,
+            "synapse_same_page": same,
+            "synapse_limit_50": plain,
+            "p50_ratio_same_page": round(f["p50_ms"] / same["p50_ms"], 3),
+            "p50_ratio_limit_50": round(f["p50_ms"] / plain["p50_ms"], 3),
+        }
+    report("GET /messages with relations vs Synapse /messages", results, args.json)
+
+
+def entry() -> None:
+    parser = base_parser(__doc__ or "")
+    parser.add_argument("--requests", type=int, default=60)
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    entry()
