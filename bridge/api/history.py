@@ -14,12 +14,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..context import MATRIX
+from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from ..matrix.indexer import INDEXED_TYPES
+from . import clear
 
 if TYPE_CHECKING:
     from .chat import ChatService
@@ -63,11 +65,13 @@ async def _collect(
     skip: int,
     want: int,
     drop_through: str | None = None,
+    point: ClearPoint | None = None,
 ) -> list[dict[str, Any]]:
     """Up to skip+want messages walking in direction from token; returns them after skip.
 
     ``drop_through``: the event the token sits on; it (and anything before it in the first
-    chunk) is left out.
+    chunk) is left out. ``point``: the user's clear point; what it hides is left out, and
+    walking back stops there.
     """
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
@@ -91,8 +95,14 @@ async def _collect(
             drop_through = None
         for event in chunk:
             event.setdefault("room_id", conversation.room_id)
-            if _is_message(event):
-                found.append(event)
+            if not _is_message(event):
+                continue
+            if await clear.hidden(service, point, event):
+                if direction == "b":
+                    done = True  # everything further back was cleared too
+                    break
+                continue
+            found.append(event)
         if done:
             break
     return found[skip : skip + want]
@@ -133,20 +143,21 @@ async def page(
     before, after = query.get("before"), query.get("after")
     if before and after:
         raise InvalidParam("Use either before or after, not both")
+    point = await clear.clear_point(service, user, conversation)
     if before or after:
         event_id, token = await _token_at(service, conversation, user, before or after)
         direction = "b" if before else "f"
         # Backwards the walk starts on the cursor event itself; it is dropped there.
         drop = event_id if before else None
         events = await _collect(
-            service, conversation, user, direction, token, 0, limit + 1, drop_through=drop
+            service, conversation, user, direction, token, 0, limit + 1, drop, point
         )
     else:
         number = _int_param(query, "page", 1, 1, MAX_PAGE_DEPTH)
         if (number - 1) * limit > MAX_PAGE_DEPTH:
             raise InvalidParam(f"Use cursors to page further back than {MAX_PAGE_DEPTH} messages")
         events = await _collect(
-            service, conversation, user, "b", None, (number - 1) * limit, limit + 1
+            service, conversation, user, "b", None, (number - 1) * limit, limit + 1, None, point
         )
         direction = "b"
     has_more = len(events) > limit

@@ -5,7 +5,15 @@ from mautrix.util.async_db import UpgradeTable
 upgrade_table = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
 
 # Each module registers itself on import; the import order is the version order.
-from . import v01_initial, v02_directory, v03_chat, v04_realtime, v05_txn_digest, v06_emitted  # noqa: E402
+from . import (  # noqa: E402
+    v01_initial,
+    v02_directory,
+    v03_chat,
+    v04_realtime,
+    v05_txn_digest,
+    v06_emitted,
+    v07_cleared,
+)
 
 __all__ = [
     "upgrade_table",
@@ -15,4 +23,5 @@ __all__ = [
     "v04_realtime",
     "v05_txn_digest",
     "v06_emitted",
+    "v07_cleared",
 ]
