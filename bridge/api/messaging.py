@@ -8,12 +8,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
+from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.room_event import RoomEvent
 from ..errors import Conflict, Forbidden, InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from . import serialize
+from .files import check_files, store_files
 from .ratelimit import RATE_LIMITER
 from .serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
 
@@ -38,9 +40,7 @@ def _conversation_id(value: Any) -> str:
     return value
 
 
-def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
-    if kind not in MESSAGE_TYPES:
-        raise InvalidParam("type must be one of text, file, image, link")
+def _check_text(content: Any) -> None:
     if not isinstance(content, str):
         raise InvalidParam("content must be a string")
     if len(content) > MAX_CONTENT or len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
@@ -48,6 +48,12 @@ def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) ->
             f"content is too long (at most {MAX_CONTENT} characters and "
             f"{MAX_CONTENT_BYTES // 1024} KiB)"
         )
+
+
+def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
+    if kind not in MESSAGE_TYPES:
+        raise InvalidParam("type must be one of text, file, image, link")
+    _check_text(content)
     if attachments is not None and not isinstance(attachments, list):
         raise InvalidParam("attachments must be an array")
     if attachments and len(attachments) > MAX_ATTACHMENTS:
@@ -144,7 +150,47 @@ async def send(
             return await _replay(
                 service, user, conversation, earlier.conversation_id, earlier.event_id
             )
-    resolved = await _resolve_attachments(service, user, attachments or [])
+    return await _post(
+        service, user, conversation, content, kind, attachments or [], client_message_id
+    )
+
+
+async def send_files(
+    service: ChatService,
+    user: CrmUser,
+    conversation_id: Any,
+    content: Any,
+    uploaded: list[tuple[str, bytes]],
+    *,
+    quota: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Upload files and post them as one message: send's limit and checks, then send's path.
+
+    The conversation is checked before anything reaches the media repository."""
+    await count(service, user, "send", quota)
+    conversation_id = _conversation_id(conversation_id)
+    _check_text(content)
+    if len(uploaded) > MAX_ATTACHMENTS:
+        raise InvalidParam(f"At most {MAX_ATTACHMENTS} attachments per message")
+    # Not the two-second shortcut: the upload happens before the homeserver checks anything.
+    conversation = await service.conversation_for(user, conversation_id)
+    checked = check_files(service.app, uploaded)
+    attachments = await store_files(service.app, user, checked)
+    kind = "image" if attachments[0]["mimetype"].startswith("image/") else "file"
+    return await _post(service, user, conversation, content, kind, attachments, None)
+
+
+async def _post(
+    service: ChatService,
+    user: CrmUser,
+    conversation: Conversation,
+    content: str,
+    kind: str,
+    attachments: list[Any],
+    client_message_id: str | None,
+) -> dict[str, Any]:
+    """Post a checked message as the user's puppet; answers with the message object."""
+    resolved = await _resolve_attachments(service, user, attachments)
     body = build_content(content, kind, resolved)
     try:
         event_id = await service.app[MATRIX].send_event(
