@@ -25,6 +25,7 @@ from ..context import (
     ROOM_MEMBERS,
     USERS,
 )
+from ..db.cleared import ClearedStore
 from ..db.client_message import ClientMessageStore
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
@@ -32,8 +33,9 @@ from ..db.media import MediaStore
 from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
-from . import direct, history, messaging, serialize
+from . import clear, direct, history, messaging, people, search, serialize
 from .serialize import ReadState
+from .unread import unread_count, unread_sql
 
 log = logging.getLogger("bridge.api.chat")
 
@@ -73,6 +75,8 @@ class ChatService:
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
         # Sent by /send, not yet back from the homeserver: room -> (event id, ts).
         self.pending: dict[str, tuple[str, int]] = {}
+        # (puppet, room) pairs whose clear point this process checked against Matrix.
+        self.clear_checked: set[tuple[str, str]] = set()
 
     # Stores, opened by the app's database context.
     @property
@@ -82,6 +86,10 @@ class ChatService:
     @property
     def media(self) -> MediaStore:
         return MediaStore(self.app[DATABASE])
+
+    @property
+    def cleared(self) -> ClearedStore:
+        return ClearedStore(self.app[DATABASE])
 
     # Who and where.
     async def conversation_for(
@@ -307,15 +315,8 @@ class ChatService:
         last_ids = [c.last_event_id for c in conversations if c.last_event_id]
         cached = {i: e for i in last_ids if (e := self.events.get(i)) is not None}
         missing = [c for c in conversations if c.last_event_id and c.last_event_id not in cached]
-        unread_rows, member_rows, receipt_rows, seqs, projects, fetched = await asyncio.gather(
-            db.fetch(
-                "SELECT e.room_id, COUNT(*) AS unread FROM room_event e "
-                "LEFT JOIN (SELECT room_id, MAX(seq) AS seq FROM receipt "
-                "WHERE mxid=$1 OR mxid=$2 GROUP BY room_id) r ON r.room_id = e.room_id "
-                f"WHERE e.room_id IN ({unread_scope}) AND e.seq > COALESCE(r.seq, 0) "
-                "AND e.sender <> $1 AND e.sender <> $2 GROUP BY e.room_id",
-                user.mxid, own, *unread_args,
-            ),
+        gathered = await asyncio.gather(
+            db.fetch(unread_sql(unread_scope), user.mxid, own, *unread_args),
             db.fetch(
                 "SELECT room_id, mxid FROM room_member WHERE membership='join' "
                 f"AND room_id IN ({member_scope})",
@@ -332,7 +333,9 @@ class ChatService:
             asyncio.gather(
                 *(self.fetch_event(c.room_id, c.last_event_id, user.mxid) for c in missing)
             ),
+            self.cleared.of_user(user.mxid),
         )  # fmt: skip
+        unread_rows, member_rows, receipt_rows, seqs, projects, fetched, cleared = gathered
         wanted = set(room_ids)
         unread = {r["room_id"]: int(r["unread"]) for r in unread_rows}
         last_events = {**cached, **{e["event_id"]: e for e in fetched if e and e.get("content")}}
@@ -364,11 +367,16 @@ class ChatService:
                     seen.add(obj["_id"])
                     participants.append(obj)
             last = None
-            if c.last_event_id and (event := last_events.get(c.last_event_id)):
-                seq = seqs[c.last_event_id].seq if c.last_event_id in seqs else None
-                last = serialize.message_object(
-                    event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
-                )
+            event = last_events.get(c.last_event_id) if c.last_event_id else None
+            if event is not None:
+                seq = seqs[event["event_id"]].seq if event["event_id"] in seqs else None
+                ts = int(event.get("origin_server_ts") or 0)
+                point = cleared.get(c.room_id)
+                # Cleared by this user with nothing newer yet: no lastMessage for them.
+                if point is None or not point.hides(event["event_id"], ts, seq):
+                    last = serialize.message_object(
+                        event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
+                    )
             project = projects.get(c.project_id) if c.project_id else None
             out.append(
                 serialize.conversation_object(
@@ -418,3 +426,37 @@ class ChatService:
     async def history(self, user: CrmUser, conversation_id: str, query: Any) -> dict[str, Any]:
         conversation = await self.conversation_for(user, conversation_id)
         return await history.page(self, user, conversation, query)
+
+    async def send_files(
+        self,
+        user: CrmUser,
+        conversation_id: Any,
+        content: Any,
+        files: list[tuple[str, bytes]],
+        *,
+        quota: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Upload and post in one call (``/upload/chat``), under send's limit and checks."""
+        return await messaging.send_files(self, user, conversation_id, content, files, quota=quota)
+
+    async def conversation(self, user: CrmUser, conversation_id: str) -> dict[str, Any]:
+        """One conversation in the list's shape; outsiders get the same 404 as for none."""
+        conversation = await self.conversation_for(user, conversation_id)
+        listed = await self.conversations_for(user, room_id=conversation.room_id)
+        if not listed:
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        return listed[0]
+
+    async def unread_count(self, user: CrmUser) -> int:
+        return await unread_count(self, user)
+
+    async def online_users(self, user: CrmUser) -> list[dict[str, Any]]:
+        return await people.online_users(self, user)
+
+    async def search(self, user: CrmUser, query: Any) -> dict[str, Any]:
+        return await search.search(self, user, query)
+
+    async def clear_chat(
+        self, user: CrmUser, conversation_id: Any, *, quota: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return await clear.clear_chat(self, user, conversation_id, quota=quota)

@@ -44,11 +44,15 @@ async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[
     return {m: cache[m][1] for m in mxids}
 
 
+def is_online(presence: dict[str, Any]) -> bool:
+    return presence.get("presence") == "online" or bool(presence.get("currently_active"))
+
+
 def directory_entry(user: CrmUser, presence: dict[str, Any]) -> dict[str, Any]:
     return {
         **user_object(user),
         "role": user.role,
-        "isOnline": presence.get("presence") == "online" or bool(presence.get("currently_active")),
+        "isOnline": is_online(presence),
         "lastSeen": iso(presence.get("_at") or user.updated_at),
         "matrixId": user.matrix_id,
     }
