@@ -8,6 +8,7 @@ cursor, passed back unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -113,10 +114,11 @@ async def search(service: ChatService, user: CrmUser, query: Any) -> dict[str, A
             continue
         by_room.setdefault(event["room_id"], []).append(event)
         order.append(event["event_id"])
-    objects: dict[str, dict[str, Any]] = {}
-    for room_id, events in by_room.items():
-        for message in await service.messages_from_events(conversations[room_id], events):
-            objects[message["eventId"]] = message
+    # History's serializer, room by room, all rooms at once.
+    pages = await asyncio.gather(
+        *(service.messages_from_events(conversations[r], events) for r, events in by_room.items())
+    )
+    objects = {message["eventId"]: message for page in pages for message in page}
     cursor = found.get("next_batch")
     count = found.get("count")
     return {
