@@ -22,3 +22,6 @@ async def upgrade_v7(conn: Connection) -> None:
             PRIMARY KEY (room_id, mxid)
         )"""
     )
+    # Unread counts (api/unread.py) look up a reader's receipts over all their rooms; the
+    # primary key (room_id, mxid) cannot serve that, so without this it is a full scan.
+    await conn.execute("CREATE INDEX receipt_mxid ON receipt (mxid)")
