@@ -4,7 +4,10 @@
 
 1. ``POST /api/chat/send`` p50 vs a direct Synapse send as the same puppet (interleaved);
 2. throughput with 32 concurrent senders, facade vs direct (alternating rounds);
-3. ``GET /api/chat/conversations`` p95 for a user in 200 conversations.
+3. ``GET /api/chat/conversations`` p95 for a user in 200 conversations;
+4. ``GET /api/chat/unread-count`` p95 for the same user, with the homeserver requests the
+   bridge made meanwhile (must be 0), beside Synapse's cheapest call (whoami) as a floor;
+5. ``GET /api/chat/search`` vs Synapse's ``/search`` as the same puppet over the same rooms.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from aiohttp import web
 from bench.common import Deadline, base_parser, bench_stack, report, summary
 from bridge.api.auth import VERIFIER
 from bridge.api.direct import ensure_puppet
-from bridge.context import CONVERSATIONS, EVENT_INDEX, IDS, MATRIX, PROJECTS, ROOM_MEMBERS, USERS
+from bridge.context import (
+    CONVERSATIONS,
+    DATABASE,
+    EVENT_INDEX,
+    IDS,
+    MATRIX,
+    PROJECTS,
+    ROOM_MEMBERS,
+    USERS,
+)
 from bridge.db.conversation import DIRECT, PROJECT, direct_key
 from bridge.db.crm_user import CrmUser
 from bridge.db.project import Project
@@ -91,6 +103,44 @@ class Clients:
         ) as resp:
             await resp.read()
             assert resp.status == 201, resp.status
+        return (time.perf_counter() - start) * 1000
+
+    async def timed_get(self, path: str, user: dict[str, str], **params: str) -> float:
+        start = time.perf_counter()
+        async with self.session.get(
+            f"{self.bridge}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {user['token']}"},
+        ) as resp:
+            await resp.read()
+            assert resp.status == 200, resp.status
+        return (time.perf_counter() - start) * 1000
+
+    async def direct_get(self, path: str, user: dict[str, str]) -> float:
+        start = time.perf_counter()
+        async with self.session.get(
+            f"{self.hs}{path}", params={"user_id": user["mxid"]}, headers=self.as_auth
+        ) as resp:
+            await resp.read()
+            assert resp.status == 200, resp.status
+        return (time.perf_counter() - start) * 1000
+
+    async def direct_search(self, user: dict[str, str], rooms: list[str], term: str) -> float:
+        body = {
+            "search_categories": {
+                "room_events": {
+                    "search_term": term, "keys": ["content.body"], "order_by": "recent",
+                    "filter": {"rooms": rooms, "limit": 20},
+                }
+            }
+        }  # fmt: skip
+        start = time.perf_counter()
+        async with self.session.post(
+            f"{self.hs}/_matrix/client/v3/search", json=body,
+            params={"user_id": user["mxid"]}, headers=self.as_auth,
+        ) as resp:  # fmt: skip
+            await resp.read()
+            assert resp.status == 200, resp.status
         return (time.perf_counter() - start) * 1000
 
     async def list_conversations(self, user: dict[str, str]) -> tuple[float, int]:
@@ -213,8 +263,46 @@ async def listing(clients: Clients, user: dict, requests: int) -> dict:
     return {"conversations": count, **summary(times)}
 
 
+async def unread(clients: Clients, user: dict, requests: int) -> dict:
+    """/unread-count interleaved with Synapse's whoami (the cheapest authenticated call)."""
+    for _ in range(5):
+        await clients.timed_get("/api/chat/unread-count", user)
+    facade, floor = [], []
+    for _ in range(requests):
+        facade.append(await clients.timed_get("/api/chat/unread-count", user))
+        floor.append(await clients.direct_get("/_matrix/client/v3/account/whoami", user))
+    return {"facade": summary(facade), "synapse_whoami": summary(floor)}
+
+
+async def search(clients: Clients, user: dict, rooms: list[str], requests: int) -> dict:
+    """The same search through the facade and straight to Synapse, interleaved."""
+    for _ in range(3):
+        await clients.timed_get("/api/chat/search", user, q="hello")
+        await clients.direct_search(user, rooms, "hello")
+    facade, direct = [], []
+    for _ in range(requests):
+        facade.append(await clients.timed_get("/api/chat/search", user, q="hello"))
+        direct.append(await clients.direct_search(user, rooms, "hello"))
+    d, f = summary(direct), summary(facade)
+    return {"direct": d, "facade": f, "p50_ratio": round(f["p50_ms"] / d["p50_ms"], 3)}
+
+
+async def load_index_reads(plan: dict[str, Any]) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        clients = Clients(plan, session)
+        if plan["phase"] == "unread":
+            return {"unread_count": await unread(clients, plan["lister"], plan["list_requests"])}
+        return {
+            "search": await search(
+                clients, plan["lister"], plan["lister_rooms"], plan["search_requests"]
+            )
+        }
+
+
 async def load(plan: dict[str, Any]) -> dict[str, Any]:
     """The measurements, from a process of their own."""
+    if plan.get("phase"):
+        return await load_index_reads(plan)
     deadline = Deadline(plan["time_limit"])
     results: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
@@ -260,22 +348,42 @@ async def main(args: argparse.Namespace) -> None:
             "list_requests": args.list_requests,
             "time_limit": args.time_limit,
         }
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
-            json.dump(plan, file)
-            file.flush()
-            # The load runs in its own process, like a frontend: the bridge's event loop
-            # serves requests instead of also generating them.
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.facade", "--load", file.name,
-                stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=args.time_limit + 60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the load process failed ({proc.returncode})")
         results: dict[str, Any] = {"synapse": "PostgreSQL", "bridge_db": "PostgreSQL"}
-        results.update(json.loads(out.decode().strip().splitlines()[-1]))
+        results.update(await run_load(plan, args.time_limit + 60))
+        # Index-only reads, each phase in a load process of its own, so the homeserver
+        # requests the bridge makes meanwhile can be counted.
+        plan["lister_rooms"] = [
+            r["room_id"]
+            for r in await app[DATABASE].fetch(
+                "SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join'",
+                lister.mxid,
+            )
+        ]
+        plan["search_requests"] = args.search_requests
+        for phase in ("unread", "search"):
+            before = app[MATRIX].hs.requests
+            measured = await run_load({**plan, "phase": phase}, 300)
+            for value in measured.values():
+                value["bridge_homeserver_requests"] = app[MATRIX].hs.requests - before
+            results.update(measured)
         results["homeserver_rate_limited"] = app[MATRIX].hs.rate_limited
     report("REST facade vs Synapse", results, args.json)
+
+
+async def run_load(plan: dict[str, Any], timeout: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(plan, file)
+        file.flush()
+        # The load runs in its own process, like a frontend: the bridge's event loop
+        # serves requests instead of also generating them.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.facade", "--load", file.name,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the load process failed ({proc.returncode})")
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def entry() -> None:
@@ -284,6 +392,7 @@ def entry() -> None:
     parser.add_argument("--per-sender", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--list-requests", type=int, default=100)
+    parser.add_argument("--search-requests", type=int, default=40)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:

@@ -27,9 +27,8 @@ CHECKS = ",".join(
 )
 
 
-# 26 operations at 150 examples each: under a loaded machine the run needs more than the
-# suite's default five minutes.
-@pytest.mark.timeout(600)
+# Every operation gets its examples: the run grows with the API (about 33 operations).
+@pytest.mark.timeout(900)
 async def test_schemathesis_finds_no_5xx_and_no_spec_violation(stack, tmp_path: Path) -> None:
     app = stack.app
     alice, bob = await asyncio.gather(crm_user(app, "Fuzz A"), crm_user(app, "Fuzz B"))
@@ -56,7 +55,7 @@ async def test_schemathesis_finds_no_5xx_and_no_spec_violation(stack, tmp_path: 
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""}, cwd=str(tmp_path),
         )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=480)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=780)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-6000:]
     cases = _count_cases(ndjson, text)

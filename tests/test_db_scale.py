@@ -9,8 +9,9 @@ import json
 from aiohttp import web
 from mautrix.util.async_db import Scheme
 
-from bridge.api.chat import UNREAD_CAP, ChatService
+from bridge.api.chat import ChatService
 from bridge.api.preview import PREVIEW_CHARS, event_of, preview_of, redacted
+from bridge.api.unread import UNREAD_CAP
 from bridge.config import Config
 from bridge.context import CONVERSATIONS, DATABASE, EVENT_INDEX, IDS, PROJECTS, USERS
 from bridge.crm.engine_lock import EngineLock

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from bridge.api.chat import UNREAD_CAP
+from bridge.api.unread import UNREAD_CAP
 from bridge.config import redis_prefix
 from bridge.context import (
     CONVERSATIONS,

@@ -25,6 +25,7 @@ from ..context import (
     ROOM_MEMBERS,
     USERS,
 )
+from ..db.cleared import ClearedStore
 from ..db.client_message import ClientMessageStore
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
@@ -32,8 +33,9 @@ from ..db.media import MediaStore
 from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
-from . import direct, enrich, history, messaging, preview, serialize
+from . import clear, direct, enrich, history, messaging, people, preview, search, serialize
 from .serialize import ReadState
+from .unread import unread_count, unread_sql
 
 log = logging.getLogger("bridge.api.chat")
 
@@ -41,8 +43,6 @@ CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
 _PROFILE_CACHE_SIZE = 10000
 _EVENT_CACHE_SIZE = 20000
-# unreadCount stops counting here: clients show "99+" for UNREAD_CAP (docs/api.md).
-UNREAD_CAP = 100
 
 
 class EventCache:
@@ -87,6 +87,8 @@ class ChatService:
         self.relation_locks: dict[str, asyncio.Lock] = {}
         # History: events the homeserver returned per message kept, per room (history.py).
         self.history_stretch: dict[str, float] = {}
+        # (puppet, room) pairs whose clear point this process checked against Matrix.
+        self.clear_checked: set[tuple[str, str]] = set()
 
     # Stores, opened by the app's database context.
     @property
@@ -96,6 +98,10 @@ class ChatService:
     @property
     def media(self) -> MediaStore:
         return MediaStore(self.app[DATABASE])
+
+    @property
+    def cleared(self) -> ClearedStore:
+        return ClearedStore(self.app[DATABASE])
 
     # Who and where.
     async def conversation_for(
@@ -350,16 +356,8 @@ class ChatService:
                 cached[c.last_event_id] = event
         missing = [c for c in conversations if c.last_event_id and c.last_event_id not in cached]
         # Counted up to UNREAD_CAP per room, so a long unread backlog costs no scan.
-        unread_rows, member_rows, receipt_rows, seqs, projects, fetched = await asyncio.gather(
-            db.fetch(
-                "SELECT s.room_id, (SELECT COUNT(*) FROM (SELECT 1 FROM room_event e "
-                "WHERE e.room_id = s.room_id AND e.seq > COALESCE((SELECT MAX(r.seq) "
-                "FROM receipt r WHERE r.room_id = s.room_id AND r.mxid IN ($1, $2)), 0) "
-                f"AND e.sender <> $1 AND e.sender <> $2 LIMIT {UNREAD_CAP}) capped) AS unread "
-                f"FROM (SELECT DISTINCT room_id FROM conversation WHERE room_id IN "
-                f"({unread_scope})) s",
-                user.mxid, own, *unread_args,
-            ),
+        gathered = await asyncio.gather(
+            db.fetch(unread_sql(unread_scope), user.mxid, own, *unread_args),
             db.fetch(
                 "SELECT room_id, mxid FROM room_member WHERE membership='join' "
                 f"AND room_id IN ({member_scope})",
@@ -376,7 +374,9 @@ class ChatService:
             asyncio.gather(
                 *(self.fetch_event(c.room_id, c.last_event_id, user.mxid) for c in missing)
             ),
+            self.cleared.of_user(user.mxid),
         )  # fmt: skip
+        unread_rows, member_rows, receipt_rows, seqs, projects, fetched, cleared = gathered
         wanted = set(room_ids)
         unread = {r["room_id"]: int(r["unread"]) for r in unread_rows}
         for c, event in zip(missing, fetched, strict=True):
@@ -416,12 +416,17 @@ class ChatService:
                     seen.add(obj["_id"])
                     participants.append(obj)
             last = None
-            if c.last_event_id and (event := last_events.get(c.last_event_id)):
-                seq = seqs[c.last_event_id].seq if c.last_event_id in seqs else None
-                last = serialize.message_object(
-                    event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
-                )
-                lasts.append((c.room_id, event, last))
+            event = last_events.get(c.last_event_id) if c.last_event_id else None
+            if event is not None:
+                seq = seqs[event["event_id"]].seq if event["event_id"] in seqs else None
+                ts = int(event.get("origin_server_ts") or 0)
+                point = cleared.get(c.room_id)
+                # Cleared by this user with nothing newer yet: no lastMessage for them.
+                if point is None or not point.hides(event["event_id"], ts, seq):
+                    last = serialize.message_object(
+                        event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
+                    )
+                    lasts.append((c.room_id, event, last))
             project = projects.get(c.project_id) if c.project_id else None
             out.append(
                 serialize.conversation_object(
@@ -506,3 +511,37 @@ class ChatService:
     async def history(self, user: CrmUser, conversation_id: str, query: Any) -> dict[str, Any]:
         conversation = await self.conversation_for(user, conversation_id)
         return await history.page(self, user, conversation, query)
+
+    async def send_files(
+        self,
+        user: CrmUser,
+        conversation_id: Any,
+        content: Any,
+        files: list[tuple[str, bytes]],
+        *,
+        quota: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Upload and post in one call (``/upload/chat``), under send's limit and checks."""
+        return await messaging.send_files(self, user, conversation_id, content, files, quota=quota)
+
+    async def conversation(self, user: CrmUser, conversation_id: str) -> dict[str, Any]:
+        """One conversation in the list's shape; outsiders get the same 404 as for none."""
+        conversation = await self.conversation_for(user, conversation_id)
+        listed = await self.conversations_for(user, room_id=conversation.room_id)
+        if not listed:
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        return listed[0]
+
+    async def unread_count(self, user: CrmUser) -> int:
+        return await unread_count(self, user)
+
+    async def online_users(self, user: CrmUser) -> list[dict[str, Any]]:
+        return await people.online_users(self, user)
+
+    async def search(self, user: CrmUser, query: Any) -> dict[str, Any]:
+        return await search.search(self, user, query)
+
+    async def clear_chat(
+        self, user: CrmUser, conversation_id: Any, *, quota: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return await clear.clear_chat(self, user, conversation_id, quota=quota)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..context import EVENT_INDEX, MATRIX
+from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.room_event import RoomEvent
@@ -26,7 +27,7 @@ from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from ..matrix.indexer import INDEXED_TYPES, msgtype_of
 from ..matrix.relations import is_timeline_message
-from . import live_walk
+from . import clear, live_walk
 
 if TYPE_CHECKING:
     from .chat import ChatService
@@ -73,11 +74,13 @@ async def _collect(
     skip: int,
     want: int,
     drop_through: str | None = None,
+    point: ClearPoint | None = None,
 ) -> list[dict[str, Any]]:
     """Up to skip+want messages walking in direction from token; returns them after skip.
 
     ``drop_through``: the event the token sits on; it (and anything before it in the first
-    chunk) is left out.
+    chunk) is left out. ``point``: the user's clear point; what it hides is left out, and
+    walking back stops there.
     """
     matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
@@ -108,9 +111,15 @@ async def _collect(
             drop_through = None
         for event in chunk:
             event.setdefault("room_id", conversation.room_id)
-            if _is_message(event):
-                found.append(event)
-                kept += 1
+            if not _is_message(event):
+                continue
+            kept += 1
+            if await clear.hidden(service, point, event):
+                if direction == "b":
+                    done = True  # everything further back was cleared too
+                    break
+                continue
+            found.append(event)
         seen += len(chunk)
         if done:
             break
@@ -242,8 +251,10 @@ async def page(
     before, after = query.get("before"), query.get("after")
     if before and after:
         raise InvalidParam("Use either before or after, not both")
+    point = await clear.clear_point(service, user, conversation)
     if after:
         events, has_more, next_cursor = await _after(service, user, conversation, after, limit)
+        events = [e for e in events if not await clear.hidden(service, point, e)]
         for event in events:
             service.events.put(event)
         messages = await service.messages_from_events(conversation, events, viewer=user)
@@ -252,14 +263,14 @@ async def page(
         event_id, token = await _token_at(service, conversation, user, before)
         # Backwards the walk starts on the cursor event itself; it is dropped there.
         events = await _collect(
-            service, conversation, user, "b", token, 0, limit + 1, drop_through=event_id
+            service, conversation, user, "b", token, 0, limit + 1, event_id, point
         )
     else:
         number = _int_param(query, "page", 1, 1, MAX_PAGE_DEPTH)
         if (number - 1) * limit > MAX_PAGE_DEPTH:
             raise InvalidParam(f"Use cursors to page further back than {MAX_PAGE_DEPTH} messages")
         events = await _collect(
-            service, conversation, user, "b", None, (number - 1) * limit, limit + 1
+            service, conversation, user, "b", None, (number - 1) * limit, limit + 1, None, point
         )
     has_more = len(events) > limit
     events = events[:limit]

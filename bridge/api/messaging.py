@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
+from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.room_event import RoomEvent
 from ..errors import Conflict, Forbidden, InvalidParam, NotFound
@@ -16,6 +17,7 @@ from ..matrix import relations
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS
 from . import enrich, serialize
+from .files import check_files, store_files
 from .ratelimit import RATE_LIMITER
 from .serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
 
@@ -40,9 +42,7 @@ def _conversation_id(value: Any) -> str:
     return value
 
 
-def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
-    if kind not in MESSAGE_TYPES:
-        raise InvalidParam("type must be one of text, file, image, link")
+def _check_text(content: Any) -> None:
     if not isinstance(content, str):
         raise InvalidParam("content must be a string")
     if len(content) > MAX_CONTENT or len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
@@ -50,6 +50,12 @@ def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) ->
             f"content is too long (at most {MAX_CONTENT} characters and "
             f"{MAX_CONTENT_BYTES // 1024} KiB)"
         )
+
+
+def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
+    if kind not in MESSAGE_TYPES:
+        raise InvalidParam("type must be one of text, file, image, link")
+    _check_text(content)
     if attachments is not None and not isinstance(attachments, list):
         raise InvalidParam("attachments must be an array")
     if attachments and len(attachments) > MAX_ATTACHMENTS:
@@ -217,7 +223,54 @@ async def send(
     relation, replied_sender = await _relates_to(
         service, user, conversation, reply_event, thread_root
     )
-    resolved = await _resolve_attachments(service, user, attachments or [])
+    return await _post(
+        service, user, conversation, content, kind, attachments or [], client_message_id,
+        relation=relation, mentioned=mentioned, replied_sender=replied_sender,
+        thread_root=thread_root,
+    )  # fmt: skip
+
+
+async def send_files(
+    service: ChatService,
+    user: CrmUser,
+    conversation_id: Any,
+    content: Any,
+    uploaded: list[tuple[str, bytes]],
+    *,
+    quota: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Upload files and post them as one message: send's limit and checks, then send's path.
+
+    The conversation is checked before anything reaches the media repository."""
+    await count(service, user, "send", quota)
+    conversation_id = _conversation_id(conversation_id)
+    _check_text(content)
+    if len(uploaded) > MAX_ATTACHMENTS:
+        raise InvalidParam(f"At most {MAX_ATTACHMENTS} attachments per message")
+    # Not the two-second shortcut: the upload happens before the homeserver checks anything.
+    conversation = await service.conversation_for(user, conversation_id)
+    checked = check_files(service.app, uploaded)
+    attachments = await store_files(service.app, user, checked)
+    kind = "image" if attachments[0]["mimetype"].startswith("image/") else "file"
+    return await _post(service, user, conversation, content, kind, attachments, None)
+
+
+async def _post(
+    service: ChatService,
+    user: CrmUser,
+    conversation: Conversation,
+    content: str,
+    kind: str,
+    attachments: list[Any],
+    client_message_id: str | None,
+    *,
+    relation: dict[str, Any] | None = None,
+    mentioned: list[str] | None = None,
+    replied_sender: str | None = None,
+    thread_root: str | None = None,
+) -> dict[str, Any]:
+    """Post a checked message as the user's puppet; answers with the message object."""
+    resolved = await _resolve_attachments(service, user, attachments)
     body = build_content(content, kind, resolved)
     if relation is not None:
         # Fallback-free: the body is the text alone, as clients since Matrix 1.13 expect.

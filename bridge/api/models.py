@@ -1,20 +1,40 @@
-"""Request bodies of the relation routes: one pydantic model each, for validation (REST and
-socket alike) and for the OpenAPI schema (openapi.py)."""
+"""Request and response models of the newer routes (relations, search, clear-chat, ...): one
+definition for validation (REST and socket alike) and for the OpenAPI schema.
+
+``parse`` turns pydantic's errors into the facade's 400 ``{message, errcode}``;
+``schema``/``query_params`` give the OpenAPI entries (bridge/api/openapi.py).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InvalidParam
 
+M = TypeVar("M", bound=BaseModel)
+
+MAX_QUERY = 256
+MAX_SEARCH_LIMIT = 50
+_REF = "#/components/schemas/{model}"
 _ID = Field(min_length=1, max_length=512, pattern="^[A-Za-z0-9_-]+$")
 
 
 class _Body(BaseModel):
-    # Strict: "1" is no message id and 1 is no text. Unknown keys are ignored, as elsewhere.
-    model_config = ConfigDict(strict=True, extra="ignore")
+    """A JSON body: strict types (no "5" for 5), unknown fields ignored as elsewhere."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+class _Query(BaseModel):
+    """Query parameters arrive as strings: numbers are parsed from them."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ConversationRef(_Body):
+    conversationId: str = Field(min_length=1, max_length=512)
 
 
 class MessageRef(_Body):
@@ -32,22 +52,79 @@ class ReactBody(MessageRef):
     key: str = Field(min_length=1, max_length=100, description="The reaction, usually an emoji")
 
 
-def parse(model: type[_Body], body: Any) -> Any:
-    """The validated body, or a 400 that names the first wrong field."""
-    if not isinstance(body, dict):
+class ClearChatResult(_Body):
+    message: str
+    conversationId: str
+    clearedAt: str = Field(description="When the cleared point's message was sent (or now)")
+    messageId: str | None = Field(description="The last hidden message, null if none")
+
+
+class UnreadCount(_Body):
+    count: int = Field(ge=0, description="Sum of unreadCount over the user's conversations")
+
+
+class OnlineUser(_Body):
+    id: str = Field(alias="_id", description="CRM user id, or the mxid of a Matrix-only user")
+    name: str
+    avatar: str | None
+    lastSeen: str | None
+
+
+class SearchQuery(_Query):
+    q: str = Field(min_length=1, max_length=MAX_QUERY, description="Words to find")
+    conversationId: str | None = Field(default=None, min_length=1, max_length=512)
+    limit: int = Field(default=20, ge=1, le=MAX_SEARCH_LIMIT)
+    cursor: str | None = Field(
+        default=None, min_length=1, max_length=2048, description="nextCursor of the last page"
+    )
+
+    @field_validator("q")
+    @classmethod
+    def _words(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+def parse(model: type[M], data: Any) -> M:
+    """The validated model, or InvalidParam naming the first field that is wrong."""
+    if issubclass(model, _Body) and not isinstance(data, dict):
         raise InvalidParam("The request body must be a JSON object")
     try:
-        return model.model_validate(body)
+        return model.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-        raise InvalidParam(f"{where}: {first.get('msg', 'invalid')}") from e
+        first = e.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        if first.get("type") == "missing":
+            raise InvalidParam(f"{field} is required") from e
+        raise InvalidParam(f"{field}: {first.get('msg', 'is invalid')}") from e
 
 
-def schema(model: type[_Body]) -> dict[str, Any]:
-    """The model's JSON schema, as OpenAPI 3.1 takes it."""
-    out = model.model_json_schema()
+def schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema (2020-12, as OpenAPI 3.1 uses)."""
+    out = model.model_json_schema(by_alias=True, ref_template=_REF)
     out.pop("title", None)
     for prop in out.get("properties", {}).values():
         prop.pop("title", None)
     return out
+
+
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """An optional query parameter is absent, never null: drop the null branch."""
+    prop = dict(prop)
+    variants = [v for v in prop.pop("anyOf", []) if v.get("type") != "null"]
+    if len(variants) == 1:
+        prop.update(variants[0])
+    prop.pop("title", None)
+    if prop.get("default", 0) is None:
+        del prop["default"]
+    return prop
+
+
+def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    out = schema(model)
+    required = set(out.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": _not_null(prop)}
+        for name, prop in out["properties"].items()
+    ]

@@ -560,6 +560,96 @@ PATHS: dict[str, Any] = {
 }
 
 
+# Routes whose bodies and answers come from pydantic models (bridge/api/models.py).
+SCHEMAS.update(
+    UnreadCount=models.schema(models.UnreadCount),
+    OnlineUser=models.schema(models.OnlineUser),
+    ClearChatResult=models.schema(models.ClearChatResult),
+    SearchPage={
+        "type": "object",
+        "required": ["messages", "hasMore", "nextCursor", "count"],
+        "properties": {
+            "messages": {"type": "array", "items": _ref("Message")},
+            "hasMore": {"type": "boolean"},
+            "nextCursor": {**_NULLABLE_STR, "description": "Pass as cursor for the next page"},
+            "count": {"type": "integer", "minimum": 0, "description": "Synapse's estimate"},
+        },
+    },
+)
+PATHS.update(
+    {
+        "/api/chat/conversations/conversation/{conversationId}": {
+            "get": _op(
+                "One conversation, in the same shape as in the list",
+                _ok("200", _ref("Conversation"), "The conversation"),
+                ("404", "503"),
+                params=[{"name": "conversationId", "in": "path", "required": True, "schema": _ID}],
+            )
+        },
+        "/api/chat/unread-count": {
+            "get": _op(
+                "Unread messages over all the user's conversations (from the index)",
+                _ok("200", _ref("UnreadCount"), "The sum of the list's unreadCount"),
+                ("503",),
+            )
+        },
+        "/api/chat/online-users": {
+            "get": _op(
+                "Participants of the user's conversations who are online now",
+                _ok("200", {"type": "array", "items": _ref("OnlineUser")}, "Online people"),
+                ("503",),
+            )
+        },
+        "/api/chat/search": {
+            "get": _op(
+                "Messages matching q in the user's conversations (the homeserver's /search)",
+                _ok("200", _ref("SearchPage"), "Matches, newest first"),
+                ("400", "404", "503"),
+                params=models.query_params(models.SearchQuery),
+            )
+        },
+        "/api/chat/clear-chat": {
+            "post": _op(
+                "Hide the conversation's history up to now, for the calling user only",
+                _ok("200", _ref("ClearChatResult"), "The point up to which history is hidden"),
+                ("400", "404", "413", "503"),
+                body=models.schema(models.ConversationRef),
+                description=(
+                    "Stored as the user's Matrix room account data (com.crm.cleared); "
+                    "other members and Matrix clients keep the history."
+                ),
+            )
+        },
+        "/api/chat/upload/chat": {
+            "post": {
+                **_op(
+                    "Upload files and post them as one message",
+                    _ok("201", _ref("Message"), "The message, as /api/chat/send answers"),
+                    ("400", "404", "413", "415", "503"),
+                    description="Send's rate limit and checks; types are checked by content.",
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file", "conversationId"],
+                                "properties": {
+                                    "file": {"type": "string", "format": "binary"},
+                                    "conversationId": {"type": "string"},
+                                    "content": {"type": "string", "maxLength": 20000},
+                                },
+                            }
+                        }
+                    },
+                },
+            }
+        },
+    }
+)
+
+
 def spec() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",

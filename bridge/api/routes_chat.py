@@ -7,6 +7,7 @@ from aiohttp import web
 from ..db.conversation import DIRECT, PROJECT
 from ..db.crm_user import CrmUser
 from . import CHAT
+from .models import UnreadCount
 from .plumbing import authed, json_object, json_response
 
 routes = web.RouteTableDef()
@@ -80,3 +81,40 @@ async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
     other = body.get("userId", body.get("participantId"))
     conversation, created = await request.app[CHAT].create_direct(user, other)
     return json_response(conversation, status=201 if created else 200)
+
+
+@routes.get("/api/chat/conversations/conversation/{conversationId}")
+@authed("conversations")
+async def conversation(request: web.Request, user: CrmUser) -> web.Response:
+    conversation_id = request.match_info["conversationId"]
+    return json_response(await request.app[CHAT].conversation(user, conversation_id))
+
+
+@routes.get("/api/chat/unread-count")
+@authed("unread-count")
+async def unread_count(request: web.Request, user: CrmUser) -> web.Response:
+    count = await request.app[CHAT].unread_count(user)
+    return json_response(UnreadCount(count=count).model_dump())
+
+
+@routes.get("/api/chat/online-users")
+@authed("online-users")
+async def online_users(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await request.app[CHAT].online_users(user))
+
+
+@routes.get("/api/chat/search")
+@authed("search")
+async def search(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await request.app[CHAT].search(user, request.query))
+
+
+@routes.post("/api/chat/clear-chat")
+@authed(None)
+async def clear_chat(request: web.Request, user: CrmUser) -> web.Response:
+    body = await json_object(request)
+    quota: dict[str, str] = {}
+    result = await request.app[CHAT].clear_chat(user, body.get("conversationId"), quota=quota)
+    response = json_response(result)
+    response.headers.update(quota)
+    return response

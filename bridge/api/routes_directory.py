@@ -26,6 +26,10 @@ async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[
     return await app[PRESENCE_BOARD].get_many(mxids)
 
 
+def is_online(presence: dict[str, Any]) -> bool:
+    return presence.get("presence") == "online" or bool(presence.get("currently_active"))
+
+
 async def with_sockets(app: web.Application) -> set[str]:
     """CRM users with a socket open in any process: the realtime registry behind
     ``user_online``/``user_offline``. A facade that gets no transactions hears no
@@ -45,11 +49,10 @@ async def with_sockets(app: web.Application) -> set[str]:
 def directory_entry(
     user: CrmUser, presence: dict[str, Any], connected: bool = False
 ) -> dict[str, Any]:
-    matrix_online = presence.get("presence") == "online" or bool(presence.get("currently_active"))
     return {
         **user_object(user),
         "role": user.role,
-        "isOnline": connected or matrix_online,
+        "isOnline": connected or is_online(presence),
         "lastSeen": iso(presence.get("_at") or user.updated_at),
         "matrixId": user.matrix_id,
     }

@@ -1,130 +1,48 @@
-"""``POST /api/chat/upload`` into the Matrix media repo, and authenticated download.
-
-The type of a file is what its bytes are (``filetype``), never what its name or the
-client's Content-Type claims; it must be on ``api.upload_types``. Names are sanitised
-before they go anywhere.
+"""``POST /api/chat/upload`` (and ``/upload/chat``, which also posts), and authenticated
+download. The files themselves are checked and stored by files.py.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
-from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-import filetype
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from ..context import CONFIG, MATRIX
 from ..db.crm_user import CrmUser
-from ..db.media import Media
-from ..errors import BadRequest, InvalidParam, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..errors import NotFound
 from ..matrix.homeserver import MatrixError
 from . import CHAT
+from .files import check_files, read_form, sanitize_filename, sniff, store_files
 from .plumbing import authed, json_response
-from .serialize import media_url
 
 routes = web.RouteTableDef()
+__all__ = ["routes", "sanitize_filename", "sniff"]
 
-MAX_FILES = 10
-_FIELDS = ("file", "files", "attachment", "attachments")
-_UNSAFE = re.compile(r"[^\w.\- ()+,@]+", re.UNICODE)
 _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp")
-
-
-def sanitize_filename(name: str | None, fallback: str = "file") -> str:
-    """A plain name: no path, no control characters, at most 120 characters."""
-    # Some clients (aiohttp, curl --form-string) percent-encode the name; browsers do not.
-    name = unicodedata.normalize("NFC", unquote(name or ""))
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
-    name = _UNSAFE.sub("_", name).strip(" ._")
-    if len(name) > 120:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: 120 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 10 else name[:120]
-    return name or fallback
-
-
-def sniff(data: bytes) -> str | None:
-    """The content type the bytes show; plain UTF-8 text counts as text/plain."""
-    kind = filetype.guess(data)
-    if kind is not None:
-        return kind.mime
-    if b"\x00" in data:
-        return None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return "text/plain"
-
-
-async def _read_part(part: BodyPartReader, limit: int) -> bytes:
-    chunks, size = [], 0
-    while chunk := await part.read_chunk(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("The upload is larger than the allowed size")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @routes.post("/api/chat/upload")
 @authed("upload")
 async def upload(request: web.Request, user: CrmUser) -> web.Response:
-    config = request.app[CONFIG]
-    limit = int(config["api.max_upload_size"])
-    allowed = set(config["api.upload_types"] or [])
-    if not request.content_type.startswith("multipart/"):
-        raise UnsupportedMediaType("Send the file as multipart/form-data")
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError, HttpProcessingError) as e:
-        raise BadRequest("The multipart body is malformed") from e
-    files: list[tuple[str, bytes]] = []
-    try:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or part.name not in _FIELDS:
-                continue
-            if len(files) >= MAX_FILES:
-                raise InvalidParam(f"At most {MAX_FILES} files per upload")
-            # The limit holds for the whole request, so ten files cannot buffer ten limits.
-            used = sum(len(data) for _, data in files)
-            files.append((part.filename or "", await _read_part(part, limit - used)))
-    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as e:
-        raise BadRequest("The multipart body is malformed") from e
-    if not files:
-        raise InvalidParam("No file in the upload (use the form field 'file')")
-    checked: list[tuple[str, bytes, str]] = []
-    for name, data in files:
-        if not data:
-            raise InvalidParam("The file is empty")
-        mimetype = sniff(data)
-        if mimetype is None or mimetype not in allowed:
-            raise UnsupportedMediaType(
-                f"Files of this type are not accepted ({mimetype or 'unknown type'})"
-            )
-        checked.append((sanitize_filename(name), data, mimetype))
-    out: list[dict[str, Any]] = []
-    for original, data, mimetype in checked:
-        mxc = await request.app[MATRIX].upload(data, mimetype, original, as_user=user.mxid)
-        media_id = mxc.rsplit("/", 1)[-1]
-        extension = filetype.get_type(mime=mimetype)
-        stored = f"{media_id}.{extension.extension}" if extension else media_id
-        await request.app[CHAT].media.add(
-            Media(mxc, user.crm_user_id, stored, original, mimetype, len(data))
-        )
-        out.append(
-            {
-                "filename": stored,
-                "originalName": original,
-                "mimetype": mimetype,
-                "size": len(data),
-                "url": media_url(mxc),
-            }
-        )
+    files, _ = await read_form(request)
+    out = await store_files(request.app, user, check_files(request.app, files))
     return json_response({"files": out, "attachments": out, **out[0]}, status=201)
+
+
+@routes.post("/api/chat/upload/chat")
+@authed(None)
+async def upload_chat(request: web.Request, user: CrmUser) -> web.Response:
+    """Upload and post in one call: the same rate limit and checks as /send (the service)."""
+    files, fields = await read_form(request)
+    quota: dict[str, str] = {}
+    message = await request.app[CHAT].send_files(
+        user, fields.get("conversationId"), fields.get("content", ""), files, quota=quota
+    )
+    response = json_response(message, status=201)
+    response.headers.update(quota)
+    return response
 
 
 @routes.get("/api/chat/media/{server}/{mediaId}")

@@ -85,6 +85,23 @@ class MatrixClient:
                 return {}
             raise
 
+    async def set_room_account_data(
+        self, mxid: UserID, room_id: RoomID, kind: str, content: dict[str, Any]
+    ) -> None:
+        path = f"{C}/user/{q(mxid)}/rooms/{q(room_id)}/account_data/{q(kind)}"
+        await self.hs.put(path, content, as_user=mxid)
+
+    async def get_room_account_data(
+        self, mxid: UserID, room_id: RoomID, kind: str
+    ) -> dict[str, Any]:
+        path = f"{C}/user/{q(mxid)}/rooms/{q(room_id)}/account_data/{q(kind)}"
+        try:
+            return await self.hs.get(path, as_user=mxid)
+        except MatrixError as e:
+            if e.status == 404:
+                return {}
+            raise
+
     # Rooms.
     async def create_room(self, body: dict[str, Any], as_user: str | None = None) -> RoomID:
         # Not retried on 5xx: the room may exist already, and a retry would make a second one.
@@ -210,6 +227,14 @@ class MatrixClient:
             params={"limit": str(limit)},
             as_user=as_user,
         )
+
+    async def search(
+        self, body: dict[str, Any], next_batch: str | None = None, as_user: str | None = None
+    ) -> dict[str, Any]:
+        """The client-server ``/search`` (server-side full text search) as a puppet."""
+        params = {"next_batch": next_batch} if next_batch else None
+        # A POST that changes nothing: safe to retry.
+        return await self.hs.post(f"{C}/search", body, params=params, as_user=as_user)
 
     async def set_typing(self, room_id: RoomID, mxid: UserID, timeout_ms: int) -> None:
         body: dict[str, Any] = {"typing": timeout_ms > 0}

@@ -14,6 +14,7 @@ from . import (  # noqa: E402
     v06_emitted,
     v07_scale,
     v08_relations,
+    v09_cleared,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "v06_emitted",
     "v07_scale",
     "v08_relations",
+    "v09_cleared",
 ]

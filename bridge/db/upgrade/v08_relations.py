@@ -9,7 +9,7 @@ from . import upgrade_table
 
 
 @upgrade_table.register(description="relations: edits, reactions, replies, threads, pins")
-async def upgrade_v7(conn: Connection) -> None:
+async def upgrade_v8(conn: Connection) -> None:
     await conn.execute(
         """CREATE TABLE relation (
             event_id  TEXT NOT NULL,
