@@ -14,7 +14,7 @@ from . import upgrade_table
 
 
 @upgrade_table.register(description="scale-out: last message preview, DM claims, indexes")
-async def upgrade_v9(conn: Connection) -> None:
+async def upgrade_v7(conn: Connection) -> None:
     await conn.execute("ALTER TABLE conversation ADD COLUMN last_preview TEXT")
     await conn.execute(
         """CREATE TABLE direct_claim (
