@@ -49,6 +49,7 @@ from .errors import HomeserverUnavailable
 from .ids import IdMapper
 from .matrix.client import MatrixClient
 from .matrix.homeserver import Homeserver, MatrixError
+from .matrix.relations import ensure as ensure_relations
 
 FORMATS = ("jsonl",)
 
@@ -69,6 +70,8 @@ async def offline_app(config: Config) -> AsyncIterator[web.Application]:
         app[CONVERSATIONS] = ConversationStore(db)
         app[ROOM_MEMBERS] = RoomMemberStore(db)
         app[RECEIPTS] = ReceiptStore(db)
+        # Edits, reactions, replies and pins of the exported messages (the API's fields).
+        ensure_relations(app)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             hs = Homeserver(
                 config["homeserver.address"], config["appservice.as_token"], session,
