@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge.api.unread import UNREAD_CAP
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
 from tests.fault_traffic import (
@@ -167,7 +168,7 @@ async def kill_during_burst(
             async def listed_right() -> dict[str, Any] | None:
                 conversation = await bob.conversation(cid)
                 right = (
-                    conversation["unreadCount"] == len(expected)
+                    conversation["unreadCount"] == min(len(expected), UNREAD_CAP)
                     and (conversation["lastMessage"] or {}).get("_id") == live[-1]["_id"]
                 )
                 return conversation if right else None
@@ -203,13 +204,14 @@ def assert_clean(report: FaultReport) -> None:
     assert not report.socket_duplicated, f"socket duplicated {report.socket_duplicated[:20]}"
     assert not report.extra["facade_history_duplicated"], report.line()
     stranded = report.extra.get("synapse_undelivered_txns") or {}
-    if report.extra["unreadCount"] != report.sent and _synapse_stranded(stranded):
+    counted = min(report.sent, UNREAD_CAP)  # unreadCount stops at its display cap ("99+")
+    if report.extra["unreadCount"] != counted and _synapse_stranded(stranded):
         # Synapse's own race (appservice/scheduler.py: a transaction stored while the service
         # was down, then the service marked up with nobody sending it): the bridge never got
         # those events, so its index cannot count them. Known and documented (README, "Fault
         # suite"); every other check above still holds. Anything else fails.
         pytest.xfail(f"Synapse stranded an appservice transaction: {report.line()}")
-    assert report.extra["unreadCount"] == report.sent, report.line()
+    assert report.extra["unreadCount"] == counted, report.line()
     assert report.extra["lastMessage_ok"], report.line()
 
 
