@@ -134,9 +134,15 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
                 async def rest_sender(task: int) -> None:
                     api = apis[task % len(apis)]
                     for n in range(task, rest_share, REST_SENDERS):
-                        status, body, _ = await api.post(
-                            "/api/chat/send", {"conversationId": cid, "content": f"r{task}-{n}"}
-                        )
+                        text = f"r{task}-{n}"
+                        send = {"conversationId": cid, "content": text, "clientMessageId": text}
+                        for _ in range(20):
+                            status, body, _ = await api.post("/api/chat/send", send)
+                            if status != 503:
+                                break
+                            # The homeserver was slow to answer (a loaded machine): retry with
+                            # the same clientMessageId, as a frontend does.
+                            await asyncio.sleep(0.5)
                         assert status == 201, body
                         sent.add(body["_id"])
 

@@ -21,7 +21,6 @@ import asyncpg
 import pytest
 
 from bridge.api.unread import UNREAD_CAP
-from bridge.config import redis_prefix
 from bridge.context import (
     CONVERSATIONS,
     DATABASE,
@@ -32,7 +31,7 @@ from bridge.context import (
     PROJECTS,
     USERS,
 )
-from bridge.crm.engine_lock import advisory_key
+from bridge.crm.engine_lock import advisory_key, deployment_of
 from bridge.devstack.synapse import free_port
 from bridge.matrix.homeserver import q
 from tests.api_support import api_for, crm_user, project_chat
@@ -108,7 +107,7 @@ async def test_admin_calls_on_two_processes_wait_for_one_engine_lock(stack, faca
     on_b, on_c = Directory(url_b, token), Directory(url_c, token)
     alice = await on_b.user("Alice Lock")
     # Whoever holds the deployment's advisory lock holds the engine of every process.
-    key = advisory_key(redis_prefix(stack.config))
+    key = advisory_key(deployment_of(stack.config))
     holder = await asyncpg.connect(POSTGRES_DSN)
     try:
         await holder.execute("SELECT pg_advisory_lock($1)", key)

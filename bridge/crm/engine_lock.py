@@ -17,6 +17,17 @@ from types import TracebackType
 
 from mautrix.util.async_db import Database, Scheme
 
+from ..config import Config, redis_prefix
+
+
+def deployment_of(config: Config) -> str:
+    """One bridge database is one deployment: its processes share the lock, while another
+    bridge on the same PostgreSQL server (another schema) has a lock of its own."""
+    args = config.get("database.args") or {}
+    settings = args.get("server_settings") if isinstance(args, dict) else None
+    schema = settings.get("search_path", "") if isinstance(settings, dict) else ""
+    return f"{redis_prefix(config)}\x1f{config['database.url']}\x1f{schema}"
+
 
 def advisory_key(deployment: str) -> int:
     """A signed 64-bit key for ``pg_advisory_lock``, distinct per deployment."""

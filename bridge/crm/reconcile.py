@@ -17,7 +17,6 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import redis_prefix
 from ..context import (
     CONFIG,
     CONVERSATIONS,
@@ -36,7 +35,7 @@ from ..db.project import Project
 from ..errors import HomeserverUnavailable
 from ..matrix.homeserver import MatrixError
 from ..metrics import METRICS
-from .engine_lock import EngineLock
+from .engine_lock import EngineLock, deployment_of
 from .plan import PRESENT, MemberOp, Plan, ProjectChange, UserChange, member_ops, power_changes
 from .puppets import apply_user, crm_fields_changed, plan_user, spec_of
 from .rooms import (
@@ -95,7 +94,7 @@ class Directory:
         """Serialises operations across the deployment's processes (engine_lock.py)."""
         if self._lock is None:
             # Made once the database is open (first operation), never before.
-            self._lock = EngineLock(self.app[DATABASE], redis_prefix(self.app[CONFIG]))
+            self._lock = EngineLock(self.app[DATABASE], deployment_of(self.app[CONFIG]))
         return self._lock
 
     @property
