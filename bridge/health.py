@@ -40,5 +40,7 @@ def facts(app: web.Application) -> dict[str, Any]:
 @routes.get("/health/ready")
 @routes.get("/_matrix/mau/ready")
 async def ready(request: web.Request) -> web.Response:
+    if (limiter := request.app.get(RATE_LIMITER)) is not None:
+        await limiter.probe()  # a limiter that lost Redis looks again, rather than wait
     body = facts(request.app)
     return web.json_response(body, status=503 if body["status"] == "starting" else 200)

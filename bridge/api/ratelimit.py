@@ -13,6 +13,7 @@ goes away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -71,6 +72,18 @@ class RateLimiter:
         if not self.degraded:
             self.degraded = True
             log.warning("Redis rate limiting failed; counting in-process until it is back: %s", e)
+
+    async def probe(self) -> None:
+        """While degraded, ask Redis now (readiness does, so it does not wait for a request)."""
+        if not self.degraded or self.redis is None:
+            return
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as e:
+            self._failed(e)
+            return
+        self.degraded = False
+        log.warning("Redis rate limiting works again")
 
     async def _redis_count(self, key: str, window_index: int) -> int | None:
         assert self.redis is not None
