@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from mautrix.util.async_db import Database
 
 from . import bridge_state, health, metrics, protocol
 from .config import Config
@@ -54,6 +55,17 @@ log = logging.getLogger("bridge.app")
 PING_TASK = web.AppKey("ping_task", asyncio.Task)
 
 
+def open_stores(app: web.Application, db: Database) -> None:
+    """The stores on an open bridge database: the served app's, and offline tools' (export)."""
+    app[DATABASE] = db
+    app[EVENT_INDEX] = RoomEventIndex(db)
+    app[USERS] = CrmUserStore(db)
+    app[PROJECTS] = ProjectStore(db)
+    app[CONVERSATIONS] = ConversationStore(db)
+    app[ROOM_MEMBERS] = RoomMemberStore(db)
+    app[RECEIPTS] = ReceiptStore(db)
+
+
 def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.Application:
     app = web.Application(
         middlewares=[*metrics.middlewares(config), error_middleware],
@@ -76,15 +88,9 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
             await db.start()
         except Exception as e:
             raise StartupError(ExitCode.DATABASE, f"Cannot open the database: {e}") from e
-        app[DATABASE] = db
         app[TXN_LOG] = TransactionLog(db)
         await app[TXN_LOG].prune()
-        app[EVENT_INDEX] = RoomEventIndex(db)
-        app[USERS] = CrmUserStore(db)
-        app[PROJECTS] = ProjectStore(db)
-        app[CONVERSATIONS] = ConversationStore(db)
-        app[ROOM_MEMBERS] = RoomMemberStore(db)
-        app[RECEIPTS] = ReceiptStore(db)
+        open_stores(app, db)
         app[READY]["database"] = True
         yield
         app[READY]["database"] = False

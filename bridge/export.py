@@ -24,27 +24,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .api.chat import ChatService
 from .api.history import whole_history
+from .app import open_stores
 from .config import Config
 from .context import (
     CONFIG,
     CONVERSATIONS,
-    DATABASE,
     EVENT_INDEX,
     HOMESERVER,
     IDS,
     MATRIX,
     PROJECTS,
-    RECEIPTS,
     ROOM_MEMBERS,
-    USERS,
 )
 from .db import create_database
-from .db.conversation import Conversation, ConversationStore
-from .db.crm_user import CrmUserStore
-from .db.project import ProjectStore
-from .db.receipt import ReceiptStore
-from .db.room_event import RoomEventIndex
-from .db.room_member import RoomMemberStore
+from .db.conversation import Conversation
 from .errors import HomeserverUnavailable
 from .ids import IdMapper
 from .matrix.client import MatrixClient
@@ -63,13 +56,7 @@ async def offline_app(config: Config) -> AsyncIterator[web.Application]:
     db = create_database(config["database.url"], config.get("database.args"))
     await db.start()
     try:
-        app[DATABASE] = db
-        app[EVENT_INDEX] = RoomEventIndex(db)
-        app[USERS] = CrmUserStore(db)
-        app[PROJECTS] = ProjectStore(db)
-        app[CONVERSATIONS] = ConversationStore(db)
-        app[ROOM_MEMBERS] = RoomMemberStore(db)
-        app[RECEIPTS] = ReceiptStore(db)
+        open_stores(app, db)
         # Edits, reactions, replies and pins of the exported messages (the API's fields).
         ensure_relations(app)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
