@@ -132,6 +132,12 @@ async def second_facade(main: Config, **overrides: Any) -> AsyncIterator[BridgeS
         await server.stop()
 
 
+def media_and_sends(app: web.Application) -> tuple[int, int]:
+    """Media uploads and room sends the bridge made so far: what a refused upload must not add."""
+    kinds = app[MATRIX].hs.writes_by_kind
+    return kinds["upload"], kinds["send"]
+
+
 def png(width: int = 2, height: int = 2) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data

@@ -194,6 +194,15 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
                         *(matrix_sender(t) for t in range(MATRIX_SENDERS)),
                     )
                     sending = time.monotonic() - started
+                    # Element's sends answer before their transaction reaches the bridge: the
+                    # burst has landed once the index holds every message.
+                    index = server.app[EVENT_INDEX]
+
+                    async def all_indexed() -> bool:
+                        ids = [event_id_for_message(i) for i in sent]
+                        return len(await index.get_many(ids)) == len(ids)
+
+                    await eventually(all_indexed, timeout=60)
                     burst_done.set()
                     live = await asyncio.wait_for(poller, timeout=120)
                 finally:

@@ -10,7 +10,7 @@ from nio import RoomSendResponse
 
 from bridge.api.uploads import sanitize_filename, sniff
 from bridge.context import EVENT_INDEX, MATRIX
-from tests.api_support import api_for, crm_user, png, project_chat
+from tests.api_support import api_for, crm_user, media_and_sends, png, project_chat
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 
@@ -150,14 +150,14 @@ async def test_upload_and_send_image_and_file(stack) -> None:
 async def test_bad_uploads_are_refused(stack, make, status, errcode) -> None:
     app = stack.app
     alice = await crm_user(app)
-    writes = app[MATRIX].hs.writes
+    uploads = media_and_sends(app)
     async with api_for(app, stack.bridge_url, alice) as a:
         got, error, _ = await a.post("/api/chat/upload", data=make())
         assert (got, error["errcode"]) == (status, errcode), error
         assert error["message"]
         got, error, _ = await a.post("/api/chat/upload", {"file": "json is not multipart"})
         assert got == 415
-    assert app[MATRIX].hs.writes == writes  # nothing reached the media repo
+    assert media_and_sends(app) == uploads  # nothing reached the media repo
 
 
 async def test_media_messages_from_element_have_their_types(stack) -> None:
