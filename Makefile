@@ -27,7 +27,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak" --durations=20
 
 ## The long fault runs (kill -9 during a 2,000-message burst, PostgreSQL crash under load).
 soak: $(STAMP)

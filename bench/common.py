@@ -8,6 +8,7 @@ Every loop is bounded in count and time; every server binds to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -147,6 +148,7 @@ async def bench_stack(
                 config.validate()
                 server = BridgeServer(config)
                 await server.start(ping=False)
+                gc.freeze()  # as `python -m bridge` does once started
                 try:
                     if not await ping_until_ok(server.app[MATRIX], attempts=40, interval=0.5):
                         raise RuntimeError("Synapse never reached the bridge")

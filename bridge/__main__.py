@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import gc
 import logging
 import logging.config
 import signal
@@ -117,6 +118,9 @@ async def run_bridge(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    # What startup made (modules, routes, config) lives as long as the process: out of the
+    # collector's way, so later collections walk only what requests make.
+    gc.freeze()
     try:
         if on_started is not None:
             await on_started(server)

@@ -123,6 +123,8 @@ class DatabaseUnavailable(ServiceUnavailable):
 _DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,  # 08xxx: connection lost or refused by the server
     asyncpg.exceptions.OperatorInterventionError,  # 57xxx: shutting down, starting up
+    # 53xxx: too many connections (other processes hold them all), out of memory or disk.
+    asyncpg.exceptions.InsufficientResourcesError,
     ConnectionError,  # refused or reset while (re)connecting
 )
 

@@ -25,6 +25,7 @@ from bridge.matrix.homeserver import MatrixError
         (asyncpg.CannotConnectNowError("starting up"), 503, "M_SERVICE_UNAVAILABLE"),
         (asyncpg.AdminShutdownError("terminating"), 503, "M_SERVICE_UNAVAILABLE"),
         (ConnectionRefusedError(111, "Connect call failed"), 503, "M_SERVICE_UNAVAILABLE"),
+        (asyncpg.TooManyConnectionsError("sorry, too many clients"), 503, "M_SERVICE_UNAVAILABLE"),
         (asyncpg.InterfaceError("connection is closed"), 503, "M_SERVICE_UNAVAILABLE"),
         (
             asyncpg.InternalClientError(

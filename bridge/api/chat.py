@@ -234,12 +234,16 @@ class ChatService:
         """Message objects, relations included; ``viewer`` decides reactions' ``me``."""
         if not events:
             return []
-        seqs, rows = await asyncio.gather(
+        senders = {e["sender"] for e in events}
+        # One round of lookups for the page: positions, receipts, senders and relations.
+        seqs, rows, users, found = await asyncio.gather(
             self.app[EVENT_INDEX].get_many([e["event_id"] for e in events]),
             self._receipt_rows([conversation.room_id]),
+            self.app[USERS].get_by_mxids(sorted(senders)),
+            enrich.indexed(self, [(conversation.room_id, e) for e in events]),
         )
-        senders = {e["sender"] for e in events}
-        users = await self.app[USERS].get_by_mxids(sorted(senders | {r["mxid"] for r in rows}))
+        if readers := sorted({r["mxid"] for r in rows} - set(users)):
+            users.update(await self.app[USERS].get_by_mxids(readers))
         state = self._states([conversation.room_id], rows, users)[conversation.room_id]
         objects = await self._senders(senders, users)
         messages = [
@@ -262,6 +266,7 @@ class ChatService:
             viewer,
             viewer.mxid if viewer else reader,
             known=users,
+            prefetched=found,
         )
         return messages
 

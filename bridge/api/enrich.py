@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..context import MATRIX, USERS
@@ -63,6 +64,34 @@ async def pins_for(service: ChatService, room_id: str, reader: str | None) -> li
     return pins
 
 
+@dataclass
+class Indexed:
+    """What the relations index holds about a page: its relations and its rooms' pins."""
+
+    rows: list[Relation]
+    pins: dict[str, list[str] | None]
+
+
+def _replies(events: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    return {
+        event_id: target
+        for event_id, (_, event) in events.items()
+        if (target := reply_target(event.get("content") or {}))
+    }
+
+
+async def indexed(service: ChatService, events: list[tuple[str, dict[str, Any]]]) -> Indexed:
+    """The index's rows for these (room id, event) pairs, in one round of queries; a caller
+    starts it beside its own lookups and hands it to :func:`decorate`."""
+    by_id = {event["event_id"]: (room_id, event) for room_id, event in events}
+    replies = _replies(by_id)
+    targets = list(by_id) + [t for t in set(replies.values()) if t not in by_id]
+    rooms = sorted({room_id for room_id, _ in events})
+    relations = service.app[RELATIONS]
+    rows, pins = await asyncio.gather(relations.store.about(targets), relations.pins_of(rooms))
+    return Indexed(rows, pins)
+
+
 async def decorate(
     service: ChatService,
     items: list[Item],
@@ -71,16 +100,17 @@ async def decorate(
     *,
     fetch_pins: bool = True,
     known: dict[str, CrmUser] | None = None,
+    prefetched: Indexed | None = None,
 ) -> None:
     """Fill the relation fields of message objects in place.
 
     ``reader`` is an account that may read the rooms (for cache misses); ``viewer`` decides
     ``me`` on reactions (socket payloads go to many people: ``me`` is false there);
-    ``known``: CRM users by mxid the caller already loaded.
+    ``known``: CRM users by mxid the caller already loaded; ``prefetched``: what
+    :func:`indexed` returned for the same items.
     """
     if not items:
         return
-    relations = service.app[RELATIONS]
     resolved: list[str | None] = []
 
     async def who() -> str | None:
@@ -90,16 +120,11 @@ async def decorate(
         return resolved[0]
 
     events = {event["event_id"]: (room_id, event) for room_id, event, _ in items}
-    replies = {
-        event_id: target
-        for event_id, (_, event) in events.items()
-        if (target := reply_target(event.get("content") or {}))
-    }
-    targets = list(events) + [t for t in set(replies.values()) if t not in events]
-    rooms = sorted({room_id for room_id, _, _ in items})
-    rows, pins = await asyncio.gather(relations.store.about(targets), relations.pins_of(rooms))
+    replies = _replies(events)
+    found = prefetched or await indexed(service, [(room_id, event) for room_id, event, _ in items])
+    rows, pins = found.rows, dict(found.pins)
     if fetch_pins:
-        for room_id in rooms:
+        for room_id in pins:
             if pins[room_id] is None:
                 pins[room_id] = await pins_for(service, room_id, await who())
     pinned = {p for room_pins in pins.values() for p in room_pins or []}

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any
 
 from mautrix.util.async_db import Database, Scheme
 
@@ -56,9 +57,13 @@ class EngineLock:
             return self._local.locked()
         assert self.db is not None
         async with self.db.acquire_direct() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
-                return True
-            await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+            try:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
+                    return True
+            except BaseException:
+                conn.wrapped.terminate()
+                raise
+            await self._unlock(conn)
             return False
 
     async def __aenter__(self) -> EngineLock:
@@ -73,14 +78,24 @@ class EngineLock:
                     # cancels the query, and a dropped connection releases the lock.
                     await conn.execute("SELECT pg_advisory_lock($1)", self.key)
                 except BaseException:
+                    # The lock may have been granted as the wait was cancelled: the pool
+                    # does not clear session locks (db/__init__.py), so end the session.
+                    conn.wrapped.terminate()
                     await stack.aclose()
                     raise
-                stack.push_async_callback(conn.execute, "SELECT pg_advisory_unlock($1)", self.key)
+                stack.push_async_callback(self._unlock, conn)
                 self._held = stack
         except BaseException:
             self._local.release()
             raise
         return self
+
+    async def _unlock(self, conn: Any) -> None:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+        except BaseException:
+            conn.wrapped.terminate()  # a session that keeps the lock must not go back
+            raise
 
     async def __aexit__(
         self,

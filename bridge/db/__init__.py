@@ -10,6 +10,14 @@ from mautrix.util.async_db import Database
 from .upgrade import upgrade_table
 
 
+async def keep_session(conn: Any) -> None:
+    """What a pooled connection needs between uses: nothing beyond asyncpg's own rollback of
+    an open transaction. asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, ...) is one
+    more round trip per query, ~6 per history page, for session state the bridge never
+    leaves behind: no SET, LISTEN or cursors, and its one session lock (crm/engine_lock.py)
+    is released by its holder or dies with a terminated connection."""
+
+
 def create_database(url: str, args: dict[str, Any] | None = None) -> Database:
     """``sqlite:<path>`` (embedded) or ``postgres://...``, with our migrations attached."""
     db_args = dict(args or {})
@@ -19,6 +27,7 @@ def create_database(url: str, args: dict[str, Any] | None = None) -> Database:
         # closed. The pool terminates such a connection when it is released; the request
         # answers 503 (bridge/errors.py) and the next one gets a fresh connection.
         db_args.setdefault("meow_exit_on_ice", False)
+        db_args.setdefault("reset", keep_session)
     return Database.create(
         url,
         upgrade_table=upgrade_table,

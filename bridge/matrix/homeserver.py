@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from ..errors import BridgeError, HomeserverUnavailable
 
@@ -311,10 +312,13 @@ class Homeserver:
 
 
 async def _decode(resp: aiohttp.ClientResponse) -> Any:
+    raw = await resp.read()
+    if not raw.strip():
+        return None
     try:
-        return await resp.json(content_type=None)
-    except ValueError:
-        return {"error": (await resp.text())[:200]}
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"error": raw[:200].decode(errors="replace")}
 
 
 def _retry_after(headers: Mapping[str, str], body: Any, fallback: float) -> float:
