@@ -1,4 +1,4 @@
-# The commands the README promises: `make run`, `make test` and `make soak`.
+# The commands the README promises: `make run`, `make test`, `make soak` and `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tests/node/package.json 2
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	if [ -f tests/node/package.json ]; then npm --prefix tests/node ci --no-audit --no-fund --silent; fi
 	# The browser test runs Debian's Chromium (Playwright's own download is not reachable).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-color-emoji)
@@ -32,6 +32,12 @@ test: $(STAMP)
 ## The long fault runs (kill -9 during a 2,000-message burst, PostgreSQL crash under load).
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak -s
+
+## Every benchmark beside its Synapse-direct baseline, in BENCH_BUDGET seconds (840); writes
+## docs/benchmarks.md and its plots. The directory curve goes as far up as the budget allows
+## (10k users needs about an hour here). BENCH_QUICK=1: reduced sizes; BENCH_PROFILE=1: cProfile.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench

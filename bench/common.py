@@ -8,6 +8,9 @@ Every loop is bounded in count and time; every server binds to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import copy
+import cProfile
 import gc
 import json
 import os
@@ -17,12 +20,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import yaml
 from aiohttp import web
@@ -33,6 +37,9 @@ from bridge.context import MATRIX
 from bridge.devstack.synapse import SynapseProcess, free_port
 from bridge.startup import ping_until_ok
 
+# `python -m bench.run --profile` sets this: each benchmark writes a cProfile of the bridge
+# during its measured phases there, one `<name>.prof` per phase.
+PROFILE_DIR_ENV = "BENCH_PROFILE_DIR"
 POSTGRES_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -181,3 +188,92 @@ class Deadline:
 
     def passed(self) -> bool:
         return time.monotonic() > self.end
+
+
+def profiling() -> bool:
+    return bool(os.environ.get(PROFILE_DIR_ENV))
+
+
+@contextmanager
+def profiled(name: str) -> Iterator[None]:
+    """cProfile this process (the in-process bridge) while the block runs, if asked to."""
+    directory = os.environ.get(PROFILE_DIR_ENV)
+    if not directory:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(Path(directory) / f"{name}.prof"))
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process, MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+
+
+@dataclass
+class Facade:
+    proc: subprocess.Popen
+    url: str
+    metrics_url: str
+
+
+async def spawn_facade(main: Config, root: Path, name: str, profile: str | None = None) -> Facade:
+    """Another bridge process on the same database and Redis that does not receive
+    transactions (a facade process, `python -m bridge`), with its metrics on a port of its own.
+
+    With ``profile`` (a phase name) and profiling on, it runs under ``python -m cProfile``
+    and writes ``<phase>.prof`` when it is stopped with SIGTERM (a clean shutdown)."""
+    config = Config(copy.deepcopy(main.data))
+    port = free_port()
+    config.set("appservice.port", port)
+    config.set("appservice.address", f"http://127.0.0.1:{port}")
+    config.set("appservice.receive_transactions", False)
+    # A small pool: the machine's PostgreSQL is shared by every process of the run.
+    config.set("database.args", {"min_size": 1, "max_size": 6})
+    config.set("metrics.enabled", True)
+    metrics_port = free_port()  # several facades at once
+    config.set("metrics.listen_port", metrics_port)
+    path = root / f"{name}.yaml"
+    config.save(path)
+    argv = [sys.executable]
+    directory = os.environ.get(PROFILE_DIR_ENV)
+    if profile and directory:
+        argv += ["-m", "cProfile", "-o", str(Path(directory) / f"{profile}.prof")]
+    proc = _spawn([*argv, "-m", "bridge", "-c", str(path)], root / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):  # bounded: 60 s
+            try:
+                async with session.get(url + "/health/ready") as resp:
+                    if resp.status == 200:
+                        return Facade(proc, url, f"http://127.0.0.1:{metrics_port}/metrics")
+            except aiohttp.ClientError:
+                pass
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"facade {name} did not start (see {root / (name + '.log')})")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

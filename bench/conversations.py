@@ -1,27 +1,25 @@
-"""``GET /api/chat/conversations`` for a user in N conversations, on a facade process.
+"""``GET /api/chat/conversations`` and ``/unread-count`` for a user in N conversations, on a
+facade process, at growing N.
 
 Starts Synapse and the bridge (the process receiving transactions) as ``bench.facade``
-does, makes N direct conversations each with a message, then starts a facade-only process
-(``python -m bridge``, ``receive_transactions: false``, metrics on) and lists the user's
-conversations there, counting the homeserver calls the facade made (its ``/metrics``):
+does, then for each size of ``--sizes`` adds direct conversations (each with a message from
+the partner) until the user is in that many, starts a fresh facade-only process
+(``python -m bridge``, ``receive_transactions: false``, metrics on) and measures there,
+counting the homeserver calls the facade made (its ``/metrics``):
 
-* ``without previews``: the rows' ``last_preview`` emptied and a fresh facade process, so
-  every ``lastMessage`` body is fetched from Synapse (one ``/event`` per conversation,
-  eight at a time): what a facade process did before previews existed, on its first
-  listing and after every restart;
-* ``with previews``: another fresh facade process on the rows the previous listing filled.
+* ``curve``: per size, the conversation list (first listing of the fresh process, then
+  ``--requests`` more) and ``/unread-count``;
+* ``without_previews`` (at the largest size): the rows' ``last_preview`` emptied and a fresh
+  facade process, so every ``lastMessage`` body is fetched from Synapse: what a facade
+  process did before previews existed, on its first listing and after every restart.
 
-    .venv/bin/python -m bench.conversations --conversations 1000 --json conversations.json
+    .venv/bin/python -m bench.conversations --sizes 200,1000 --json conversations.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,81 +27,73 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import base_parser, bench_stack, report, summary
-from bench.facade import listing_setup
+from bench.common import (
+    Deadline,
+    Facade,
+    base_parser,
+    bench_stack,
+    report,
+    rss_mb,
+    spawn_facade,
+    stop_process,
+    summary,
+)
+from bench.facade import add_conversations, make_user
 from bridge.api.auth import VERIFIER
-from bridge.config import Config
 from bridge.context import DATABASE
-from bridge.devstack.synapse import free_port
 
 
-async def _metrics(session: aiohttp.ClientSession, url: str) -> int:
-    async with session.get(url + "/metrics") as resp:
+async def _metrics(session: aiohttp.ClientSession, metrics_url: str) -> int:
+    async with session.get(metrics_url) as resp:
+        assert resp.status == 200, resp.status
         text = await resp.text()
     return sum(
-        int(line.rsplit(" ", 1)[1])
+        int(float(line.rsplit(" ", 1)[1]))
         for line in text.splitlines()
         if line.startswith("bridge_homeserver_requests_total{")
         and 'endpoint="versions"' not in line
     )
 
 
-def _spawn(config_path: Path, log_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bridge", "-c", str(config_path)],
-            stdout=log, stderr=log, env=env,
-        )  # fmt: skip
+async def _timed(session: aiohttp.ClientSession, url: str, headers: dict) -> tuple[float, Any]:
+    start = time.perf_counter()
+    async with session.get(url, headers=headers) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    return (time.perf_counter() - start) * 1000, body
 
 
-async def _facade(main: Config, root: Path, name: str) -> tuple[subprocess.Popen, str]:
-    config = Config(copy.deepcopy(main.data))
-    port = free_port()
-    config.set("appservice.port", port)
-    config.set("appservice.address", f"http://127.0.0.1:{port}")
-    config.set("appservice.receive_transactions", False)
-    config.set("metrics.enabled", True)
-    path = root / f"{name}.yaml"
-    config.save(path)
-    proc = _spawn(path, root / f"{name}.log")
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(url + "/health/ready") as resp:
-                    if resp.status == 200:
-                        return proc, url
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"facade {name} did not start")
-
-
-async def _measure(url: str, token: str, requests: int) -> dict[str, Any]:
+async def _measure(
+    facade: Facade, token: str, requests: int, unread: bool = True
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
+    url, metrics_url = facade.url, facade.metrics_url
     async with aiohttp.ClientSession() as session:
-        calls_before = await _metrics(session, url)
+        calls_before = await _metrics(session, metrics_url)
         times: list[float] = []
         count = 0
         for i in range(requests + 1):
-            start = time.perf_counter()
-            async with session.get(url + "/api/chat/conversations", headers=headers) as resp:
-                body = await resp.json()
-                assert resp.status == 200, body
-            times.append((time.perf_counter() - start) * 1000)
+            elapsed, body = await _timed(session, url + "/api/chat/conversations", headers)
+            times.append(elapsed)
             count = len(body)
             if i == 0:
-                calls_first = await _metrics(session, url) - calls_before
-        calls_after = await _metrics(session, url) - calls_before
-    return {
-        "conversations": count,
-        "first_listing_ms": round(times[0], 1),
-        "homeserver_calls_first_listing": calls_first,
-        "homeserver_calls_all_listings": calls_after,
-        "next_listings": summary(times[1:]),
-    }
+                calls_first = await _metrics(session, metrics_url) - calls_before
+        calls_after = await _metrics(session, metrics_url) - calls_before
+        result: dict[str, Any] = {
+            "conversations": count,
+            "first_listing_ms": round(times[0], 1),
+            "homeserver_calls_first_listing": calls_first,
+            "homeserver_calls_all_listings": calls_after,
+            "next_listings": summary(times[1:]),
+            "samples_ms": [round(t, 2) for t in times[1:]],
+        }
+        if unread:
+            unread_times = []
+            for _ in range(requests):
+                elapsed, body = await _timed(session, url + "/api/chat/unread-count", headers)
+                unread_times.append(elapsed)
+            result["unread_count"] = {"value": body, **summary(unread_times)}
+    return result
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -111,35 +101,51 @@ async def main(args: argparse.Namespace) -> None:
         "api__rate_limit__requests": 1_000_000,
         "api__rate_limit__send_requests": 1_000_000,
     }
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    deadline = Deadline(args.time_limit)
     async with bench_stack(**overrides) as stack:
         app = stack.app
-        started = time.monotonic()
-        user = await listing_setup(app, args.conversations)
-        setup_s = time.monotonic() - started
+        user = await make_user(app, "lister")
         token = app[VERIFIER].mint(user.crm_user_id)
-        results: dict[str, Any] = {"setup_seconds": round(setup_s, 1)}
+        results: dict[str, Any] = {"sizes": sizes, "curve": []}
+        have = 0
         with tempfile.TemporaryDirectory(prefix="bench-conv-") as tmp:
             root = Path(tmp)
-            await app[DATABASE].execute("UPDATE conversation SET last_preview=NULL")
-            proc, url = await _facade(stack.config, root, "before")
-            try:
-                results["without_previews"] = await _measure(url, token, args.requests)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-            proc, url = await _facade(stack.config, root, "after")
-            try:
-                results["with_previews"] = await _measure(url, token, args.requests)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
+            for size in sizes:
+                if deadline.passed():
+                    break
+                started = time.monotonic()
+                await add_conversations(app, user, size - have)
+                have = size
+                setup_s = round(time.monotonic() - started, 1)
+                last = size == sizes[-1]
+                facade = await spawn_facade(
+                    stack.config, root, f"c{size}", profile="conversations" if last else None
+                )
+                try:
+                    point = await _measure(facade, token, args.requests)
+                    point["facade_rss_mb"] = rss_mb(facade.proc.pid)
+                finally:
+                    stop_process(facade.proc)
+                results["curve"].append({"size": size, "setup_s": setup_s, **point})
+                print(f"conversations {size}: p95 {point['next_listings']['p95_ms']} ms",
+                      flush=True)  # fmt: skip
+            if not deadline.passed():
+                await app[DATABASE].execute("UPDATE conversation SET last_preview=NULL")
+                facade = await spawn_facade(stack.config, root, "before")
+                try:
+                    results["without_previews"] = await _measure(
+                        facade, token, min(args.requests, 10), unread=False
+                    )
+                finally:
+                    stop_process(facade.proc)
     report("GET /conversations on a facade process", results, args.json)
 
 
 def entry() -> None:
     parser = base_parser(__doc__ or "")
-    parser.add_argument("--conversations", type=int, default=1000)
-    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--sizes", default="200,500,1000", help="conversation counts, ascending")
+    parser.add_argument("--requests", type=int, default=40)
     asyncio.run(main(parser.parse_args()))
 
 

@@ -1,7 +1,10 @@
 """Benchmark: an initial directory sync and an unchanged re-sync, against the same homeserver
 calls made directly by a minimal script, in the same run (Synapse on PostgreSQL).
 
-    .venv/bin/python -m bench.directory [--users 500] [--projects 50] [--members 20]
+    .venv/bin/python -m bench.directory [--sizes 1000x100,3000x300] [--members 20]
+
+Each size (users x projects, every project with ``--members`` members) gets a fresh Synapse
+and bridge database; the order of the two sides alternates from one size to the next.
 
 The direct script does exactly what the bridge must do for a new directory: register each
 puppet and set its display name, then per project one createRoom (name, topic, alias, link
@@ -12,10 +15,11 @@ alias, and records everything it applied.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import cProfile
 import json
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +27,16 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import Deadline, base_parser, bench_stack, report
+from bench.common import (
+    Deadline,
+    base_parser,
+    bench_stack,
+    profiled,
+    report,
+    rss_mb,
+    spawn_facade,
+    stop_process,
+)
 from bridge.context import CONFIG, DISPATCHER, HOMESERVER, IDS
 from bridge.crm.reconcile import project_spec_of
 from bridge.crm.rooms import create_room_body, creators_have_implicit_power, desired_room
@@ -133,23 +146,16 @@ async def quiet(last_event: list[float], seconds: float = 3.0, limit: float = 30
     return time.monotonic() - start
 
 
-async def main() -> None:
-    parser = base_parser(__doc__.split("\n")[0])
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--projects", type=int, default=50)
-    parser.add_argument("--members", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="alternate which side runs first, per round"
-    )
-    parser.add_argument("--profile", help="write a cProfile of the bridge's runs to this file")
-    args = parser.parse_args()
-    deadline = Deadline(args.time_limit)
+async def one_size(args: argparse.Namespace, users: int, projects: int, direct_first: bool,
+                   with_direct: bool) -> dict[str, Any]:  # fmt: skip
+    """A fresh Synapse and bridge database: the direct calls and the bridge's initial sync of
+    a new directory (in either order), the unchanged re-sync, then a second bridge process
+    that re-syncs the same snapshot from cold and whose RSS is measured."""
     async with bench_stack(sync__concurrency=args.concurrency) as stack:
         app, config = stack.app, stack.config
         hs = app[HOMESERVER]
         token = config["admin_api.token"]
-        shape = (args.users, args.projects, args.members)
+        shape = (users, projects, args.members)
         last_event = [time.monotonic()]
         synapse_pid = stack.synapse.process.pid if stack.synapse.process else None
 
@@ -157,77 +163,136 @@ async def main() -> None:
             last_event[0] = time.monotonic()
 
         app[DISPATCHER].on_timeline(seen)
-        rounds: list[dict[str, Any]] = []
-        profiler = cProfile.Profile() if args.profile else None
-        directory: dict[str, list[Any]] = {"users": [], "projects": []}
-        for n in range(args.rounds):
-            if deadline.passed():
-                break
-            run = uuid.uuid4().hex[:6]
-            result: dict[str, Any] = {"order": "direct first" if n % 2 == 0 else "bridge first"}
+        run = uuid.uuid4().hex[:6]
+        snapshot = make_snapshot(f"b{run}", *shape)
+        result: dict[str, Any] = {
+            "users": users, "projects": projects, "members": args.members,
+            "order": "direct first" if direct_first else "bridge first",
+        }  # fmt: skip
 
-            async def direct(run: str = run, result: dict[str, Any] = result) -> None:
-                result["quiesce_s"] = round(await quiet(last_event), 1)
-                cpu, hs_cpu = cpu_seconds(), cpu_seconds(synapse_pid)
-                seconds, calls = await direct_calls(
-                    stack.synapse.url, stack.as_token, app,
-                    make_snapshot(f"d{run}", *shape), args.concurrency,
-                )  # fmt: skip
-                result["direct"] = {
-                    "seconds": round(seconds, 2), "calls": calls,
-                    "bench_process_cpu_s": round(cpu_seconds() - cpu, 1),
-                    "synapse_cpu_s": round(cpu_seconds(synapse_pid) - hs_cpu, 1),
-                }  # fmt: skip
+        async def direct() -> None:
+            if not with_direct:
+                return
+            result["quiesce_s"] = round(await quiet(last_event), 1)
+            cpu, hs_cpu = cpu_seconds(), cpu_seconds(synapse_pid)
+            seconds, calls = await direct_calls(
+                stack.synapse.url, stack.as_token, app,
+                make_snapshot(f"d{run}", *shape), args.concurrency,
+            )  # fmt: skip
+            result["direct"] = {
+                "seconds": round(seconds, 2), "calls": calls,
+                "bench_process_cpu_s": round(cpu_seconds() - cpu, 1),
+                "synapse_cpu_s": round(cpu_seconds(synapse_pid) - hs_cpu, 1),
+            }  # fmt: skip
 
-            async def bridge(run: str = run, result: dict[str, Any] = result) -> None:
-                await quiet(last_event)
-                # The CRM's directory grows: earlier rounds stay in the snapshot (unchanged,
-                # so they cost planning but no writes), otherwise they would be removed.
-                fresh = make_snapshot(f"b{run}", *shape)
-                for key in ("users", "projects"):
-                    directory[key].extend(fresh[key])
-                snapshot = directory
-                before = hs.writes
-                cpu, hs_cpu = cpu_seconds(), cpu_seconds(synapse_pid)
-                if profiler:
-                    profiler.enable()
+        async def bridge() -> None:
+            await quiet(last_event)
+            before = hs.writes
+            cpu, hs_cpu = cpu_seconds(), cpu_seconds(synapse_pid)
+            with profiled(f"directory_{users}"):
                 seconds, initial = await bridge_sync(stack.bridge_url, token, snapshot)
-                if profiler:
-                    profiler.disable()
-                result["bridge_initial"] = {
-                    "seconds": round(seconds, 2), "writes": hs.writes - before,
-                    "errors": len(initial["errors"]),
-                    "bench_process_cpu_s": round(cpu_seconds() - cpu, 1),
-                    "synapse_cpu_s": round(cpu_seconds(synapse_pid) - hs_cpu, 1),
-                }  # fmt: skip
-                before = hs.writes
-                seconds, again = await bridge_sync(stack.bridge_url, token, snapshot)
-                result["bridge_unchanged_resync"] = {
-                    "seconds": round(seconds, 3), "writes": hs.writes - before,
-                    "planned": again["writes"]["planned"],
-                }  # fmt: skip
+            result["bridge_initial"] = {
+                "seconds": round(seconds, 2), "writes": hs.writes - before,
+                "errors": len(initial["errors"]),
+                "bench_process_cpu_s": round(cpu_seconds() - cpu, 1),
+                "synapse_cpu_s": round(cpu_seconds(synapse_pid) - hs_cpu, 1),
+            }  # fmt: skip
+            before = hs.writes
+            seconds, again = await bridge_sync(stack.bridge_url, token, snapshot)
+            result["bridge_unchanged_resync"] = {
+                "seconds": round(seconds, 3), "writes": hs.writes - before,
+                "planned": again["writes"]["planned"],
+            }  # fmt: skip
 
-            for step in (direct, bridge) if n % 2 == 0 else (bridge, direct):
-                await step()
+        for step in (direct, bridge) if direct_first else (bridge, direct):
+            await step()
+        if "direct" in result:
             result["initial_ratio"] = round(
                 result["bridge_initial"]["seconds"] / result["direct"]["seconds"], 3
             )
-            rounds.append(result)
-            print(json.dumps(result), flush=True)
-        direct_total = sum(r["direct"]["seconds"] for r in rounds)
-        bridge_total = sum(r["bridge_initial"]["seconds"] for r in rounds)
-        results = {
-            "sizes": {"users": args.users, "projects": args.projects, "members": args.members,
-                      "concurrency": args.concurrency},
-            "rounds": rounds,
-            "initial_ratio_overall": round(bridge_total / direct_total, 3),
-            "resync_seconds_max": max(r["bridge_unchanged_resync"]["seconds"] for r in rounds),
-            "resync_writes_total": sum(r["bridge_unchanged_resync"]["writes"] for r in rounds),
-            "targets": {"initial_ratio_max": 1.1, "resync_seconds_max": 2, "resync_writes": 0},
-        }  # fmt: skip
-        report("CRM directory sync", results, args.json)
-        if profiler:
-            profiler.dump_stats(args.profile)
+        result["bench_process_rss_mb"] = rss_mb()
+        with tempfile.TemporaryDirectory(prefix="bench-dir-") as tmp:
+            fresh = await spawn_facade(config, Path(tmp), "fresh")
+            proc = fresh.proc
+            try:
+                idle_rss = rss_mb(proc.pid)
+                seconds, again = await bridge_sync(fresh.url, token, snapshot)
+                result["fresh_process"] = {
+                    "resync_seconds": round(seconds, 3),
+                    "writes": again["writes"].get("made"),
+                    "rss_mb_before": idle_rss,
+                    "rss_mb": rss_mb(proc.pid),
+                }
+            finally:
+                stop_process(proc)
+        return result
+
+
+def _get_seconds(point: dict[str, Any], side: str) -> float:
+    return float((point.get(side) or {}).get("seconds") or 0.0)
+
+
+async def main() -> None:
+    parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes", default="500x50", help="USERSxPROJECTS,... one fresh stack each, ascending"
+    )
+    parser.add_argument("--members", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--direct-max-users", type=int, default=1_000_000,
+        help="run the direct baseline only up to this many users",
+    )  # fmt: skip
+    args = parser.parse_args()
+    deadline = Deadline(args.time_limit)
+    curve: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for n, size in enumerate(args.sizes.split(",")):
+        users, projects = (int(x) for x in size.lower().split("x"))
+        with_direct = users <= args.direct_max_users
+        remaining = deadline.end - time.monotonic()
+        if curve:
+            # Time grows about linearly with the directory: predict this size from the last.
+            last = curve[-1]
+            scale = users / last["users"]
+            bridge_s = last["stack_seconds"] * scale
+            direct_s = _get_seconds(last, "direct") * scale
+            if with_direct and bridge_s + direct_s > remaining:
+                with_direct = False
+                both = bridge_s + direct_s
+                skipped.append(
+                    f"{size}: direct baseline skipped, predicted {both:.0f} s with it, "
+                    f"{remaining:.0f} s left"
+                )
+            if bridge_s > remaining:
+                skipped.append(
+                    f"{size}: skipped, predicted {bridge_s:.0f} s, {remaining:.0f} s left"
+                )
+                break
+        elif remaining <= 0:
+            break
+        started = time.monotonic()
+        result = await one_size(
+            args, users, projects, direct_first=n % 2 == 0, with_direct=with_direct,
+        )  # fmt: skip
+        result["stack_seconds"] = round(
+            time.monotonic() - started - _get_seconds(result, "direct"), 1
+        )
+        curve.append(result)
+        print(json.dumps(result), flush=True)
+    measured = [p for p in curve if "direct" in p]
+    direct_total = sum(p["direct"]["seconds"] for p in measured)
+    bridge_total = sum(p["bridge_initial"]["seconds"] for p in measured)
+    results = {
+        "members": args.members,
+        "concurrency": args.concurrency,
+        "curve": curve,
+        "skipped": skipped,
+        "initial_ratio_overall": round(bridge_total / direct_total, 3) if direct_total else None,
+        "targets": {"initial_ratio_max": 1.0, "resync_seconds_max_at_10k": 5, "resync_writes": 0,
+                    "rss_mb_max_at_10k": 150},
+    }  # fmt: skip
+    report("CRM directory sync", results, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.common import Deadline, base_parser, bench_stack, report, summary
+from bench.common import Deadline, base_parser, bench_stack, profiled, report, summary
 from bridge.api.auth import VERIFIER
 from bridge.api.direct import ensure_puppet
 from bridge.context import (
@@ -204,7 +204,13 @@ async def sequential(clients: Clients, user: dict, room: list[str], n: int) -> d
             facade.append(await clients.facade(user, conversation_id, f"f{i}"))
             direct.append(await clients.direct(user, room_id, f"d{i}"))
     d, f = summary(direct), summary(facade)
-    return {"direct": d, "facade": f, "p50_ratio": round(f["p50_ms"] / d["p50_ms"], 3)}
+    return {
+        "direct": d,
+        "facade": f,
+        "p50_ratio": round(f["p50_ms"] / d["p50_ms"], 3),
+        "samples_ms": {"direct": [round(x, 2) for x in direct],
+                       "facade": [round(x, 2) for x in facade]},
+    }  # fmt: skip
 
 
 async def throughput(
@@ -242,6 +248,12 @@ async def throughput(
 async def listing_setup(app: web.Application, n: int) -> CrmUser:
     """A user in n direct conversations, each with an unread message from the partner."""
     user = await make_user(app, "lister")
+    await add_conversations(app, user, n)
+    return user
+
+
+async def add_conversations(app: web.Application, user: CrmUser, n: int) -> None:
+    """n more direct conversations for ``user``, each with an unread message, indexed."""
     partners = await bounded(16, [make_user(app, f"p{i}_") for i in range(n)])
     event_ids = await bounded(6, [dm(app, user, p) for p in partners])
     index = app[EVENT_INDEX]
@@ -250,7 +262,6 @@ async def listing_setup(app: web.Application, n: int) -> CrmUser:
         if len(await index.get_many(event_ids)) == len(event_ids):
             break
         await asyncio.sleep(0.5)
-    return user
 
 
 async def listing(clients: Clients, user: dict, requests: int) -> dict:
@@ -260,7 +271,7 @@ async def listing(clients: Clients, user: dict, requests: int) -> dict:
     for _ in range(requests):
         elapsed, count = await clients.list_conversations(user)
         times.append(elapsed)
-    return {"conversations": count, **summary(times)}
+    return {"conversations": count, **summary(times), "samples_ms": [round(t, 2) for t in times]}
 
 
 async def unread(clients: Clients, user: dict, requests: int) -> dict:
@@ -300,20 +311,23 @@ async def load_index_reads(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 async def load(plan: dict[str, Any]) -> dict[str, Any]:
-    """The measurements, from a process of their own."""
-    if plan.get("phase"):
+    """The measurements of one phase (send, list, unread, search), from a process of its own."""
+    if plan["phase"] in ("unread", "search"):
         return await load_index_reads(plan)
     deadline = Deadline(plan["time_limit"])
     results: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
         clients = Clients(plan, session)
         senders, room = plan["senders"], plan["room"]
-        results["send_latency"] = await sequential(clients, senders[0], room, plan["sequential"])
-        if plan["rounds"] > 0 and not deadline.passed():
-            results["throughput"] = await throughput(
-                clients, senders, room, plan["per_sender"], plan["rounds"]
+        if plan["phase"] == "send":
+            results["send_latency"] = await sequential(
+                clients, senders[0], room, plan["sequential"]
             )
-        if not deadline.passed():
+            if plan["rounds"] > 0 and not deadline.passed():
+                results["throughput"] = await throughput(
+                    clients, senders, room, plan["per_sender"], plan["rounds"]
+                )
+        else:
             results["list_conversations"] = await listing(
                 clients, plan["lister"], plan["list_requests"]
             )
@@ -334,7 +348,7 @@ async def main(args: argparse.Namespace) -> None:
 
         senders = await bounded(8, [make_user(app, f"s{i}_") for i in range(SENDERS)])
         room = await project_room(app, senders)
-        lister = await listing_setup(app, CONVERSATIONS_FOR_LIST)
+        lister = await listing_setup(app, args.list_conversations)
         plan = {
             "homeserver": stack.config["homeserver.address"],
             "bridge": stack.bridge_url,
@@ -349,7 +363,10 @@ async def main(args: argparse.Namespace) -> None:
             "time_limit": args.time_limit,
         }
         results: dict[str, Any] = {"synapse": "PostgreSQL", "bridge_db": "PostgreSQL"}
-        results.update(await run_load(plan, args.time_limit + 60))
+        with profiled("send"):
+            results.update(await run_load({**plan, "phase": "send"}, args.time_limit + 60))
+        with profiled("conversations_200"):
+            results.update(await run_load({**plan, "phase": "list"}, args.time_limit + 60))
         # Index-only reads, each phase in a load process of its own, so the homeserver
         # requests the bridge makes meanwhile can be counted.
         plan["lister_rooms"] = [
@@ -392,6 +409,7 @@ def entry() -> None:
     parser.add_argument("--per-sender", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--list-requests", type=int, default=100)
+    parser.add_argument("--list-conversations", type=int, default=CONVERSATIONS_FOR_LIST)
     parser.add_argument("--search-requests", type=int, default=40)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()

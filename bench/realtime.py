@@ -7,13 +7,15 @@ In one run, on Synapse with PostgreSQL (bench.common.bench_stack):
      user's socket (python-socketio client, websocket);
    * Synapse: from the start of a direct ``PUT /send`` (as the same puppet) to the arrival
      of the appservice transaction carrying it at the bridge (the dispatcher sees it).
-   Target: bridge p50 <= 1.0x Synapse p50.
-2. Fan-out: ``--sockets`` sockets (npm socket.io-client, a child process, so the bridge's
-   CPU is its own) spread over ``--users`` users in one project; ``--fanout-messages``
-   messages sent over REST; p50/p95 delivery latency over every (socket, message), and the
-   bridge's CPU and RSS while it happens.
+   Target: bridge p50 <= 0.8x Synapse p50.
+2. Fan-out over ``--facades`` facade processes (``python -m bridge``, not receiving
+   transactions) sharing Redis with the bridge that receives them: for each size of
+   ``--sockets``, that many sockets (npm socket.io-client, one child process per facade)
+   spread over ``--users`` users in one project and over the facades; ``--fanout-messages``
+   messages sent over REST to the first facade; p50/p95 delivery latency over every
+   (socket, message), and the facades' CPU and RSS while it happens.
 
-    .venv/bin/python -m bench.realtime [--samples 40] [--sockets 500] [--users 50]
+    .venv/bin/python -m bench.realtime [--samples 40] [--sockets 500,1000,2000] [--users 100]
 """
 
 from __future__ import annotations
@@ -32,7 +34,18 @@ from typing import Any
 import aiohttp
 import socketio
 
-from bench.common import Deadline, base_parser, bench_stack, percentile, report, summary
+from bench.common import (
+    Deadline,
+    base_parser,
+    bench_stack,
+    percentile,
+    profiled,
+    report,
+    rss_mb,
+    spawn_facade,
+    stop_process,
+    summary,
+)
 from bridge.api.auth import JwtVerifier
 from bridge.context import DISPATCHER, IDS
 from bridge.ids import conversation_id_for_room
@@ -40,11 +53,10 @@ from bridge.ids import conversation_id_for_room
 NODE_DIR = Path(__file__).resolve().parent.parent / "tests" / "node"
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
+def cpu_seconds_of(pid: int) -> float:
+    """CPU time (user + system) of another process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> float:
@@ -153,7 +165,11 @@ async def latency(stack, session, sender: str, receiver: str, cid: str, args) ->
         "bridge_send_to_new_message": bridge,
         "synapse_send_to_transaction": direct,
         "p50_ratio": round(bridge["p50_ms"] / direct["p50_ms"], 3),
-        "target_p50_ratio": 1.0,
+        "target_p50_ratio": 0.8,
+        "samples_ms": {
+            "bridge": [round(x, 2) for x in bridge_ms],
+            "synapse": [round(x, 2) for x in synapse_ms],
+        },
     }
 
 
@@ -171,63 +187,97 @@ async def _wait_for(seen: dict[str, float], key: str, timeout: float = 20) -> No
         await asyncio.sleep(0.001)
 
 
-async def fanout(stack, session, users: list[str], sender: str, cid: str, args) -> dict[str, Any]:
-    url = stack.bridge_url
-    verifier = JwtVerifier.from_config(stack.config)
-    tokens = [verifier.mint(users[i % len(users)]) for i in range(args.sockets)]
-    with tempfile.TemporaryDirectory() as tmp:
-        tokens_file = Path(tmp) / "tokens.json"
-        tokens_file.write_text(json.dumps(tokens))
-        rss_before = rss_mb()
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            str(NODE_DIR / "fanout.mjs"),
-            env={
-                **os.environ,
-                "BRIDGE_URL": url,
-                "TOKENS_FILE": str(tokens_file),
-                "EXPECT": str(args.fanout_messages),
-                "TIMEOUT_MS": str(int(args.time_limit * 1000 / 2)),
-            },
-            stdout=asyncio.subprocess.PIPE,
-            limit=64 * 1024 * 1024,
-        )
-        assert proc.stdout is not None
-        connect_start = time.monotonic()
+async def _node_sockets(url: str, tokens: list[str], root: Path, name: str, expect: int,
+                        timeout_s: float) -> asyncio.subprocess.Process:  # fmt: skip
+    tokens_file = root / f"{name}.json"
+    tokens_file.write_text(json.dumps(tokens))
+    return await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_DIR / "fanout.mjs"),
+        env={
+            **os.environ,
+            "BRIDGE_URL": url,
+            "TOKENS_FILE": str(tokens_file),
+            "EXPECT": str(expect),
+            "TIMEOUT_MS": str(int(timeout_s * 1000)),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        limit=64 * 1024 * 1024,
+    )
+
+
+async def _ready(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    for _ in range(100_000):  # bounded; each line within 120 s
         line = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=120))
-        while line["event"] != "ready":
-            if line["event"] == "done":
-                raise RuntimeError(f"sockets failed to connect: {line.get('connected')}")
-            line = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=120))
-        connect_s = time.monotonic() - connect_start
-        await asyncio.sleep(args.settle)  # presence and joins of the new sockets settle
-        rss_connected = rss_mb()
-        headers = {"Authorization": f"Bearer {verifier.mint(sender)}"}
-        sent_at: dict[str, float] = {}
-        cpu_start, wall_start = cpu_seconds(), time.monotonic()
-        for i in range(args.fanout_messages):
-            content = f"fanout-{i}-{uuid.uuid4().hex[:6]}"
-            sent_at[content] = time.time() * 1000
-            async with session.post(
-                url + "/api/chat/send",
-                json={"conversationId": cid, "content": content},
-                headers=headers,
-            ) as resp:
-                assert resp.status == 201, await resp.text()
-            await asyncio.sleep(args.fanout_interval)
-        done = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=args.time_limit))
-        cpu_used, wall = cpu_seconds() - cpu_start, time.monotonic() - wall_start
-        rss_peak = rss_mb()
-        await proc.wait()
+        if line["event"] == "ready":
+            return
+        if line["event"] == "done":
+            raise RuntimeError(f"sockets failed to connect: {line.get('connected')}")
+
+
+async def fanout(
+    stack, session, users: list[str], sender: str, cid: str, args, sockets: int, facades: list
+) -> dict[str, Any]:
+    """``sockets`` sockets spread over the facade processes (one node client each), messages
+    sent through the first; delivery latency over every (socket, message)."""
+    verifier = JwtVerifier.from_config(stack.config)
+    tokens = [verifier.mint(users[i % len(users)]) for i in range(sockets)]
+    pids = [f.proc.pid for f in facades]
+    timeout_s = min(args.time_limit / 2, 180)
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_before = [rss_mb(pid) for pid in pids]
+        groups = [tokens[i :: len(facades)] for i in range(len(facades))]
+        connect_start = time.monotonic()
+        procs = [
+            await _node_sockets(url, group, Path(tmp), f"f{i}", args.fanout_messages, timeout_s)
+            for i, (url, group) in enumerate(zip([f.url for f in facades], groups, strict=True))
+        ]
+        try:
+            await asyncio.gather(*(_ready(p) for p in procs))
+            connect_s = time.monotonic() - connect_start
+            await asyncio.sleep(args.settle)  # presence and joins of the new sockets settle
+            rss_connected = [rss_mb(pid) for pid in pids]
+            headers = {"Authorization": f"Bearer {verifier.mint(sender)}"}
+            sent_at: dict[str, float] = {}
+            cpu_start = [cpu_seconds_of(pid) for pid in pids]
+            main_cpu, wall_start = cpu_seconds(), time.monotonic()
+            send_url = facades[0].url
+            for i in range(args.fanout_messages):
+                content = f"fanout-{i}-{uuid.uuid4().hex[:6]}"
+                sent_at[content] = time.time() * 1000
+                async with session.post(
+                    send_url + "/api/chat/send",
+                    json={"conversationId": cid, "content": content},
+                    headers=headers,
+                ) as resp:
+                    assert resp.status == 201, await resp.text()
+                await asyncio.sleep(args.fanout_interval)
+            dones = []
+            for proc in procs:
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=timeout_s + 30)
+                dones.append(json.loads(line))
+            wall = time.monotonic() - wall_start
+            cpu_used = [cpu_seconds_of(pid) - c for pid, c in zip(pids, cpu_start, strict=True)]
+            main_used = cpu_seconds() - main_cpu
+            rss_peak = [rss_mb(pid) for pid in pids]
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
     delays = [
         arrival - sent_at[content]
+        for done in dones
         for content, arrivals in done["arrivals"].items()
         if content in sent_at
         for arrival in arrivals
     ]
-    expected = args.sockets * args.fanout_messages
+    expected = sockets * args.fanout_messages
     return {
-        "sockets": args.sockets,
+        "sockets": sockets,
+        "facade_processes": len(facades),
         "users": len(users),
         "messages": args.fanout_messages,
         "deliveries": len(delays),
@@ -236,8 +286,9 @@ async def fanout(stack, session, users: list[str], sender: str, cid: str, args) 
         "delivery_p50_ms": round(percentile(delays, 50), 1),
         "delivery_p95_ms": round(percentile(delays, 95), 1),
         "delivery_max_ms": round(max(delays), 1) if delays else None,
-        "bridge_cpu_percent_while_sending": round(100 * cpu_used / wall, 1),
-        "bridge_rss_mb": {
+        "facade_cpu_percent_while_sending": [round(100 * c / wall, 1) for c in cpu_used],
+        "receiving_bridge_cpu_percent_while_sending": round(100 * main_used / wall, 1),
+        "facade_rss_mb": {
             "before_sockets": rss_before,
             "connected": rss_connected,
             "after": rss_peak,
@@ -257,12 +308,16 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--pause", type=float, default=0.05)
-    parser.add_argument("--sockets", type=int, default=500)
-    parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--fanout-messages", type=int, default=20)
+    parser.add_argument(
+        "--sockets", default="500,1000,2000", help="fan-out sizes, ascending (comma-separated)"
+    )
+    parser.add_argument("--facades", type=int, default=2, help="facade processes for fan-out")
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--fanout-messages", type=int, default=10)
     parser.add_argument("--fanout-interval", type=float, default=0.25)
     parser.add_argument("--settle", type=float, default=5.0)
     args = parser.parse_args()
+    deadline = Deadline(args.time_limit)
     overrides = {
         "api__rate_limit__requests": 1_000_000,
         "api__rate_limit__send_requests": 1_000_000,
@@ -276,8 +331,26 @@ async def main() -> None:
         sender, receiver, crowd = ids[0], ids[1], ids[2:]
         setup_s = round(time.monotonic() - started, 1)
         results: dict[str, Any] = {"setup_s": setup_s}
-        results["latency"] = await latency(stack, session, sender, receiver, cid, args)
-        results["fanout"] = await fanout(stack, session, crowd, sender, cid, args)
+        with profiled("transaction_path"):
+            results["latency"] = await latency(stack, session, sender, receiver, cid, args)
+        results["fanout"] = []
+        with tempfile.TemporaryDirectory(prefix="bench-rt-") as tmp:
+            facades = [
+                await spawn_facade(stack.config, Path(tmp), f"facade{i}")
+                for i in range(args.facades)
+            ]
+            try:
+                for sockets in (int(n) for n in args.sockets.split(",")):
+                    if deadline.passed():
+                        break
+                    point = await fanout(stack, session, crowd, sender, cid, args, sockets,
+                                         facades)  # fmt: skip
+                    results["fanout"].append(point)
+                    print(json.dumps({k: v for k, v in point.items() if "rss" not in k}),
+                          flush=True)  # fmt: skip
+            finally:
+                for facade in facades:
+                    stop_process(facade.proc)
     report("realtime", results, args.json)
 
 

@@ -139,6 +139,7 @@ async def main(args: argparse.Namespace) -> None:
             "synapse_limit_50": plain,
             "p50_ratio_same_page": round(f["p50_ms"] / same["p50_ms"], 3),
             "p50_ratio_limit_50": round(f["p50_ms"] / plain["p50_ms"], 3),
+            "samples_ms": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         }
     report("GET /messages with relations vs Synapse /messages", results, args.json)
 
