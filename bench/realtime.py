@@ -343,8 +343,13 @@ async def main() -> None:
                 for sockets in (int(n) for n in args.sockets.split(",")):
                     if deadline.passed():
                         break
-                    point = await fanout(stack, session, crowd, sender, cid, args, sockets,
-                                         facades)  # fmt: skip
+                    try:
+                        point = await fanout(stack, session, crowd, sender, cid, args, sockets,
+                                             facades)  # fmt: skip
+                    except (TimeoutError, RuntimeError) as e:
+                        # Keep the sizes measured so far; the report says where it stopped.
+                        results["fanout_failed"] = {"sockets": sockets, "error": repr(e)}
+                        break
                     results["fanout"].append(point)
                     print(json.dumps({k: v for k, v in point.items() if "rss" not in k}),
                           flush=True)  # fmt: skip

@@ -195,8 +195,8 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         status = "—" if ok is None else ("met" if ok else "**missed**")
         if value is None:
             detail = ""
-        if size_note:
-            status = f"— ({size_note})" if ok is None else f"{status} ({size_note})"
+        if size_note:  # not the target's size: shown, not judged
+            status = f"not judged ({size_note})"
         rows.append([label, f"{_fmt(value)}{detail}", status])
 
     send = _get(r.get("facade"), "send_latency")
@@ -351,6 +351,9 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
                         " / ".join(str(c) for c in p["facade_cpu_percent_while_sending"]),
                         " / ".join(str(c) for c in p["facade_rss_mb"]["after"])]
                        for p in rt["fanout"]]), ""]  # fmt: skip
+        if failed := rt.get("fanout_failed"):
+            out += [f"Fan-out to {failed['sockets']} sockets did not complete: "
+                    f"`{failed['error']}`.", ""]  # fmt: skip
     c = r.get("conversations")
     if c:
         out += ["### `GET /conversations` and `/unread-count` on a fresh facade process", "",
