@@ -63,7 +63,7 @@ STEPS = [
           "--settle", "2"], 240),
     Step("conversations", "bench.conversations",
          ["--sizes", "200,500,1000", "--requests", "40"],
-         ["--sizes", "50,200", "--requests", "15"], 300),
+         ["--sizes", "50,200", "--requests", "15"], 420),
     # Last: it gets what is left of --budget, and goes up the sizes as far as that allows
     # (each size predicted from the one before; see bench/directory.py).
     Step("directory", "bench.directory",
