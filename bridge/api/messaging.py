@@ -317,6 +317,15 @@ async def _post(
         service.events.put(event)
     else:
         event = cached
+    # Just made, and not seen back from the homeserver: nothing relates to it or pins it
+    # yet, so the relations index is not asked (one database round trip less before the
+    # answer). Not with a clientMessageId (the homeserver may have answered with an event
+    # it made long ago, a retry after a crash), nor for a reply (its quote is looked up).
+    fresh = (
+        enrich.Indexed(rows=[], pins={conversation.room_id: []})
+        if cached is None and client_message_id is None and relation is None
+        else None
+    )
     message = serialize.message_object(
         event, conversation.conversation_id, serialize.user_object(user), ReadState(), None
     )
@@ -324,8 +333,9 @@ async def _post(
     if relation is not None:
         await relations.apply(service.app, event)
     await enrich.decorate(
-        service, [(conversation.room_id, event, message)], user, user.mxid, fetch_pins=False
-    )
+        service, [(conversation.room_id, event, message)], user, user.mxid, fetch_pins=False,
+        prefetched=fresh,
+    )  # fmt: skip
     if thread_root is not None:
         # A thread reply is no message of the main timeline: no lastMessage, no new_message
         # (its root's message_update tells the thread count, from the transaction).
