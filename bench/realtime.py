@@ -36,6 +36,7 @@ import socketio
 
 from bench.common import (
     Deadline,
+    Facade,
     base_parser,
     bench_stack,
     percentile,
@@ -335,11 +336,10 @@ async def main() -> None:
             results["latency"] = await latency(stack, session, sender, receiver, cid, args)
         results["fanout"] = []
         with tempfile.TemporaryDirectory(prefix="bench-rt-") as tmp:
-            facades = [
-                await spawn_facade(stack.config, Path(tmp), f"facade{i}")
-                for i in range(args.facades)
-            ]
+            facades: list[Facade] = []
             try:
+                for i in range(args.facades):
+                    facades.append(await spawn_facade(stack.config, Path(tmp), f"facade{i}"))
                 for sockets in (int(n) for n in args.sockets.split(",")):
                     if deadline.passed():
                         break
