@@ -283,6 +283,8 @@ async def fanout(
         "messages": args.fanout_messages,
         "deliveries": len(delays),
         "deliveries_expected": expected,
+        # Why each node client ended: "complete", or "timeout" (some socket missed some).
+        "clients_ended": [done.get("why") for done in dones],
         "connect_all_s": round(connect_s, 2),
         "delivery_p50_ms": round(percentile(delays, 50), 1),
         "delivery_p95_ms": round(percentile(delays, 95), 1),
