@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -96,6 +97,10 @@ async def _measure(
     return result
 
 
+def _save(path: str, results: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(results, indent=2))
+
+
 async def main(args: argparse.Namespace) -> None:
     overrides = {
         "api__rate_limit__requests": 1_000_000,
@@ -128,6 +133,8 @@ async def main(args: argparse.Namespace) -> None:
                 finally:
                     stop_process(facade.proc)
                 results["curve"].append({"size": size, "setup_s": setup_s, **point})
+                if args.json:  # what is measured so far, in case a later size runs out of time
+                    _save(args.json, results)
                 print(f"conversations {size}: p95 {point['next_listings']['p95_ms']} ms",
                       flush=True)  # fmt: skip
             if not deadline.passed():

@@ -120,9 +120,9 @@ def run_step(
             rc = "timeout"
     seconds = round(time.monotonic() - start, 1)
     entry: dict[str, Any] = {"argv": argv[1:], "seconds": seconds, "rc": rc}
-    if rc == 0 and out.exists():
+    if out.exists():  # a benchmark that fails late may have written what it measured
         entry["results"] = json.loads(out.read_text())
-    else:
+    if rc != 0:
         entry["log_tail"] = log.read_text(errors="replace")[-3000:]
     print(f"[bench] {step.name}: rc={rc} in {seconds} s", flush=True)
     return entry
@@ -376,11 +376,15 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
     if d:
         out += ["### Directory sync (a fresh Synapse and bridge database per size)", "",
                 table(["users", "projects", "members each", "order", "direct s", "bridge s",
-                       "ratio", "bridge writes", "re-sync s", "re-sync writes",
+                       "ratio", "Synapse CPU s (direct / bridge)", "bridge writes",
+                       "re-sync s", "re-sync writes",
                        "fresh process re-sync s", "fresh process RSS MB"],
                       [[p["users"], p["projects"], p["members"], p["order"],
                         _get(p, "direct", "seconds"), p["bridge_initial"]["seconds"],
-                        p.get("initial_ratio"), p["bridge_initial"]["writes"],
+                        p.get("initial_ratio"),
+                        f"{_get(p, 'direct', 'synapse_cpu_s')} / "
+                        f"{p['bridge_initial'].get('synapse_cpu_s')}",
+                        p["bridge_initial"]["writes"],
                         p["bridge_unchanged_resync"]["seconds"],
                         p["bridge_unchanged_resync"]["writes"],
                         _get(p, "fresh_process", "resync_seconds"),
@@ -560,7 +564,8 @@ def write_report(run: dict[str, Any], tables: dict[str, Any]) -> None:
     ]  # fmt: skip
     failed = {k: v for k, v in steps.items() if v["rc"] != 0}
     for name, entry in failed.items():
-        lines += [f"**`{name}` failed** (rc {entry['rc']}); the end of its output:", "",
+        partial = " (what it measured before is in the tables)" if entry.get("results") else ""
+        lines += [f"**`{name}` failed** (rc {entry['rc']}){partial}; the end of its output:", "",
                   "```", entry.get("log_tail", "").strip()[-1500:], "```", ""]  # fmt: skip
     lines += ["## Plots", "", *plots(steps), "## Size → time, and the details", ""]
     lines += detail_sections(steps)
@@ -578,11 +583,20 @@ def main() -> int:
     )
     parser.add_argument("--only", help="comma-separated benchmark names (default: all)")
     parser.add_argument(
+        "--report-only", action="store_true",
+        help="rewrite docs/benchmarks.md from docs/benchmarks/results.json (after editing "
+        "the notes), without running anything",
+    )  # fmt: skip
+    parser.add_argument(
         "--budget", type=float, default=float(os.environ.get("BENCH_BUDGET") or 840),
         help="seconds for the whole run; the directory curve, last, gets what is left",
     )  # fmt: skip
     args = parser.parse_args()
     ASSETS.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        saved = json.loads((ASSETS / "results.json").read_text())
+        write_report(saved, saved.pop("profile_tables", {}))
+        return 0
     chosen = [s for s in STEPS if not args.only or s.name in args.only.split(",")]
     start = time.monotonic()
     run: dict[str, Any] = {
