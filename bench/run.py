@@ -433,6 +433,8 @@ def plots(steps: dict[str, dict[str, Any]]) -> list[str]:
         return ["(matplotlib is not installed: `pip install -e '.[bench]'` for the plots)", ""]
     r = {name: entry.get("results") for name, entry in steps.items()}
     made: list[str] = []
+    for stale in ASSETS.glob("*.png"):  # no plot from an earlier run stays beside this one
+        stale.unlink()
 
     def ecdf(ax: Any, values: list[float], label: str) -> None:
         ordered = sorted(values)
