@@ -30,7 +30,7 @@ from . import handlers
 from .access import Access
 from .fanout import is_conversation_change, is_message
 from .local import LocalSockets
-from .server import create_server
+from .server import attach, create_server
 from .service import ACCESS, PRESENCE, REALTIME, SIO, TYPING, Realtime, context
 
 __all__ = ["ACCESS", "PRESENCE", "REALTIME", "SIO", "TYPING", "Realtime", "setup"]
@@ -42,7 +42,7 @@ def setup(app: web.Application) -> None:
     if state is not None:
         app[REDIS_STATE] = state
     sio = create_server(app[CONFIG], state)
-    sio.attach(app)
+    attach(app, sio)
     app[SIO] = sio
     sockets = LocalSockets()
     if (metrics := app.get(METRICS)) is not None:

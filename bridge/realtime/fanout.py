@@ -20,7 +20,6 @@ from typing import Any
 
 import socketio
 from aiohttp import web
-from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from ..api import CHAT
 from ..context import CONVERSATIONS, USERS
@@ -33,6 +32,7 @@ from ..redis_state import RedisState
 from .access import Access
 from .cursors import Frontier
 from .dedup import Claims
+from .manager import BridgeRedisManager
 from .pump import Lanes
 from .registry import SocketRegistry
 from .rooms import conversation_room, participants, user_room
@@ -170,7 +170,7 @@ class Fanout:
         manager forwards the others to their process, which ignores closed ones)."""
         sids = await self.registry.sids(user.crm_user_id)
         manager = self.sio.manager
-        if isinstance(manager, AsyncPubSubManager):
+        if isinstance(manager, BridgeRedisManager):
             return sids
         return [sid for sid in sids if manager.is_connected(sid, "/")]
 
