@@ -141,8 +141,7 @@ class BridgeRedisManager(AsyncPubSubManager):
             and data.get("method") == "emit"
             and data.get("host_id") != self.host_id
         ):
-            args = data.get("data") or [None]
-            self.on_remote_emit(str(data.get("event")), args[0])
+            self.on_remote_emit(str(data.get("event")), _payload(data.get("data")))
         return data
 
     async def _arrived(self, data: Any) -> Any:
@@ -169,12 +168,16 @@ class BridgeRedisManager(AsyncPubSubManager):
         """Close this process's sockets at the transport level: clients reconnect on their
         own (a Socket.IO-level disconnect would make socket.io-client give up)."""
         eio_sids = [eio_sid for _, eio_sid in self.get_participants("/", None)]
-        for eio_sid in eio_sids:
+
+        async def close(eio_sid: str) -> None:
             try:
                 # Engine.IO's close: the disconnect handlers run, a polling client reconnects.
                 await self.server.eio.disconnect(eio_sid)
             except Exception:
                 log.exception("Could not close a socket after a Redis outage")
+
+        if eio_sids:
+            await asyncio.gather(*(close(e) for e in eio_sids))
         # socket.io-client ignores Engine.IO's CLOSE over a websocket, and python-engineio
         # keeps the websocket open until its ping timeout (~45 s): cut the connections.
         self.websockets.close_all()
@@ -198,6 +201,14 @@ class Gate(Protocol):
         """This process's sockets in these rooms that must not get the event."""
 
 
+def _payload(data: Any) -> Any:
+    """An emit's payload as published: python-socketio 5.16+ wraps the arguments in a list
+    (binary parts after the first); before, the single argument went as it is."""
+    if isinstance(data, list | tuple):
+        return data[0] if data else None
+    return data
+
+
 def _rooms(room: Any) -> list[str]:
     if isinstance(room, str):
         return [room]
@@ -218,7 +229,7 @@ class _Gated:
         return [*skip, *sorted(blocked)]
 
     async def _control(self, data: Any) -> None:
-        payload = data[0] if isinstance(data, list | tuple) and data else data
+        payload = _payload(data)
         if self.gate is not None and isinstance(payload, dict):
             await self.gate.control(payload)
 

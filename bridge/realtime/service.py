@@ -91,9 +91,10 @@ def remembered_by(claims: FallbackClaims) -> Callable[[str, Any], None]:
     return remember
 
 
-def lanes(name: str, config: Config, fanout: Fanout) -> Lanes:
+def lanes(name: str, config: Config, fanout: Fanout, job_timeout: float = 15.0) -> Lanes:
     return Lanes(
         name,
+        job_timeout=job_timeout,
         per_lane=int(config.get("realtime.lane_size", 1000)),
         max_queued=int(config.get("realtime.queue_size", 20000)),
         lookup_timeout=float(config.get("realtime.lookup_timeout", 2)),
@@ -147,7 +148,8 @@ def context(app: web.Application):
                 fanout=fanout,
                 relays=relays,
                 live=lanes("live", config, fanout),
-                slow=lanes("slow", config, fanout),
+                # A membership change lists the conversation once per participant.
+                slow=lanes("slow", config, fanout, job_timeout=60.0),
             )
             app[REALTIME] = realtime
             app[PRESENCE] = presence
