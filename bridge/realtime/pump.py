@@ -49,7 +49,7 @@ class Lanes:
         self,
         name: str,
         *,
-        workers: int = 16,
+        workers: int = 8,
         per_lane: int = 1000,
         max_lanes: int = 5000,
         max_queued: int = 20000,
