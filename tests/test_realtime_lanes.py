@@ -155,8 +155,8 @@ async def test_slow_profile_does_not_delay_other_conversations(stack) -> None:
 
 
 async def test_a_dropped_job_sends_resync_to_the_conversation(stack) -> None:
-    """A job that fails, and one that does not fit its lane: the conversation's sockets hear
-    ``resync {conversationId, reason}`` once per busy lane, never silence."""
+    """A job that fails, and ones that do not fit their lane: the conversation's sockets hear
+    ``resync {conversationId, reason}``, never silence, and at most one a second."""
     app = stack.app
     bob = await crm_user(app, "Bob Resync")
     conv = await project_chat(app, [bob], name="Resync")
@@ -186,14 +186,18 @@ async def test_a_dropped_job_sends_resync_to_the_conversation(stack) -> None:
 
             return run
 
-        accepted = [lanes.submit(conv.room_id, job(i)) for i in range(4)]
-        assert accepted == [True, True, False, False]
+        accepted = [lanes.submit(conv.room_id, job(i)) for i in range(5)]
+        assert accepted == [True, True, False, False, False]
+        overflow = {"conversationId": conv.conversation_id, "reason": OVERFLOW}
+        await eventually(lambda: asyncio.sleep(0, overflow in socket.resyncs), timeout=10)
         gate.set()
         await lanes.drain()
         assert ran == [0, 1]  # in order, the ones that fit
-        overflow = {"conversationId": conv.conversation_id, "reason": OVERFLOW}
-        await eventually(lambda: asyncio.sleep(0, overflow in socket.resyncs), timeout=10)
-        assert socket.resyncs.count(overflow) == 1  # once for the busy lane, not per job
+        assert lanes.dropped[OVERFLOW] == 3
+        # One at once, one a second later for the drops in between: not one per job.
+        await eventually(lambda: asyncio.sleep(0, socket.resyncs.count(overflow) == 2))
+        await asyncio.sleep(1.5)
+        assert socket.resyncs.count(overflow) == 2
         assert len(lanes) == 0  # the idle lane is gone
         await lanes.stop()
     finally:

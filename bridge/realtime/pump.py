@@ -10,8 +10,10 @@ dry, so idle conversations cost nothing.
 
 Everything is bounded: jobs per lane, lanes alive, jobs queued in all, and each job's time.
 A job that cannot be queued, fails or runs out of time is dropped, and ``on_drop(key,
-reason)`` is told (once per key until that lane runs dry again): the real-time side turns it
-into a ``resync`` event for the conversation, never silence.
+reason)`` is told: at once, or, if that key was told less than ``REPORT_INTERVAL`` ago, once
+more when the interval is over (so the last drop is always followed by a report, and a
+flood of drops costs one a second). The real-time side turns it into a ``resync`` event for
+the conversation, never silence.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ OVERFLOW = "overflow"
 FAILED = "failed"
 TIMEOUT = "timeout"
 
+REPORT_INTERVAL = 1.0  # seconds between two reports of drops for one key
+
 
 @dataclass
 class _Lane:
     jobs: deque[Job] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
-    # A drop was reported since this lane last ran dry: the next ones are not.
-    reported: bool = False
 
 
 class Lanes:
@@ -71,8 +73,9 @@ class Lanes:
         self._idle = asyncio.Event()
         self._idle.set()
         self._reports: set[asyncio.Task[None]] = set()
-        # Drops reported for keys that had no lane (too many lanes): when, to throttle them.
+        # When drops of a key were last reported, and the keys with a report due.
         self._reported_at: dict[str, float] = {}
+        self._due: set[str] = set()
         self._stopped = False
         self.dropped: Counter[str] = Counter()  # by reason
 
@@ -92,7 +95,7 @@ class Lanes:
         )
         if full:
             # Never block intake: the conversation's sockets are told to refetch instead.
-            self._drop(key, lane, OVERFLOW)
+            self._drop(key, OVERFLOW)
             return False
         if lane is None:
             lane = self._lanes[key] = _Lane()
@@ -116,10 +119,10 @@ class Lanes:
                         await asyncio.wait_for(job(), self.job_timeout)
                 except TimeoutError:
                     log.warning("A real-time job in lane %s ran out of time", self.name)
-                    self._drop(key, lane, TIMEOUT)
+                    self._drop(key, TIMEOUT)
                 except Exception:
                     log.exception("Real-time job failed in lane %s", self.name)
-                    self._drop(key, lane, FAILED)
+                    self._drop(key, FAILED)
                 finally:
                     lane.jobs.popleft()
                     self._finished(1)
@@ -136,22 +139,31 @@ class Lanes:
             self._queued = 0
             self._idle.set()
 
-    def _drop(self, key: str, lane: _Lane | None, reason: str) -> None:
+    def _drop(self, key: str, reason: str) -> None:
         self.dropped[reason] += 1
-        if lane is not None:
-            if lane.reported:
-                return
-            lane.reported = True
-        else:
-            now = time.monotonic()
-            if now - self._reported_at.get(key, -1.0) < 1.0:
-                return
-            if len(self._reported_at) > 10000:
-                self._reported_at.clear()
-            self._reported_at[key] = now
-        log.warning("Real-time lane %s dropped a job (%s); asking for a resync", self.name, reason)
-        if self.on_drop is None or self._stopped:
+        if self.on_drop is None or self._stopped or key in self._due:
             return
+        now = time.monotonic()
+        last = self._reported_at.get(key)
+        if last is None or now - last >= REPORT_INTERVAL:
+            self._tell(key, reason)
+            return
+        self._due.add(key)
+        wait = last + REPORT_INTERVAL - now
+        asyncio.get_running_loop().call_later(wait, self._tell, key, reason)
+
+    def _tell(self, key: str, reason: str) -> None:
+        self._due.discard(key)
+        if self._stopped:
+            return
+        now = time.monotonic()
+        if len(self._reported_at) > 10000:
+            self._reported_at = {
+                k: at for k, at in self._reported_at.items() if now - at < REPORT_INTERVAL
+            }
+        self._reported_at[key] = now
+        log.warning("Real-time lane %s dropped a job of %s (%s): resync", self.name, key, reason)
+        assert self.on_drop is not None
         task = asyncio.create_task(self._report(key, reason))
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
@@ -164,7 +176,8 @@ class Lanes:
             log.exception("Could not send a resync for lane %s", self.name)
 
     async def drain(self) -> None:
-        """Wait until every job submitted so far has run (tests and shutdown)."""
+        """Wait until every job submitted so far has run, and the reports made at once were
+        sent (tests and shutdown; a report due later is not waited for)."""
         await self._idle.wait()
         if self._reports:
             await asyncio.wait(set(self._reports))
