@@ -299,7 +299,7 @@ async def test_page_renews_its_dev_token_and_draws_message_changes(stack, browse
         await expect(message(page, "Still here")).to_have_count(0)
         realtime = facade.app[REALTIME]
         await realtime.fanout.resync(room_id_for_conversation(cid), "failed")
-        await expect(message(page, "Still here")).to_be_visible()
+        await expect(message(page, "Still here")).to_be_visible(timeout=15000)
         await expect(message(page, "A reply")).to_have_count(0)
         assert page.errors == []  # type: ignore[attr-defined]
         await page.context.close()
