@@ -1,10 +1,12 @@
 # The commands the README promises: `make run`, `make test`, `make soak` and `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
+# The suite on the lowest versions pyproject.toml allows, in a venv of its own.
+VENV_MIN ?= .venv-min
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tests/node/package.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test soak lint format bench clean install
+.PHONY: run test test-min soak lint format bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,16 @@ test: $(STAMP)
 	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak" --durations=20
 
+## The same suite on the floors: every direct dependency (dev extra included) at the lowest
+## release its range in pyproject.toml admits (uv's lowest-direct resolution; pip has none).
+test-min:
+	test -x $(VENV_MIN)/bin/python || $(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/pip install --quiet --upgrade pip uv
+	$(VENV_MIN)/bin/uv pip install --quiet --python $(VENV_MIN)/bin/python --resolution lowest-direct -e '.[dev]'
+	if [ -f tests/node/package.json ]; then npm --prefix tests/node ci --no-audit --no-fund --silent; fi
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-color-emoji)
+	$(VENV_MIN)/bin/python -m pytest -q -p no:cacheprovider -m "not soak"
+
 ## The long fault runs (kill -9 during a 2,000-message burst, PostgreSQL crash under load).
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak -s
@@ -47,4 +59,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix bridge tests bench
 
 clean:
-	rm -rf $(VENV) .dev .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_MIN) .dev .pytest_cache .ruff_cache

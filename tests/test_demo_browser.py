@@ -17,6 +17,8 @@ from nio import AsyncClient, RoomSendResponse
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bridge.context import ROOM_MEMBERS
+from bridge.ids import room_id_for_conversation
+from bridge.realtime import REALTIME
 from tests.api_support import api_for, png, second_facade
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
@@ -290,5 +292,14 @@ async def test_page_renews_its_dev_token_and_draws_message_changes(stack, browse
         )
         await expect(edited).to_have_count(0)
         await expect(page.locator("#pins")).to_be_hidden()
+
+        # resync from the bridge (a lane dropped a job): the page reloads the history, so
+        # the message it dropped locally above is back as the bridge holds it, and the reply
+        # drawn only locally is gone.
+        await expect(message(page, "Still here")).to_have_count(0)
+        realtime = facade.app[REALTIME]
+        await realtime.fanout.resync(room_id_for_conversation(cid), "failed")
+        await expect(message(page, "Still here")).to_be_visible(timeout=15000)
+        await expect(message(page, "A reply")).to_have_count(0)
         assert page.errors == []  # type: ignore[attr-defined]
         await page.context.close()

@@ -41,6 +41,7 @@ log = logging.getLogger("bridge.api.chat")
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
+_PROFILE_RETRY = 30.0
 _PROFILE_CACHE_SIZE = 10000
 _EVENT_CACHE_SIZE = 20000
 
@@ -150,9 +151,18 @@ class ChatService:
             return cached[1]
         try:
             profile = await self.app[MATRIX].get_profile(mxid)
-        except (MatrixError, web.HTTPException, Exception) as e:  # a profile is decoration
+        except MatrixError as e:  # no profile (404), or not ours to see
             log.debug("No profile for %s: %s", mxid, e)
             profile = {}
+        except Exception as e:  # slow or gone (real-time lanes give up fast): decoration
+            log.debug("Profile of %s not available now: %s", mxid, e)
+            # The last one we had, else nothing (the name falls back to the localpart);
+            # asked again after _PROFILE_RETRY, not on every message meanwhile.
+            fallback = cached[1] if cached else {}
+            if len(self._profiles) >= _PROFILE_CACHE_SIZE:
+                self._profiles.clear()
+            self._profiles[mxid] = (time.monotonic() - _PROFILE_TTL + _PROFILE_RETRY, fallback)
+            return fallback
         avatar = profile.get("avatar_url") if isinstance(profile, dict) else None
         if isinstance(avatar, str) and avatar.startswith("mxc://"):
             # Shown as this user's avatar, so any CRM user may fetch it (as on Matrix, where

@@ -6,6 +6,8 @@ connection errors) within a time budget, then raises :class:`HomeserverUnavailab
 Requests made for a CRM user (inside :func:`for_user`) don't wait for a homeserver that is
 gone: they give up once it has answered nothing for ``silence_timeout``, and at once while
 the monitor (:mod:`.monitor`) holds it down. Only 429s use the whole budget for them.
+Requests made inside :func:`patience` (real-time work, where a look-up only decorates an
+event that many sockets wait for) give up after that many seconds in all, retries included.
 It counts the writes it sends, so idempotency can be measured rather than assumed.
 """
 
@@ -37,6 +39,20 @@ T = TypeVar("T")
 
 # Set while serving a CRM user (REST facade, Socket.IO): a person is waiting for the answer.
 _FOR_USER: ContextVar[bool] = ContextVar("homeserver_for_user", default=False)
+
+
+# Set by real-time lanes: no request made inside takes longer than this, retries included.
+_PATIENCE: ContextVar[float | None] = ContextVar("homeserver_patience", default=None)
+
+
+@contextlib.contextmanager
+def patience(seconds: float | None) -> Iterator[None]:
+    """Homeserver requests made inside give up (HomeserverUnavailable) after ``seconds``."""
+    token = _PATIENCE.set(seconds)
+    try:
+        yield
+    finally:
+        _PATIENCE.reset(token)
 
 
 @contextlib.contextmanager
@@ -210,6 +226,9 @@ class Homeserver:
         # Silence is counted from here, and again after each wait a 429 asked for.
         quiet_since = time.monotonic()
         deadline = quiet_since + self.retry_budget
+        limit = _PATIENCE.get()
+        if limit is not None:
+            deadline = min(deadline, quiet_since + limit)
         backoff = 0.25
         while True:
             self.requests += 1
@@ -221,9 +240,10 @@ class Homeserver:
                 attempt = self._attempt(
                     method, path, raw, json=json, data=data, params=query, headers=headers
                 )
-                status, resp_headers, body = await (
-                    self._while_answering(attempt, quiet_since) if user_waits else attempt
-                )
+                waiting = self._while_answering(attempt, quiet_since) if user_waits else attempt
+                if limit is not None:
+                    waiting = asyncio.wait_for(waiting, max(deadline - time.monotonic(), 0.001))
+                status, resp_headers, body = await waiting
                 if self.metrics is not None:
                     self.metrics.homeserver_answered(
                         method, path, status, time.perf_counter() - started

@@ -9,7 +9,8 @@
 * ephemeral.py m.typing / m.receipt / m.presence → user_typing, messages_read, user_online...
 * presence.py  first socket → online, last socket + grace → offline
 * registry.py  every user's sockets across processes; local.py, this process's
-* dedup.py, pump.py, rooms.py helpers
+* pump.py      lanes: ordered per conversation, bounded, a dropped job → ``resync``
+* dedup.py, rooms.py helpers
 * manager.py   Socket.IO managers: gated delivery and control messages; over Redis,
                resubscribing and resyncing after an outage (../redis_state.py tells
                every Redis user whether Redis answers now)
@@ -29,7 +30,7 @@ from . import handlers
 from .access import Access
 from .fanout import is_conversation_change, is_message
 from .local import LocalSockets
-from .server import create_server
+from .server import attach, create_server
 from .service import ACCESS, PRESENCE, REALTIME, SIO, TYPING, Realtime, context
 
 __all__ = ["ACCESS", "PRESENCE", "REALTIME", "SIO", "TYPING", "Realtime", "setup"]
@@ -41,7 +42,7 @@ def setup(app: web.Application) -> None:
     if state is not None:
         app[REDIS_STATE] = state
     sio = create_server(app[CONFIG], state)
-    sio.attach(app)
+    attach(app, sio)
     app[SIO] = sio
     sockets = LocalSockets()
     if (metrics := app.get(METRICS)) is not None:
@@ -67,26 +68,29 @@ def setup(app: web.Application) -> None:
         if REALTIME not in app:
             return
         realtime = app[REALTIME]
+        room_id = event["room_id"]
         if is_message(event):
-            realtime.live.submit(lambda: realtime.fanout.message_event(event))
+            realtime.live.submit(room_id, lambda: realtime.fanout.message_event(event))
         elif is_conversation_change(event):
             if event.get("type") == "m.room.member":
                 # The directory side has already recorded the membership (crm/drift.py).
-                realtime.live.submit(lambda: realtime.fanout.membership(event))
-            realtime.fanout.schedule_change(event["room_id"], realtime.slow)
+                realtime.live.submit(room_id, lambda: realtime.fanout.membership(event))
+            realtime.fanout.schedule_change(room_id, realtime.slow)
 
     async def on_ephemeral(event: Event) -> None:
         if REALTIME not in app:
             return
         realtime = app[REALTIME]
         kind = event.get("type")
+        room_id = str(event.get("room_id") or "")
         if kind == "m.typing":
-            realtime.live.submit(lambda: realtime.relays.typing(event))
+            realtime.live.submit(room_id, lambda: realtime.relays.typing(event))
         elif kind == "m.receipt":
-            realtime.live.submit(lambda: realtime.relays.receipt(event, realtime.slow))
+            realtime.live.submit(room_id, lambda: realtime.relays.receipt(event, realtime.slow))
         elif kind == "m.presence":
             connected = realtime.registry.connected
-            realtime.live.submit(lambda: realtime.relays.presence(event, connected))
+            key = f"presence:{event.get('sender')}"
+            realtime.live.submit(key, lambda: realtime.relays.presence(event, connected))
 
     async def on_relation(effect: Effect) -> None:
         if REALTIME not in app:
@@ -95,10 +99,14 @@ def setup(app: web.Application) -> None:
         fanout, room_id = realtime.fanout, effect.room_id
         if effect.deleted:
             deleted = list(effect.deleted)
-            realtime.live.submit(lambda: fanout.messages_deleted(room_id, deleted, realtime.slow))
+            realtime.live.submit(
+                room_id, lambda: fanout.messages_deleted(room_id, deleted, realtime.slow)
+            )
         if effect.changed:
             changed = list(effect.changed)
-            realtime.live.submit(lambda: fanout.messages_changed(room_id, changed, realtime.slow))
+            realtime.live.submit(
+                room_id, lambda: fanout.messages_changed(room_id, changed, realtime.slow)
+            )
 
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)

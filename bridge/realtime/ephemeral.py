@@ -131,7 +131,9 @@ class Relays:
             to=rooms,
         )
         updated = [e.event_id for e in newly[-MAX_UPDATED:]]
-        slow.submit(lambda: self._message_updates(conversation, updated, rooms))
+        slow.submit(
+            conversation.room_id, lambda: self._message_updates(conversation, updated, rooms)
+        )
 
     async def _message_updates(
         self, conversation: Conversation, event_ids: list[str], rooms: list[str]

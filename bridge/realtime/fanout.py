@@ -4,6 +4,8 @@
   of the facade that sent it (as soon as Synapse returned the event id) or the appservice
   transaction. ``new_message`` and ``conversation_update`` go to the conversation's room,
   sender included. Each message carries a safe ``cursor`` for catch-up (see cursors.py).
+* Whatever a lane had to drop for a conversation (bridge/realtime/pump.py) becomes
+  ``resync {conversationId, reason}`` to the conversation's room: its sockets refetch.
 * A name, topic, avatar, project-link or power-level change, or a membership change, sends
   ``conversation_update`` with the full conversation object to every participant. A CRM
   user who joins has all their sockets (in any process) enter the conversation's room; one
@@ -18,20 +20,20 @@ from typing import Any
 
 import socketio
 from aiohttp import web
-from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from ..api import CHAT
 from ..context import CONVERSATIONS, USERS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
-from ..ids import message_id_for_event
+from ..ids import conversation_id_for_room, message_id_for_event
 from ..matrix.dispatcher import Event
 from ..matrix.relations import is_timeline_message
 from ..redis_state import RedisState
 from .access import Access
 from .cursors import Frontier
 from .dedup import Claims
-from .pump import Lane
+from .manager import BridgeRedisManager
+from .pump import Lanes
 from .registry import SocketRegistry
 from .rooms import conversation_room, participants, user_room
 
@@ -113,7 +115,7 @@ class Fanout:
             await self.frontier.set(conversation_id, message["_id"])
 
     # Changes to existing messages (bridge/matrix/relations.py says which).
-    async def messages_changed(self, room_id: str, event_ids: list[str], slow: Lane) -> None:
+    async def messages_changed(self, room_id: str, event_ids: list[str], slow: Lanes) -> None:
         """Edits, reactions, thread replies and pins: ``message_update`` with the full message
         to the conversation's participants (``me`` on reactions is false: many read it)."""
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
@@ -134,7 +136,7 @@ class Fanout:
         if conversation.last_event_id in event_ids:
             self.schedule_change(room_id, slow)  # lastMessage shows the new text
 
-    async def messages_deleted(self, room_id: str, event_ids: list[str], slow: Lane) -> None:
+    async def messages_deleted(self, room_id: str, event_ids: list[str], slow: Lanes) -> None:
         """A redaction: ``message_deleted``, then the conversation (lastMessage, unread)."""
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
         if conversation is None:
@@ -148,6 +150,17 @@ class Fanout:
             await self.sio.emit("message_deleted", payload, to=room)
         self.schedule_change(room_id, slow)
 
+    async def resync(self, key: str, reason: str) -> None:
+        """A lane dropped a job of this room (it did not fit, failed or ran out of time):
+        the conversation's sockets hear ``resync {conversationId, reason}`` and refetch it,
+        instead of missing an event in silence. Other keys (presence) are repaired by the
+        next transition."""
+        if not key.startswith("!"):
+            return
+        conversation_id = conversation_id_for_room(key)
+        payload = {"conversationId": conversation_id, "reason": reason}
+        await self.sio.emit("resync", payload, to=conversation_room(conversation_id))
+
     def _fans_out(self) -> bool:
         return self.state is None or self.state.up
 
@@ -157,7 +170,7 @@ class Fanout:
         manager forwards the others to their process, which ignores closed ones)."""
         sids = await self.registry.sids(user.crm_user_id)
         manager = self.sio.manager
-        if isinstance(manager, AsyncPubSubManager):
+        if isinstance(manager, BridgeRedisManager):
             return sids
         return [sid for sid in sids if manager.is_connected(sid, "/")]
 
@@ -184,7 +197,7 @@ class Fanout:
         elif membership in ("leave", "ban"):
             await self.leave(user, conversation.conversation_id)
 
-    def schedule_change(self, room_id: str, lane: Lane, delay: float = 0.3) -> None:
+    def schedule_change(self, room_id: str, lane: Lanes, delay: float = 0.3) -> None:
         """One update per burst (creating a room or adding 50 members is one change), a
         moment later: the directory records the membership it applied right after the
         homeserver answered, which may be after the event reached us."""
@@ -196,7 +209,7 @@ class Fanout:
             self._pending_changes.discard(room_id)
             await self.conversation_changed(room_id)
 
-        asyncio.get_running_loop().call_later(delay, lane.submit, job)
+        asyncio.get_running_loop().call_later(delay, lane.submit, room_id, job)
 
     async def conversation_changed(self, room_id: str) -> None:
         """The full conversation object, as each participant lists it, to each participant."""

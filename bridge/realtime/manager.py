@@ -3,7 +3,8 @@ lacks: it resubscribes within ``MAX_RETRY_S`` of Redis returning, and it never l
 receive a cursor past a message the outage kept from it.
 
 This subclasses ``AsyncPubSubManager`` and implements the two methods it documents for
-backends, ``_publish`` and ``_listen``; nothing else of python-socketio is overridden.
+backends, ``_publish`` and ``_listen``. Beyond them it uses python-socketio's public API
+only: the manager's ``emit`` and ``get_participants``, the server's ``disconnect``.
 
 * Redis down (a publish or the subscription fails): the state turns down (logged once).
   Emits go to this process's sockets only; nothing is published, so nothing half-crosses.
@@ -21,8 +22,9 @@ things of ours:
   handled before that message in every process.
 * A gate checked at delivery, in each process, for its own sockets: a conversation's events
   reach only sockets whose user takes part in it, even if a socket's room membership went
-  stale (a lost pub/sub message, a join racing a removal). ``_handle_emit`` is where the
-  pub/sub manager delivers an emit locally, for its own emits and other processes' alike.
+  stale (a lost pub/sub message, a join racing a removal). The gate adds the sockets it
+  holds back to the emit's ``skip_sid``: in ``emit`` for this process's own emits, and in
+  ``_listen`` for other processes' emits before python-socketio delivers them here.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ import socketio
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+# Not re-exported by the package; its docstring is the contract for a backend subclass, and
+# python-socketio's own Redis and AMQP managers are written against it the same way.
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from .. import safejson
 from ..redis_state import REDIS_ERRORS, RedisState
 from .rooms import is_conversation_room
+from .wire import OpenWebsockets
 
 log = logging.getLogger("bridge.realtime.manager")
 
@@ -60,23 +67,6 @@ def redis_client(url: str, retries: int = 1) -> Redis:
     )
 
 
-async def close_transport(sio: socketio.AsyncServer, eio_sid: str) -> None:
-    """Close one Engine.IO session the way a dying process would: the client sees a
-    transport close and reconnects by itself."""
-    eio = sio.eio
-    socket = eio.sockets.get(eio_sid)
-    try:
-        await eio.disconnect(eio_sid)
-    except Exception:
-        log.exception("Could not close a socket after a Redis outage")
-    # python-engineio sends a CLOSE packet and leaves a websocket open until its ping
-    # timeout; socket.io-client ignores CLOSE over websocket and would sit on a dead session
-    # for ~45 s. The queue's end marker stops the writer, which closes the websocket.
-    queue = getattr(socket, "queue", None)
-    if getattr(socket, "upgraded", False) and isinstance(queue, asyncio.Queue):
-        queue.put_nowait(None)
-
-
 class BridgeRedisManager(AsyncPubSubManager):
     name = "bridge-redis"
 
@@ -89,12 +79,14 @@ class BridgeRedisManager(AsyncPubSubManager):
         # Told of every event another process emitted, before it reaches our sockets: the
         # claims remember them, in case Redis is gone when a second path sees the message.
         self.on_remote_emit: Callable[[str, Any], None] | None = None
+        # This process's websocket connections, cut after an outage (server.py fills it).
+        self.websockets = OpenWebsockets()
 
     async def _publish(self, data: Any) -> None:
         if not self.state.up:
             return  # the emit was handled locally; no other process hears of it
         try:
-            await self._send(self.channel, self.json.dumps(data))
+            await self._send(self.channel, safejson.dumps(data))
         except REDIS_ERRORS as e:
             self.state.down(f"publishing failed: {e!r}")
 
@@ -122,7 +114,9 @@ class BridgeRedisManager(AsyncPubSubManager):
                     if message["channel"] == resync:
                         await self._on_resync(message["data"])
                     elif message["channel"] == channel:
-                        yield self._parsed(message["data"])
+                        parsed = await self._arrived(self._parsed(message["data"]))
+                        if parsed is not None:
+                            yield parsed
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as e:
@@ -138,7 +132,7 @@ class BridgeRedisManager(AsyncPubSubManager):
     def _parsed(self, raw: bytes) -> Any:
         """Parse once here (``_thread`` accepts a dict) to show remote emits to the hook."""
         try:
-            data = self.json.loads(raw)
+            data = safejson.loads(raw)
         except ValueError:
             return raw
         if (
@@ -147,8 +141,11 @@ class BridgeRedisManager(AsyncPubSubManager):
             and data.get("method") == "emit"
             and data.get("host_id") != self.host_id
         ):
-            args = data.get("data") or [None]
-            self.on_remote_emit(str(data.get("event")), args[0])
+            self.on_remote_emit(str(data.get("event")), _payload(data.get("data")))
+        return data
+
+    async def _arrived(self, data: Any) -> Any:
+        """Another process's message, before python-socketio handles it; None drops it."""
         return data
 
     async def _recover(self) -> None:
@@ -171,8 +168,19 @@ class BridgeRedisManager(AsyncPubSubManager):
         """Close this process's sockets at the transport level: clients reconnect on their
         own (a Socket.IO-level disconnect would make socket.io-client give up)."""
         eio_sids = [eio_sid for _, eio_sid in self.get_participants("/", None)]
+
+        async def close(eio_sid: str) -> None:
+            try:
+                # Engine.IO's close: the disconnect handlers run, a polling client reconnects.
+                await self.server.eio.disconnect(eio_sid)
+            except Exception:
+                log.exception("Could not close a socket after a Redis outage")
+
         if eio_sids:
-            await asyncio.gather(*(close_transport(self.server, e) for e in eio_sids))
+            await asyncio.gather(*(close(e) for e in eio_sids))
+        # socket.io-client ignores Engine.IO's CLOSE over a websocket, and python-engineio
+        # keeps the websocket open until its ping timeout (~45 s): cut the connections.
+        self.websockets.close_all()
         return len(eio_sids)
 
     async def close(self) -> None:
@@ -191,6 +199,14 @@ class Gate(Protocol):
 
     async def blocked(self, namespace: str, rooms: list[str]) -> set[str]:
         """This process's sockets in these rooms that must not get the event."""
+
+
+def _payload(data: Any) -> Any:
+    """An emit's payload as published: python-socketio 5.16+ wraps the arguments in a list
+    (binary parts after the first); before, the single argument went as it is."""
+    if isinstance(data, list | tuple):
+        return data[0] if data else None
+    return data
 
 
 def _rooms(room: Any) -> list[str]:
@@ -213,7 +229,7 @@ class _Gated:
         return [*skip, *sorted(blocked)]
 
     async def _control(self, data: Any) -> None:
-        payload = data[0] if isinstance(data, list | tuple) and data else data
+        payload = _payload(data)
         if self.gate is not None and isinstance(payload, dict):
             await self.gate.control(payload)
 
@@ -242,12 +258,39 @@ class GatedManager(_Gated, socketio.AsyncManager):
 
 
 class GatedRedisManager(_Gated, BridgeRedisManager):
-    """Several processes sharing a Redis channel."""
+    """Several processes sharing a Redis channel: our own emits are gated before
+    python-socketio delivers them here and publishes them; other processes' as they arrive
+    (each process skips only its own sockets, whose ids are unique)."""
 
-    async def _handle_emit(self, message: dict[str, Any]) -> None:
-        if message.get("event") == CONTROL_EVENT:
-            return await self._control(message.get("data"))
-        skip = await self._skip(
-            message.get("namespace"), message.get("room"), message.get("skip_sid")
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        if event == CONTROL_EVENT:
+            await self._control(data)  # here, then to the other processes (CONTROL_ROOM)
+        else:
+            skip_sid = await self._skip(namespace, room, skip_sid)
+        await super().emit(
+            event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
         )
-        await super()._handle_emit({**message, "skip_sid": skip})
+
+    async def _arrived(self, data: Any) -> Any:
+        if (
+            not isinstance(data, dict)
+            or data.get("method") != "emit"
+            or data.get("host_id") == self.host_id
+        ):
+            return data
+        if data.get("event") == CONTROL_EVENT:
+            await self._control(data.get("data"))
+            return None
+        skip = await self._skip(data.get("namespace"), data.get("room"), data.get("skip_sid"))
+        return {**data, "skip_sid": skip}

@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 
 import socketio
+from aiohttp import web
 
 from .. import safejson
 from ..config import Config, redis_prefix
 from ..redis_state import RedisState
 from .manager import BridgeRedisManager, GatedManager, GatedRedisManager
-from .wire import CheckedPacket, CheckedWebSocket, EngineLog
+from .wire import CheckedPacket, CheckedWebSocket, EngineLog, OpenWebsockets
 
 log = logging.getLogger("bridge.realtime.server")
 
-__all__ = ["create_server", "redis_prefix", "start_manager", "stop_manager"]
+__all__ = ["attach", "create_server", "redis_prefix", "start_manager", "stop_manager"]
+
+PATH = "/socket.io/"
 
 
 def create_server(config: Config, state: RedisState | None) -> socketio.AsyncServer:
@@ -41,9 +44,27 @@ def create_server(config: Config, state: RedisState | None) -> socketio.AsyncSer
         logger=False,
         engineio_logger=EngineLog(logging.getLogger("bridge.realtime.engineio")),
     )
-    # This server's copy of the driver table: the websocket class is the one hook there is.
-    server.eio._async = {**server.eio._async, "websocket": CheckedWebSocket}
+    # The one place we reach past python-engineio's public API: there is no hook for a
+    # websocket frame that is no Engine.IO packet (its read loop dies on one, with a
+    # traceback). This server's copy of the driver table gets a websocket class that drops
+    # them; if a release lays the table out otherwise, we run without it and say so.
+    drivers = getattr(server.eio, "_async", None)
+    if isinstance(drivers, dict) and "websocket" in drivers:
+        server.eio._async = {**drivers, "websocket": CheckedWebSocket}
+    else:
+        log.warning("python-engineio has no websocket driver table; junk frames are not filtered")
     return server
+
+
+def attach(app: web.Application, sio: socketio.AsyncServer) -> None:
+    """Serve Socket.IO at ``/socket.io/`` through ``AsyncServer.handle_request`` (what
+    ``attach`` registers), recording open websockets for the Redis manager to cut."""
+    manager = sio.manager
+    websockets = manager.websockets if isinstance(manager, BridgeRedisManager) else OpenWebsockets()
+    handle = websockets.handler(sio)
+    app.router.add_get(PATH, handle)
+    app.router.add_post(PATH, handle)
+    app.router.add_route("OPTIONS", PATH, handle)
 
 
 def start_manager(sio: socketio.AsyncServer) -> None:

@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ..config import Config
 from ..context import CONFIG, DATABASE, MATRIX, REDIS_STATE, REVOCATIONS, USERS
 from ..db.announced_receipt import AnnouncedReceiptStore
 from ..db.crm_user import CrmUser
@@ -24,7 +25,7 @@ from .ephemeral import Relays
 from .fanout import Fanout
 from .manager import BridgeRedisManager
 from .presence import PresenceTracker
-from .pump import Lane
+from .pump import Lanes
 from .registry import FallbackRegistry, MemoryRegistry, RedisRegistry, SocketRegistry
 from .server import redis_prefix, start_manager, stop_manager
 from .typing import TypingThrottle
@@ -38,9 +39,10 @@ class Realtime:
     presence: PresenceTracker
     fanout: Fanout
     relays: Relays
-    # Messages, typing, receipts and presence, in order; then slower follow-ups.
-    live: Lane
-    slow: Lane
+    # Messages, typing, receipts and presence, in order per conversation (a lane per room;
+    # presence per user); then slower follow-ups, per conversation too.
+    live: Lanes
+    slow: Lanes
 
     async def drain(self) -> None:
         await self.live.drain()
@@ -89,6 +91,17 @@ def remembered_by(claims: FallbackClaims) -> Callable[[str, Any], None]:
     return remember
 
 
+def lanes(name: str, config: Config, fanout: Fanout, job_timeout: float = 15.0) -> Lanes:
+    return Lanes(
+        name,
+        job_timeout=job_timeout,
+        per_lane=int(config.get("realtime.lane_size", 1000)),
+        max_queued=int(config.get("realtime.queue_size", 20000)),
+        lookup_timeout=float(config.get("realtime.lookup_timeout", 2)),
+        on_drop=fanout.resync,
+    )
+
+
 def context(app: web.Application):
     async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
@@ -126,15 +139,17 @@ def context(app: web.Application):
                 grace_s=float(config["realtime.offline_grace"]),
                 refresh_s=float(config.get("realtime.presence_refresh", 20)),
             )
+            fanout = Fanout(app, sio, claims, registry, frontier, app[ACCESS], state)
             realtime = Realtime(
                 sio=sio,
                 claims=claims,
                 registry=registry,
                 presence=presence,
-                fanout=Fanout(app, sio, claims, registry, frontier, app[ACCESS], state),
+                fanout=fanout,
                 relays=relays,
-                live=Lane("live"),
-                slow=Lane("slow"),
+                live=lanes("live", config, fanout),
+                # A membership change lists the conversation once per participant.
+                slow=lanes("slow", config, fanout, job_timeout=60.0),
             )
             app[REALTIME] = realtime
             app[PRESENCE] = presence
@@ -147,8 +162,6 @@ def context(app: web.Application):
             revocations.on_member_left.append(app[ACCESS].member_left)
             revocations.on_user_deactivated.append(app[ACCESS].deactivate)
             start_manager(sio)
-            realtime.live.start()
-            realtime.slow.start()
             presence.start()
             try:
                 yield

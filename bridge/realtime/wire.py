@@ -8,10 +8,14 @@ socket's is dropped by python-socketio.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import socketio
+from aiohttp import web
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet
 
@@ -109,3 +113,42 @@ class EngineLog(logging.LoggerAdapter):
             return
         self.debug(msg, *args, exc_info=exc_info, **kwargs)
         self.warning("%s: %s", str(msg) % args if args else msg, type(error).__name__)
+
+
+class OpenWebsockets:
+    """The connections of this process's websockets, so they can be cut at once.
+
+    Engine.IO's close leaves a websocket open until its ping timeout, and socket.io-client
+    ignores the CLOSE packet over a websocket; cutting the connection (aiohttp's
+    ``request.transport``) makes the client see a transport close and reconnect by itself.
+    """
+
+    def __init__(self) -> None:
+        self._open: set[asyncio.BaseTransport] = set()
+
+    def handler(self, sio: socketio.AsyncServer) -> Callable[[web.Request], Awaitable[Any]]:
+        """The ``/socket.io/`` route: python-socketio's documented ``handle_request``, with
+        each websocket's connection recorded while it lasts."""
+
+        async def handle(request: web.Request) -> Any:
+            upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+            transport = request.transport if upgrade else None
+            if transport is not None:
+                self._open.add(transport)
+            try:
+                return await sio.handle_request(request)
+            finally:
+                if transport is not None:
+                    self._open.discard(transport)
+
+        return handle
+
+    def close_all(self) -> int:
+        cut = list(self._open)
+        self._open.clear()
+        for transport in cut:
+            transport.close()
+        return len(cut)
+
+    def __len__(self) -> int:
+        return len(self._open)

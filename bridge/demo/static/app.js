@@ -213,6 +213,7 @@ function connectSocket() {
   socket.on("messages_read", onMessagesRead);
   socket.on("message_update", updateMessage);
   socket.on("message_deleted", onMessageDeleted);
+  socket.on("resync", onResync);
   socket.on("user_online", (user) => setOnline(user.id ?? user._id, true));
   socket.on("user_offline", (userId) => setOnline(userId?.id ?? userId, false));
 }
@@ -267,6 +268,27 @@ function onNewMessage(message) {
     }
   }
   renderConversations();
+}
+
+// The bridge dropped an event of this conversation (docs/realtime.md, "resync"): what we
+// hold may be missing something, so reload its history (and the list) from REST.
+async function onResync({ conversationId }) {
+  await refreshConversations();
+  const held = state.messages.get(conversationId);
+  if (!held) return; // not loaded yet: opening it fetches it fresh
+  const before = new Set(held.map((m) => m._id));
+  const q = new URLSearchParams({ page: "1", limit: String(PAGE_SIZE) });
+  const page = await api(`/api/chat/messages/${conversationId}?${q}`);
+  const fetched = new Set(page.messages.map((m) => m._id));
+  // Kept: what arrived on the socket while the page was on its way.
+  const arrived = (state.messages.get(conversationId) || []).filter(
+    (m) => !before.has(m._id) && !fetched.has(m._id),
+  );
+  state.messages.set(conversationId, [...page.messages, ...arrived]);
+  state.older.set(conversationId, page.hasMore ? page.nextCursor : null);
+  const newest = page.messages[page.messages.length - 1];
+  if (newest) state.cursors.set(conversationId, newest._id);
+  if (conversationId === state.active) renderMessages();
 }
 
 function onConversationUpdate(update) {
