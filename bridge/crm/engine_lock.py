@@ -18,6 +18,7 @@ from types import TracebackType
 from mautrix.util.async_db import Database, Scheme
 
 from ..config import Config, redis_prefix
+from ..db import advisory
 
 
 def deployment_of(config: Config) -> str:
@@ -56,9 +57,9 @@ class EngineLock:
             return self._local.locked()
         assert self.db is not None
         async with self.db.acquire_direct() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
+            if not await advisory.try_lock(conn, self.key):
                 return True
-            await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+            await advisory.unlock(conn, self.key)
             return False
 
     async def __aenter__(self) -> EngineLock:
@@ -71,11 +72,11 @@ class EngineLock:
                 try:
                     # Waits in the server while another process holds it; a cancelled wait
                     # cancels the query, and a dropped connection releases the lock.
-                    await conn.execute("SELECT pg_advisory_lock($1)", self.key)
+                    await advisory.lock(conn, self.key)
                 except BaseException:
                     await stack.aclose()
                     raise
-                stack.push_async_callback(conn.execute, "SELECT pg_advisory_unlock($1)", self.key)
+                stack.push_async_callback(advisory.unlock, conn, self.key)
                 self._held = stack
         except BaseException:
             self._local.release()

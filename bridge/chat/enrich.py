@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from aiohttp import web
 
 from ..context import MATRIX, USERS
 from ..db.crm_user import CrmUser
@@ -21,8 +23,18 @@ from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS, reply_target
 from . import serialize
 
-if TYPE_CHECKING:
-    from .chat import ChatService
+
+class Reader(Protocol):
+    """What decorating needs of the read model (``ChatService``)."""
+
+    app: web.Application
+
+    async def fetch_event(
+        self, room_id: str, event_id: str, as_user: str
+    ) -> dict[str, Any] | None: ...
+
+    async def sender_objects(self, mxids: set[str]) -> dict[str, dict[str, Any]]: ...
+
 
 # One message: (room id, event, its message object).
 Item = tuple[str, dict[str, Any], dict[str, Any]]
@@ -47,7 +59,7 @@ def new_content(edit: dict[str, Any] | None) -> dict[str, Any] | None:
     return new if isinstance(new, dict) else None
 
 
-async def pins_for(service: ChatService, room_id: str, reader: str | None) -> list[str]:
+async def pins_for(service: Reader, room_id: str, reader: str | None) -> list[str]:
     """The room's pinned event ids, oldest pin first; asked of Synapse once if unknown."""
     relations = service.app[RELATIONS]
     pins = (await relations.pins_of([room_id]))[room_id]
@@ -64,7 +76,7 @@ async def pins_for(service: ChatService, room_id: str, reader: str | None) -> li
 
 
 async def decorate(
-    service: ChatService,
+    service: Reader,
     items: list[Item],
     viewer: CrmUser | None,
     reader: str | Callable[[], Awaitable[str]] | None,
