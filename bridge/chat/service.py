@@ -56,7 +56,7 @@ class EventCache:
     def __init__(self, size: int = _EVENT_CACHE_SIZE) -> None:
         self.size = size
         self._events: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        # Set while this process may miss invalidations (api/invalidation.py): nothing is
+        # Set while this process may miss invalidations (chat/invalidation.py): nothing is
         # served from memory then.
         self.bypass = False
 

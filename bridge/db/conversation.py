@@ -43,7 +43,7 @@ class Conversation:
     created_at: int = field(default_factory=now_ms)
     last_event_id: str | None = None
     last_activity: int = field(default_factory=now_ms)
-    # The last message's sender, type and bounded content (api/preview.py), as JSON.
+    # The last message's sender, type and bounded content (chat/preview.py), as JSON.
     last_preview: str | None = None
 
 

@@ -22,4 +22,4 @@ async def upgrade_v9(conn: Connection) -> None:
             PRIMARY KEY (room_id, mxid)
         )"""
     )
-    # Receipts by reader (api/unread.py) are served by receipt_mxid from v07_scale.
+    # Receipts by reader (db/unread.py) are served by receipt_mxid from v07_scale.
