@@ -13,21 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
-import gc
-import logging
-import logging.config
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError
+from .logs import configure_logging
 from .startup import ExitCode, StartupError
-
-if TYPE_CHECKING:
-    from .app import BridgeServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,41 +84,10 @@ def _config_options(parser: argparse.ArgumentParser, registration: bool = False)
         )
 
 
-def configure_logging(config: Config) -> None:
-    settings = copy.deepcopy(config["logging"])
-    # `formatter: json` works even with a logging section written before it existed.
-    formatters = settings.setdefault("formatters", {})
-    formatters.setdefault("json", {"()": "bridge.logs.JsonFormatter"})
-    logging.config.dictConfig(settings)
-
-
 def load_config(path: str) -> Config:
     config = Config.load(path)
     config.validate()
     return config
-
-
-async def run_bridge(
-    config: Config, on_started: Callable[[BridgeServer], Awaitable[None]] | None = None
-) -> None:
-    from .app import BridgeServer
-
-    server = BridgeServer(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    # What startup made (modules, routes, config) lives as long as the process: out of the
-    # collector's way, so later collections walk only what requests make.
-    gc.freeze()
-    try:
-        if on_started is not None:
-            await on_started(server)
-        await stop.wait()
-    finally:
-        logging.getLogger("bridge").info("Shutting down")
-        await server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             from .export import export_command
 
             return asyncio.run(export_command(config, args))
+        from .app import run_bridge
+
         asyncio.run(run_bridge(config))
         return 0
     except ConfigError as e:

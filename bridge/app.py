@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 from mautrix.util.async_db import Database
 
-from . import bridge_state, health, metrics, protocol
+from . import bridge_state, chat, health, metrics, protocol
 from .config import Config
 from .context import (
     CONFIG,
@@ -42,7 +44,7 @@ from .db.txn import TransactionLog
 from .errors import error_middleware
 from .ids import IdMapper
 from .logs import AccessLogger
-from .matrix import indexer, intake
+from .matrix import intake
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
@@ -135,7 +137,8 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
 
     if config["appservice.receive_transactions"]:
         intake.setup(app)
-        indexer.setup(app)
+    # The read model first: its indexer sees each event before the sides that read it.
+    chat.setup(app)
 
     # The other sides plug in here; each owns its routes, handlers and background tasks.
     from . import api, crm, demo, realtime
@@ -185,3 +188,24 @@ class BridgeServer:
         if task and not task.done():
             task.cancel()
         await self.runner.cleanup()
+
+
+async def run_bridge(
+    config: Config, on_started: Callable[[BridgeServer], Awaitable[None]] | None = None
+) -> None:
+    server = BridgeServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    # What startup made (modules, routes, config) lives as long as the process: out of the
+    # collector's way, so later collections walk only what requests make.
+    gc.freeze()
+    try:
+        if on_started is not None:
+            await on_started(server)
+        await stop.wait()
+    finally:
+        logging.getLogger("bridge").info("Shutting down")
+        await server.stop()

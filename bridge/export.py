@@ -22,9 +22,9 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .api.chat import ChatService
 from .api.history import whole_history
 from .app import open_stores
+from .chat.service import ChatService
 from .config import Config
 from .context import (
     CONFIG,

@@ -6,8 +6,10 @@ formatter, and the ``aiohttp.access`` logger at INFO for one line per HTTP reque
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import logging.config
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -15,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
+
+from .config import Config
 
 # Every attribute a LogRecord has of its own; anything else was passed in ``extra``.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -81,3 +85,11 @@ class AccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+def configure_logging(config: Config) -> None:
+    settings = copy.deepcopy(config["logging"])
+    # `formatter: json` works even with a logging section written before it existed.
+    formatters = settings.setdefault("formatters", {})
+    formatters.setdefault("json", {"()": "bridge.logs.JsonFormatter"})
+    logging.config.dictConfig(settings)

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from nio import RoomSendResponse
 
-from bridge.api import CHAT
+from bridge.chat.service import CHAT
 from bridge.context import EVENT_INDEX, MATRIX, RECEIPTS, USERS
 from tests.api_support import api_for, crm_user, png, project_chat
 from tests.conftest import unique

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from nio import RoomMessagesResponse
 
-from bridge.api import CHAT
 from bridge.api.clear import CLEARED_TYPE
+from bridge.chat.service import CHAT
 from bridge.context import (
     CONVERSATIONS,
     DATABASE,

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from bridge.api.index import backfill, store_receipts
 from bridge.api.openapi import spec
 from bridge.api.plumbing import RATE_LIMITER
 from bridge.api.ratelimit import RateLimiter
+from bridge.chat.indexer import backfill, store_receipts
 from bridge.context import CONVERSATIONS, DATABASE, EVENT_INDEX, MATRIX, RECEIPTS
 from bridge.errors import RateLimited
 from bridge.matrix.relations import RELATIONS

@@ -9,19 +9,29 @@ import json
 from aiohttp import web
 from mautrix.util.async_db import Scheme
 
-from bridge.api.chat import ChatService
-from bridge.api.preview import PREVIEW_CHARS, event_of, preview_of, redacted
-from bridge.api.unread import UNREAD_CAP
+from bridge.chat.preview import PREVIEW_CHARS, event_of, preview_of, redacted
+from bridge.chat.service import ChatService
 from bridge.config import Config
-from bridge.context import CONVERSATIONS, DATABASE, EVENT_INDEX, IDS, PROJECTS, USERS
+from bridge.context import (
+    CONVERSATIONS,
+    DATABASE,
+    EVENT_INDEX,
+    IDS,
+    PROJECTS,
+    RECEIPTS,
+    ROOM_MEMBERS,
+    USERS,
+)
 from bridge.crm.engine_lock import EngineLock
 from bridge.db import create_database
 from bridge.db.conversation import PROJECT, ConversationStore
 from bridge.db.crm_user import CrmUser, CrmUserStore
 from bridge.db.direct_claim import DirectClaimStore
 from bridge.db.project import Project, ProjectStore
+from bridge.db.receipt import ReceiptStore
 from bridge.db.room_event import RoomEventIndex
 from bridge.db.room_member import RoomMemberStore
+from bridge.db.unread import UNREAD_CAP
 from bridge.ids import IdMapper
 from tests.conftest import POSTGRES_DSN, create_schema, drop_schema, postgres_args
 
@@ -92,7 +102,8 @@ async def test_unread_counts_stop_at_the_cap(db) -> None:
     app[USERS] = CrmUserStore(db)
     app[PROJECTS] = ProjectStore(db)
     app[CONVERSATIONS] = ConversationStore(db)
-    members = RoomMemberStore(db)
+    app[ROOM_MEMBERS] = members = RoomMemberStore(db)
+    app[RECEIPTS] = ReceiptStore(db)
     ann = CrmUser("u1", "@crm_u1:localhost", "Ann", "ann@x")
     bob = CrmUser("u2", "@crm_u2:localhost", "Bob", "bob@x")
     for user in (ann, bob):

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.api.unread import UNREAD_CAP
+from bridge.db.unread import UNREAD_CAP
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
 from tests.fault_traffic import Chat, FaultReport, duplicated, room_timeline

@@ -20,7 +20,6 @@ import aiohttp
 import asyncpg
 import pytest
 
-from bridge.api.unread import UNREAD_CAP
 from bridge.context import (
     CONVERSATIONS,
     DATABASE,
@@ -32,6 +31,7 @@ from bridge.context import (
     USERS,
 )
 from bridge.crm.engine_lock import advisory_key, deployment_of
+from bridge.db.unread import UNREAD_CAP
 from bridge.devstack.synapse import free_port
 from bridge.matrix.homeserver import q
 from tests.api_support import api_for, crm_user, project_chat

@@ -14,38 +14,26 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..context import EVENT_INDEX, MATRIX
+from ..chat import enrich
+from ..chat.indexer import index_event
+from ..chat.serialize import CRM_FIELD
+from ..context import MATRIX
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
-from ..db.relation import ANNOTATION, REPLACE, THREAD
+from ..db.relation import ANNOTATION, REPLACE
 from ..errors import Forbidden, InvalidParam, NotFound
 from ..ids import conversation_id_for_room, event_id_for_message, message_id_for_event
 from ..matrix import relations
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS
-from . import enrich
-from .messaging import MAX_CONTENT_BYTES, count
+from .messaging import MAX_CONTENT_BYTES
 from .models import EditBody, MessageRef, ReactBody, parse
-from .serialize import CRM_FIELD
+from .quota import count
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 MESSAGE_NOT_FOUND = "Message not found"
-
-
-async def room_of_message(service: ChatService, event_id: str) -> str | None:
-    """The room of a message (main timeline or thread) we know, from the indexes or cache."""
-    indexed = await service.app[EVENT_INDEX].get(event_id)
-    if indexed is not None:
-        return indexed.room_id
-    for rel in await service.app[RELATIONS].store.of_event(event_id):
-        if rel.rel_type == THREAD:
-            return rel.room_id
-    cached = service.events.get(event_id)
-    if cached and cached.get("content") and relations.rel_type_of(cached["content"]) != REPLACE:
-        return cached.get("room_id")
-    return None
 
 
 async def locate(
@@ -53,7 +41,7 @@ async def locate(
 ) -> tuple[Conversation, dict[str, Any]]:
     """The message and its conversation, if the user takes part; else 404, whichever."""
     event_id = event_id_for_message(message_id)
-    room_id = await room_of_message(service, event_id) if event_id else None
+    room_id = await service.room_of_message(event_id) if event_id else None
     if event_id is None or room_id is None:
         raise NotFound(MESSAGE_NOT_FOUND)
     try:
@@ -83,9 +71,7 @@ def _forbidden_or_raise(e: MatrixError, message: str) -> None:
 
 async def _sent(service: ChatService, event: dict[str, Any]) -> None:
     """Index an event we just sent, so the answer already shows it."""
-    if event.get("type") != "m.room.redaction" and event.get("content"):
-        service.events.put(event)
-    await relations.apply(service.app, event)
+    await index_event(service.app, event, notify=False)
 
 
 def _event(

@@ -13,18 +13,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..context import DATABASE, EVENT_INDEX, MATRIX
+from ..chat.serialize import iso
+from ..context import EVENT_INDEX, MATRIX
 from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..errors import BridgeError
 from ..ids import message_id_for_event
-from .messaging import count
 from .models import ClearChatResult, ConversationRef, parse
-from .serialize import iso
+from .quota import count
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 log = logging.getLogger("bridge.api.clear")
 
@@ -43,10 +43,6 @@ async def clear_chat(
     event_id, seq, ts = (
         (latest.event_id, latest.seq, latest.origin_ts) if latest else (None, 0, now)
     )
-    # A message sent through us that the index has not seen yet is part of what was shown.
-    pending = service.pending.get(room_id)
-    if pending is not None and pending[1] >= ts and pending[0] != event_id:
-        event_id, ts = pending
     await service.app[MATRIX].set_room_account_data(
         user.mxid, room_id, CLEARED_TYPE, {"event_id": event_id, "ts": ts, "cleared_at": now}
     )
@@ -97,10 +93,7 @@ async def _from_account_data(
     if indexed is not None and indexed.room_id == room_id:
         seq = indexed.seq
     else:
-        seq = await service.app[DATABASE].fetchval(
-            "SELECT COALESCE(MAX(seq), 0) FROM room_event WHERE room_id=$1 AND origin_ts <= $2",
-            room_id, ts,
-        )  # fmt: skip
+        seq = await service.app[EVENT_INDEX].seq_at(room_id, ts)
     return ClearPoint(room_id, user.mxid, event_id, int(seq or 0), ts)
 
 

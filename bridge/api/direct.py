@@ -25,7 +25,7 @@ from ..errors import BadRequest, HomeserverUnavailable, InvalidParam, NotFound, 
 from ..matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 log = logging.getLogger("bridge.api.direct")
 
@@ -59,6 +59,17 @@ async def _add_m_direct(app: web.Application, owner: CrmUser, other: CrmUser, ro
     if room_id not in rooms:
         data[other.mxid] = [*rooms, room_id]
         await app[MATRIX].set_account_data(owner.mxid, "m.direct", data)
+
+
+async def open_direct(
+    service: ChatService, user: CrmUser, other_id: Any
+) -> tuple[dict[str, Any], bool]:
+    """The DM in the list's shape, created when missing, and whether it is new."""
+    conversation, created = await create_direct(service, user, other_id)
+    listed = await service.conversations_for(user, room_id=conversation.room_id)
+    if not listed:
+        raise NotFound("Conversation not found")
+    return listed[0], created
 
 
 async def create_direct(

@@ -16,11 +16,11 @@ import filetype
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..chat.serialize import media_url
 from ..context import CONFIG, DATABASE, MATRIX
 from ..db.crm_user import CrmUser
 from ..db.media import Media, MediaStore
 from ..errors import BadRequest, InvalidParam, PayloadTooLarge, UnsupportedMediaType
-from .serialize import media_url
 
 MAX_FILES = 10
 _FIELDS = ("file", "files", "attachment", "attachments")

@@ -17,6 +17,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from ..chat.indexer import index_event
 from ..context import EVENT_INDEX, MATRIX
 from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
@@ -25,12 +26,11 @@ from ..db.room_event import RoomEvent
 from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
-from ..matrix.indexer import INDEXED_TYPES, msgtype_of
-from ..matrix.relations import is_timeline_message
+from ..matrix.relations import MESSAGE_TYPES, is_timeline_message
 from . import clear, live_walk
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 MAX_LIMIT = 100
 # Events asked of the homeserver at once: a full page, its look-ahead and the cursor event.
@@ -43,7 +43,7 @@ MAX_EMPTY_CHUNKS = 20
 # on its way (a message just sent).
 IN_FLIGHT_MS = 60_000
 _FILTER = json.dumps(
-    {"types": sorted(INDEXED_TYPES - {"m.room.encrypted"}), "lazy_load_members": True}
+    {"types": sorted(MESSAGE_TYPES - {"m.room.encrypted"}), "lazy_load_members": True}
 )
 
 
@@ -58,11 +58,6 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidParam(f"{name} must be between {low} and {high}")
     return value
-
-
-def _is_message(event: dict[str, Any]) -> bool:
-    # Edits, thread replies and redacted events are no items of the main history.
-    return is_timeline_message(event)
 
 
 async def _collect(
@@ -111,7 +106,7 @@ async def _collect(
             drop_through = None
         for event in chunk:
             event.setdefault("room_id", conversation.room_id)
-            if not _is_message(event):
+            if not is_timeline_message(event):
                 continue
             kept += 1
             if await clear.hidden(service, point, event):
@@ -179,14 +174,9 @@ async def _indexed(
     ts = event.get("origin_server_ts")
     if latest is None or not isinstance(ts, int) or ts < latest.origin_ts - IN_FLIGHT_MS:
         return None
-    if not _is_message(event) or not isinstance(event.get("sender"), str):
+    if not is_timeline_message(event) or not isinstance(event.get("sender"), str):
         return None
-    content = event.get("content") or {}
-    row, _ = await index.add(
-        event["event_id"], conversation.room_id, event["sender"], event["type"],
-        msgtype_of(content), ts,
-    )  # fmt: skip
-    return row
+    return await index_event(service.app, {**event, "room_id": conversation.room_id}, notify=False)
 
 
 async def _after(
@@ -210,14 +200,14 @@ async def _after(
 
         page = await live_walk.after(
             service, conversation, user, row.seq, limit,
-            token=token, filter_json=_FILTER, is_message=_is_message,
+            token=token, filter_json=_FILTER, is_message=is_timeline_message,
         )  # fmt: skip
         return page.messages, page.more, page.next_cursor(cursor)
     _, at, event = await _context(service, conversation, user, cursor)
     if (row := await _indexed(service, conversation, event)) is not None:
         page = await live_walk.after(
             service, conversation, user, row.seq, limit,
-            token=lambda: _constant(at), filter_json=_FILTER, is_message=_is_message,
+            token=lambda: _constant(at), filter_json=_FILTER, is_message=is_timeline_message,
         )  # fmt: skip
         return page.messages, page.more, page.next_cursor(cursor)
     # Older than the index: topologically, up to the first indexed messages.
@@ -233,7 +223,7 @@ async def _after(
     start = min(known[e["event_id"]].seq for e in events[cut:] if e["event_id"] in known)
     page = await live_walk.after(
         service, conversation, user, start - 1, limit - cut,
-        token=lambda: _constant(at), filter_json=_FILTER, is_message=_is_message,
+        token=lambda: _constant(at), filter_json=_FILTER, is_message=is_timeline_message,
     )  # fmt: skip
     prefix = events[:cut]
     resume = message_id_for_event(prefix[-1]["event_id"]) if prefix else cursor
@@ -242,6 +232,14 @@ async def _after(
 
 async def _constant(value: str) -> str:
     return value
+
+
+async def page_of(
+    service: ChatService, user: CrmUser, conversation_id: str, query: Any
+) -> dict[str, Any]:
+    """A history page of a conversation the user takes part in (404 otherwise)."""
+    conversation = await service.conversation_for(user, conversation_id)
+    return await page(service, user, conversation, query)
 
 
 async def page(
@@ -302,7 +300,7 @@ async def whole_history(
         events = []
         for event in chunk:
             event.setdefault("room_id", conversation.room_id)
-            if _is_message(event) and event["event_id"] not in seen:
+            if is_timeline_message(event) and event["event_id"] not in seen:
                 seen.add(event["event_id"])
                 events.append(event)
         if events:

@@ -29,7 +29,7 @@ from ..ids import message_id_for_event
 from ..matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 # Extra events asked of the window, for messages the homeserver holds and the index does not
 # yet (in flight) or will never show (filtered out).

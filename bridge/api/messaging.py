@@ -7,22 +7,21 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..chat import enrich, serialize
+from ..chat.indexer import index_event
+from ..chat.serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
-from ..db.room_event import RoomEvent
 from ..errors import Conflict, Forbidden, InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
-from ..matrix import relations
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS
-from . import enrich, serialize
 from .files import check_files, store_files
-from .ratelimit import RATE_LIMITER
-from .serialize import CRM_FIELD, MESSAGE_TYPES, ReadState
+from .quota import count
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
 
@@ -115,15 +114,6 @@ def build_content(text: str, kind: str, attachments: list[dict]) -> dict[str, An
     return content
 
 
-async def count(
-    service: ChatService, user: CrmUser, route: str, quota: dict[str, str] | None
-) -> None:
-    """One request against the user's limit for this action (REST and socket alike)."""
-    headers = await service.app[RATE_LIMITER].hit(user.crm_user_id, route)
-    if quota is not None:
-        quota.update(headers)
-
-
 def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) -> str:
     if client_message_id is None:
         return service.app[MATRIX].txn_id()
@@ -167,11 +157,9 @@ async def _relates_to(
     thread_id: str | None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """``m.relates_to`` for a reply and/or a thread reply, and the replied-to sender."""
-    from .actions import room_of_message  # a cycle: actions imports count from here
-
     replied_sender = None
     if reply_to is not None:
-        if await room_of_message(service, reply_to) != conversation.room_id:
+        if await service.room_of_message(reply_to) != conversation.room_id:
             raise NotFound("The message replied to was not found")
         quoted = service.events.get(reply_to) or await service.fetch_event(
             conversation.room_id, reply_to, user.mxid
@@ -303,35 +291,36 @@ async def _post(
             user.crm_user_id, client_message_id, conversation.conversation_id, event_id
         )
         event_id = row.event_id
-    now = int(time.time() * 1000)
-    event = {
+    # The transaction may have brought it back already (with the homeserver's timestamp).
+    echoed = service.events.get(event_id)
+    event = echoed or {
         "event_id": event_id,
         "room_id": conversation.room_id,
         "sender": user.mxid,
         "type": "m.room.message",
         "content": body,
-        "origin_server_ts": now,
+        "origin_server_ts": int(time.time() * 1000),
     }
-    cached = service.events.get(event_id)
-    if cached is None:
-        service.events.put(event)
-    else:
-        event = cached
+    # Indexed now, as the transaction will (idempotent): every listing, history page,
+    # receipt and process sees it from here on.
+    indexed = await index_event(service.app, event, notify=False)
     # Just made, and not seen back from the homeserver: nothing relates to it or pins it
     # yet, so the relations index is not asked (one database round trip less before the
     # answer). Not with a clientMessageId (the homeserver may have answered with an event
     # it made long ago, a retry after a crash), nor for a reply (its quote is looked up).
     fresh = (
         enrich.Indexed(rows=[], pins={conversation.room_id: []})
-        if cached is None and client_message_id is None and relation is None
+        if not echoed and client_message_id is None and relation is None
         else None
     )
     message = serialize.message_object(
-        event, conversation.conversation_id, serialize.user_object(user), ReadState(), None
+        event,
+        conversation.conversation_id,
+        serialize.user_object(user),
+        ReadState(),
+        indexed.seq if indexed else None,
     )
     message["cursor"] = message["_id"]
-    if relation is not None:
-        await relations.apply(service.app, event)
     await enrich.decorate(
         service, [(conversation.room_id, event, message)], user, user.mxid, fetch_pins=False,
         prefetched=fresh,
@@ -340,8 +329,6 @@ async def _post(
         # A thread reply is no message of the main timeline: no lastMessage, no new_message
         # (its root's message_update tells the thread count, from the transaction).
         return message
-    # The transaction indexes it shortly; until then listings take it from memory.
-    service.pending[conversation.room_id] = (event_id, now)
     for listener in list(service.app[LOCAL_ECHO]):
         try:
             await listener(conversation, message)
@@ -363,18 +350,6 @@ async def _replay(
     return message
 
 
-async def _index_sent(service: ChatService, room_id: str, event_id: str) -> RoomEvent | None:
-    """A message sent through us that the transaction has not brought back yet."""
-    event = service.events.get(event_id)
-    if event is None or event.get("room_id") != room_id:
-        return None
-    indexed, _ = await service.app[EVENT_INDEX].add(
-        event_id, room_id, event["sender"], event["type"],
-        (event.get("content") or {}).get("msgtype"), int(event["origin_server_ts"]),
-    )  # fmt: skip
-    return indexed
-
-
 async def mark_read(
     service: ChatService,
     user: CrmUser,
@@ -393,8 +368,6 @@ async def mark_read(
     if message_id is not None:
         event_id = event_id_for_message(message_id)
         target = await index.get(event_id) if event_id else None
-        if target is None and event_id:
-            target = await _index_sent(service, conversation.room_id, event_id)
         if target is None or target.room_id != conversation.room_id:
             raise NotFound("Message not found")
     else:

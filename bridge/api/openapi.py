@@ -22,7 +22,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-# Relations on every message (api/enrich.py); see docs/api.md.
+# Relations on every message (chat/enrich.py); see docs/api.md.
 MESSAGE_RELATION_FIELDS: dict[str, Any] = {
     "edited": {"type": "boolean"},
     "editedAt": _NULLABLE_STR,

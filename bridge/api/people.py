@@ -8,26 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..context import DATABASE, IDS, USERS
+from ..chat.serialize import iso
+from ..context import IDS, ROOM_MEMBERS, USERS
 from ..db.crm_user import CrmUser
 from .models import OnlineUser
 from .routes_directory import is_online, presence_of
-from .serialize import iso
-from .unread import MY_CONVERSATION_ROOMS
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 
 async def online_users(service: ChatService, user: CrmUser) -> list[dict[str, Any]]:
     app = service.app
-    rows = await app[DATABASE].fetch(
-        "SELECT DISTINCT room_member.mxid FROM room_member WHERE membership='join' "
-        f"AND room_id IN ({MY_CONVERSATION_ROOMS})",
-        user.mxid,
-    )
     skip = {app[IDS].bot_mxid, *user.mxids}
-    mxids = sorted(r["mxid"] for r in rows if r["mxid"] not in skip)
+    mxids = sorted(m for m in await app[ROOM_MEMBERS].co_members(user.mxid) if m not in skip)
     users, presence = await app[USERS].get_by_mxids(mxids), await presence_of(app, mxids)
     # One entry per person: a CRM user counts as online through their puppet or their
     # linked Matrix account, whichever was seen last.

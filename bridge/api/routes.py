@@ -15,9 +15,6 @@ from ..context import CONFIG
 from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from . import (
-    CHAT,
-    index,
-    invalidation,
     openapi,
     routes_chat,
     routes_directory,
@@ -25,7 +22,6 @@ from . import (
     uploads,
 )
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
-from .chat import ChatService
 from .direct import DM_LOCKS
 from .plumbing import RATE_LIMITER
 from .ratelimit import RateLimiter
@@ -39,7 +35,6 @@ FOREIGN_PREFIXES = ("/api/admin/",)
 
 def setup(app: web.Application) -> None:
     config = app[CONFIG]
-    app[CHAT] = ChatService(app)
     ensure_relations(app)
     app[VERIFIER] = JwtVerifier.from_config(config)
     app[DM_LOCKS] = {}
@@ -66,8 +61,6 @@ def setup(app: web.Application) -> None:
                 await redis.aclose()
 
     app.cleanup_ctx.append(redis_ctx)
-    index.setup(app)
-    invalidation.setup(app)
     routes_directory.setup(app)
     registered = [
         *app.router.add_routes(routes_chat.routes),

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..chat.service import CHAT
 from ..db.conversation import DIRECT, PROJECT
 from ..db.crm_user import CrmUser
-from . import CHAT
+from .clear import clear_chat as clear_for
+from .direct import open_direct
+from .history import page_of
+from .messaging import mark_read as mark_read_for
+from .messaging import send as send_for
 from .models import UnreadCount
+from .people import online_users as online_users_of
 from .plumbing import authed, json_object, json_response
+from .search import search as search_for
 
 routes = web.RouteTableDef()
 
@@ -35,16 +42,17 @@ async def direct_conversations(request: web.Request, user: CrmUser) -> web.Respo
 @authed("messages")
 async def messages(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
-    return json_response(await request.app[CHAT].history(user, conversation_id, request.query))
+    return json_response(await page_of(request.app[CHAT], user, conversation_id, request.query))
 
 
-# Sends and read markers are counted by the chat service, the same for REST and sockets.
+# Sends and read markers are counted by the service functions, the same for REST and sockets.
 @routes.post("/api/chat/send")
 @authed(None)
 async def send(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
     quota: dict[str, str] = {}
-    message = await request.app[CHAT].send(
+    message = await send_for(
+        request.app[CHAT],
         user,
         body.get("conversationId"),
         body.get("content", ""),
@@ -66,8 +74,8 @@ async def send(request: web.Request, user: CrmUser) -> web.Response:
 async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
     quota: dict[str, str] = {}
-    read = await request.app[CHAT].mark_read(
-        user, body.get("conversationId"), body.get("messageId"), quota=quota
+    read = await mark_read_for(
+        request.app[CHAT], user, body.get("conversationId"), body.get("messageId"), quota=quota
     )
     response = json_response({"message": "Messages marked as read", "messageIds": read})
     response.headers.update(quota)
@@ -79,7 +87,7 @@ async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
 async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
     other = body.get("userId", body.get("participantId"))
-    conversation, created = await request.app[CHAT].create_direct(user, other)
+    conversation, created = await open_direct(request.app[CHAT], user, other)
     return json_response(conversation, status=201 if created else 200)
 
 
@@ -100,13 +108,13 @@ async def unread_count(request: web.Request, user: CrmUser) -> web.Response:
 @routes.get("/api/chat/online-users")
 @authed("online-users")
 async def online_users(request: web.Request, user: CrmUser) -> web.Response:
-    return json_response(await request.app[CHAT].online_users(user))
+    return json_response(await online_users_of(request.app[CHAT], user))
 
 
 @routes.get("/api/chat/search")
 @authed("search")
 async def search(request: web.Request, user: CrmUser) -> web.Response:
-    return json_response(await request.app[CHAT].search(user, request.query))
+    return json_response(await search_for(request.app[CHAT], user, request.query))
 
 
 @routes.post("/api/chat/clear-chat")
@@ -114,7 +122,7 @@ async def search(request: web.Request, user: CrmUser) -> web.Response:
 async def clear_chat(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
     quota: dict[str, str] = {}
-    result = await request.app[CHAT].clear_chat(user, body.get("conversationId"), quota=quota)
+    result = await clear_for(request.app[CHAT], user, body.get("conversationId"), quota=quota)
     response = json_response(result)
     response.headers.update(quota)
     return response

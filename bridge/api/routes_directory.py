@@ -8,13 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chat.serialize import iso, project_object, user_object
 from ..config import redis_prefix
 from ..context import CONFIG, CONVERSATIONS, DISPATCHER, PROJECTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..presence_board import PRESENCE_BOARD, PresenceBoard
 from .plumbing import RATE_LIMITER, authed, json_response
-from .serialize import iso, project_object, user_object
 
 log = logging.getLogger("bridge.api.directory")
 

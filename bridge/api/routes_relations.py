@@ -7,8 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chat.service import CHAT
 from ..db.crm_user import CrmUser
-from . import CHAT, actions
+from . import actions
 from .plumbing import authed, json_object, json_response
 
 routes = web.RouteTableDef()

@@ -14,18 +14,17 @@ import binascii
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..context import DATABASE, MATRIX
-from ..db.conversation import COLUMNS, Conversation
+from ..context import CONVERSATIONS, MATRIX
+from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..errors import InvalidParam
 from ..matrix.homeserver import MatrixError
-from ..matrix.indexer import INDEXED_TYPES
+from ..matrix.relations import is_timeline_message
 from . import clear
 from .models import SearchQuery, parse
-from .unread import MY_CONVERSATION_ROOMS
 
 if TYPE_CHECKING:
-    from .chat import ChatService
+    from ..chat.service import ChatService
 
 
 # Synapse drops these (its _is_stop_word), and turns a bare "or" into an operator.
@@ -57,23 +56,12 @@ def _check_cursor(cursor: str) -> None:
         raise InvalidParam("cursor is not a nextCursor of a search")
 
 
-def _is_message(event: dict[str, Any]) -> bool:
-    content = event.get("content")
-    if event.get("type") not in INDEXED_TYPES or "state_key" in event or not content:
-        return False
-    relation = content.get("m.relates_to")
-    # An edit is not a message of its own (its original is found by its own words).
-    return not (isinstance(relation, dict) and relation.get("rel_type") == "m.replace")
-
-
-async def _rooms(service: ChatService, user: CrmUser, conversation_id: str | None) -> list:
+async def _rooms(
+    service: ChatService, user: CrmUser, conversation_id: str | None
+) -> list[Conversation]:
     if conversation_id is not None:
         return [await service.conversation_for(user, conversation_id)]
-    rows = await service.app[DATABASE].fetch(
-        f"SELECT {COLUMNS} FROM conversation WHERE room_id IN ({MY_CONVERSATION_ROOMS})",
-        user.mxid,
-    )
-    return [Conversation(**row) for row in rows]
+    return await service.app[CONVERSATIONS].of_member(user.mxid)
 
 
 async def search(service: ChatService, user: CrmUser, query: Any) -> dict[str, Any]:
@@ -108,7 +96,8 @@ async def search(service: ChatService, user: CrmUser, query: Any) -> dict[str, A
         event = result.get("result") if isinstance(result, dict) else None
         if not isinstance(event, dict) or event.get("room_id") not in conversations:
             continue
-        if not _is_message(event) or await clear.hidden(
+        # An edit is not a hit of its own (its original is found by its own words).
+        if not is_timeline_message(event, in_threads=True) or await clear.hidden(
             service, points.get(event["room_id"]), event
         ):
             continue

@@ -9,11 +9,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..chat.service import CHAT
 from ..context import CONFIG, MATRIX
 from ..db.crm_user import CrmUser
 from ..errors import NotFound
 from ..matrix.homeserver import MatrixError
-from . import CHAT
+from . import messaging
 from .files import check_files, read_form, sanitize_filename, sniff, store_files
 from .plumbing import authed, json_response
 
@@ -37,8 +38,13 @@ async def upload_chat(request: web.Request, user: CrmUser) -> web.Response:
     """Upload and post in one call: the same rate limit and checks as /send (the service)."""
     files, fields = await read_form(request)
     quota: dict[str, str] = {}
-    message = await request.app[CHAT].send_files(
-        user, fields.get("conversationId"), fields.get("content", ""), files, quota=quota
+    message = await messaging.send_files(
+        request.app[CHAT],
+        user,
+        fields.get("conversationId"),
+        fields.get("content", ""),
+        files,
+        quota=quota,
     )
     response = json_response(message, status=201)
     response.headers.update(quota)

@@ -14,11 +14,11 @@ import contextlib
 import hashlib
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
 
 from mautrix.util.async_db import Database, Scheme
 
 from ..config import Config, redis_prefix
+from ..db import advisory
 
 
 def deployment_of(config: Config) -> str:
@@ -57,13 +57,9 @@ class EngineLock:
             return self._local.locked()
         assert self.db is not None
         async with self.db.acquire_direct() as conn:
-            try:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
-                    return True
-            except BaseException:
-                conn.wrapped.terminate()
-                raise
-            await self._unlock(conn)
+            if not await advisory.try_lock(conn, self.key):
+                return True
+            await advisory.unlock(conn, self.key)
             return False
 
     async def __aenter__(self) -> EngineLock:
@@ -76,26 +72,16 @@ class EngineLock:
                 try:
                     # Waits in the server while another process holds it; a cancelled wait
                     # cancels the query, and a dropped connection releases the lock.
-                    await conn.execute("SELECT pg_advisory_lock($1)", self.key)
+                    await advisory.lock(conn, self.key)
                 except BaseException:
-                    # The lock may have been granted as the wait was cancelled: the pool
-                    # does not clear session locks (db/__init__.py), so end the session.
-                    conn.wrapped.terminate()
                     await stack.aclose()
                     raise
-                stack.push_async_callback(self._unlock, conn)
+                stack.push_async_callback(advisory.unlock, conn, self.key)
                 self._held = stack
         except BaseException:
             self._local.release()
             raise
         return self
-
-    async def _unlock(self, conn: Any) -> None:
-        try:
-            await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
-        except BaseException:
-            conn.wrapped.terminate()  # a session that keeps the lock must not go back
-            raise
 
     async def __aexit__(
         self,

@@ -35,3 +35,12 @@ def create_database(url: str, args: dict[str, Any] | None = None) -> Database:
         log=logging.getLogger("bridge.db"),
         owner_name="crm-bridge",
     )
+
+
+async def owner_of(db: Database) -> str | None:
+    """Which program's database this is (mautrix's ``database_owner``)."""
+    return await db.fetchval("SELECT owner FROM database_owner WHERE key=0")
+
+
+async def schema_version(db: Database, version_table: str) -> int:
+    return int(await db.fetchval(f"SELECT version FROM {version_table}") or 0)

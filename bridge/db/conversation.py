@@ -15,6 +15,15 @@ COLUMNS = (
     "last_activity, last_preview"
 )
 
+_C_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
+# The rooms an account ($1) has joined, as a subquery.
+JOINED_ROOMS = "SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join'"
+# The rooms of the conversations an account ($1) has joined, as a subquery.
+MY_CONVERSATION_ROOMS = (
+    "SELECT m.room_id FROM room_member m JOIN conversation c ON c.room_id = m.room_id "
+    "WHERE m.mxid=$1 AND m.membership='join'"
+)
+
 PROJECT = "project"
 DIRECT = "direct"
 
@@ -34,7 +43,7 @@ class Conversation:
     created_at: int = field(default_factory=now_ms)
     last_event_id: str | None = None
     last_activity: int = field(default_factory=now_ms)
-    # The last message's sender, type and bounded content (api/preview.py), as JSON.
+    # The last message's sender, type and bounded content (chat/preview.py), as JSON.
     last_preview: str | None = None
 
 
@@ -100,6 +109,36 @@ class ConversationStore:
             room_id, event_id, preview,
         )  # fmt: skip
         return _rows_changed(result) > 0
+
+    async def joined(self, conversation_id: str, mxid: str) -> Conversation | None:
+        """The conversation, only when this Matrix account has joined its room."""
+        row = await self.db.fetchrow(
+            f"SELECT {_C_COLUMNS} FROM conversation c "
+            "JOIN room_member m ON m.room_id = c.room_id "
+            "WHERE c.conversation_id=$1 AND m.mxid=$2 AND m.membership='join'",
+            conversation_id, mxid,
+        )  # fmt: skip
+        return Conversation(**row) if row else None
+
+    async def of_member(self, mxid: str) -> list[Conversation]:
+        """The conversations whose room this account joined, in no particular order."""
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM conversation WHERE room_id IN ({MY_CONVERSATION_ROOMS})", mxid
+        )
+        return [Conversation(**row) for row in rows]
+
+    async def room_ids(self) -> list[str]:
+        rows = await self.db.fetch("SELECT room_id FROM conversation")
+        return [r["room_id"] for r in rows]
+
+    async def last_falls_back(self, room_id: str, gone: str, newest: str | None) -> None:
+        """The last message ``gone`` went away: ``newest`` is the last one now, its preview
+        unknown until a listing fills it in."""
+        await self.db.execute(
+            "UPDATE conversation SET last_event_id=$2, last_preview=NULL "
+            "WHERE room_id=$1 AND last_event_id=$3",
+            room_id, newest, gone,
+        )  # fmt: skip
 
     async def ids_by_room(self, room_ids: list[str]) -> dict[str, str]:
         """Conversation ids of these rooms (those that have one), in one query."""

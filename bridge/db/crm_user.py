@@ -128,6 +128,22 @@ class CrmUserStore:
                 found[user.mxid] = user
         return found
 
+    async def in_rooms_of(self, mxid: str) -> dict[str, CrmUser]:
+        """CRM users joined (by puppet or linked account) to a room this account joined,
+        keyed by each joined mxid, as ``get_by_mxids`` would answer for the members."""
+        members = (
+            "SELECT m.mxid FROM room_member m WHERE m.membership='join' AND m.room_id IN "
+            "(SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join')"
+        )
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM crm_user WHERE mxid IN ({members}) OR matrix_id IN ({members})",
+            mxid,
+        )
+        users = [u for u in map(_row, rows) if u is not None]
+        found = {u.matrix_id: u for u in users if u.matrix_id}
+        found.update({u.mxid: u for u in users})
+        return found
+
     async def applied_presences(self) -> dict[str, str]:
         """Presence the directory last forced on puppets (deactivated users: 'offline')."""
         rows = await self.db.fetch(

@@ -16,6 +16,23 @@ class Receipt:
     ts: int
 
 
+@dataclass
+class ReadMark:
+    """A receipt as message objects show it: with the origin time of the event read."""
+
+    room_id: str
+    mxid: str
+    seq: int
+    ts: int
+    event_ts: int
+
+
+_MARK = (
+    "SELECT r.room_id, r.mxid, r.seq, r.ts, COALESCE(e.origin_ts, 0) AS event_ts "
+    "FROM receipt r LEFT JOIN room_event e ON e.event_id = r.event_id "
+)
+
+
 class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -35,6 +52,23 @@ class ReceiptStore:
             "SELECT room_id, mxid, event_id, seq, ts FROM receipt WHERE room_id=$1", room_id
         )
         return [Receipt(**r) for r in rows]
+
+    async def marks(self, room_ids: list[str]) -> list[ReadMark]:
+        """Every receipt in these rooms."""
+        if not room_ids:
+            return []
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(room_ids)))
+        rows = await self.db.fetch(_MARK + f"WHERE r.room_id IN ({placeholders})", *room_ids)
+        return [ReadMark(**r) for r in rows]
+
+    async def marks_in_rooms_of(self, mxid: str) -> list[ReadMark]:
+        """Every receipt in the rooms this account joined."""
+        rows = await self.db.fetch(
+            _MARK + "WHERE r.room_id IN (SELECT room_id FROM room_member "
+            "WHERE mxid=$1 AND membership='join')",
+            mxid,
+        )
+        return [ReadMark(**r) for r in rows]
 
     async def get(self, room_id: str, mxid: str) -> Receipt | None:
         row = await self.db.fetchrow(

@@ -101,6 +101,14 @@ class RelationStore:
         )  # fmt: skip
         return Relation(**row) if row else None
 
+    async def latest_ts(self, event_id: str, room_id: str) -> int | None:
+        """When the newest of this event's relation rows was sent, if it has any."""
+        ts = await self.db.fetchval(
+            "SELECT MAX(origin_ts) FROM relation WHERE event_id=$1 AND room_id=$2",
+            event_id, room_id,
+        )  # fmt: skip
+        return int(ts) if ts is not None else None
+
     async def remove_event(self, event_id: str) -> None:
         """The event was redacted: it relates to nothing any more."""
         await self.db.execute(

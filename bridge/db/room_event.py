@@ -84,6 +84,23 @@ class RoomEventIndex:
         )
         return RoomEvent(**row) if row else None
 
+    async def seq_at(self, room_id: str, ts: int) -> int:
+        """The newest seq of the room's events from no later than ``ts`` (0: none)."""
+        seq = await self.db.fetchval(
+            "SELECT COALESCE(MAX(seq), 0) FROM room_event WHERE room_id=$1 AND origin_ts <= $2",
+            room_id, ts,
+        )  # fmt: skip
+        return int(seq or 0)
+
+    async def newest_until(self, room_id: str, ts: int) -> RoomEvent | None:
+        """The room's newest event (in the live order) from no later than ``ts``."""
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND origin_ts <= $2 "
+            "ORDER BY seq DESC LIMIT 1",
+            room_id, ts,
+        )  # fmt: skip
+        return RoomEvent(**row) if row else None
+
     async def count(self, room_id: str) -> int:
         return await self.db.fetchval("SELECT COUNT(*) FROM room_event WHERE room_id=$1", room_id)
 

@@ -56,3 +56,34 @@ class RoomMemberStore:
             "ON CONFLICT (room_id, mxid) DO UPDATE SET membership=excluded.membership",
             [(room_id, mxid, membership) for mxid, membership in memberships.items()],
         )
+
+    async def joined_in(self, room_ids: list[str]) -> list[tuple[str, str]]:
+        """(room_id, mxid) of every joined member of these rooms."""
+        if not room_ids:
+            return []
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(room_ids)))
+        rows = await self.db.fetch(
+            "SELECT room_id, mxid FROM room_member WHERE membership='join' "
+            f"AND room_id IN ({placeholders})",
+            *room_ids,
+        )
+        return [(r["room_id"], r["mxid"]) for r in rows]
+
+    async def joined_in_rooms_of(self, mxid: str) -> list[tuple[str, str]]:
+        """(room_id, member) of every joined member of the rooms this account joined."""
+        rows = await self.db.fetch(
+            "SELECT room_id, mxid FROM room_member WHERE membership='join' AND room_id IN "
+            "(SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join')",
+            mxid,
+        )
+        return [(r["room_id"], r["mxid"]) for r in rows]
+
+    async def co_members(self, mxid: str) -> list[str]:
+        """Everyone joined to a conversation room this account joined (itself included)."""
+        rows = await self.db.fetch(
+            "SELECT DISTINCT mxid FROM room_member WHERE membership='join' AND room_id IN "
+            "(SELECT m.room_id FROM room_member m JOIN conversation c ON c.room_id = m.room_id "
+            "WHERE m.mxid=$1 AND m.membership='join')",
+            mxid,
+        )
+        return [r["mxid"] for r in rows]

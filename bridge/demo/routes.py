@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..api.auth import verifier
-from ..api.serialize import user_object
+from ..chat.serialize import user_object
 from ..context import CONFIG, USERS
 from ..errors import BridgeError, InvalidParam, NotFound, read_json
 

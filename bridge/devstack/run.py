@@ -10,8 +10,9 @@ import signal
 from pathlib import Path
 
 from ..api.auth import VERIFIER
-from ..app import BridgeServer
+from ..app import BridgeServer, run_bridge
 from ..config import Config
+from ..logs import configure_logging
 from ..registration import generate
 from .demo_data import DemoSeeder
 from .synapse import SynapseProcess
@@ -46,8 +47,6 @@ def prepare_bridge_config(state: Path, synapse_port: int, bridge_port: int) -> P
 
 
 async def run_dev(args: argparse.Namespace) -> int:
-    from ..__main__ import configure_logging, run_bridge
-
     state = Path(args.dir)
     config_path = prepare_bridge_config(state, args.synapse_port, args.bridge_port)
     config = Config.load(config_path)

@@ -13,6 +13,7 @@ from mautrix.util.async_db import Database, UpgradeTable
 from yarl import URL
 
 from ..config import Config, ConfigError
+from ..db import owner_of, schema_version
 from ..db.upgrade import upgrade_table
 from ..registration import build_registration
 from .report import Finding, fail, ok, warn
@@ -119,15 +120,14 @@ async def check_database(config: Config) -> Finding:
 
 async def _schema(db: Database, latest: int) -> Finding:
     if await db.table_exists("database_owner"):
-        owner = await db.fetchval("SELECT owner FROM database_owner WHERE key=0")
+        owner = await owner_of(db)
         if owner and owner != "crm-bridge":
             return fail(
                 "database", f"the database belongs to {owner}", "give the bridge its own database"
             )
     if not await db.table_exists(upgrade_table.version_table_name):
         return ok("database", f"opens; empty, the bridge creates its v{latest} schema on start")
-    version = await db.fetchval(f"SELECT version FROM {upgrade_table.version_table_name}")
-    version = int(version or 0)
+    version = await schema_version(db, upgrade_table.version_table_name)
     if version > latest:
         return fail(
             "database",

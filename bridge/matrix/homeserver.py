@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -28,8 +28,14 @@ import orjson
 
 from ..errors import BridgeError, HomeserverUnavailable
 
-if TYPE_CHECKING:
-    from ..metrics import Metrics
+
+class Metrics(Protocol):
+    """What the homeserver seam reports (bridge/metrics.py implements it)."""
+
+    def homeserver_answered(self, method: str, path: str, status: int, seconds: float) -> None: ...
+
+    def homeserver_failed(self, method: str, path: str, reason: str) -> None: ...
+
 
 log = logging.getLogger("bridge.matrix.homeserver")
 

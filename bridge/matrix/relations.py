@@ -125,8 +125,9 @@ def thread_root(content: dict[str, Any]) -> str | None:
     return _event_id(rel.get("event_id")) if rel.get("rel_type") == THREAD else None
 
 
-def is_timeline_message(event: dict[str, Any]) -> bool:
-    """A message of the main timeline: not state, not redacted, not an edit, not in a thread.
+def is_timeline_message(event: dict[str, Any], *, in_threads: bool = False) -> bool:
+    """A message of the main timeline: not state, not redacted, not an edit, not in a thread
+    (``in_threads``: or a message of a thread). The one definition of "a message".
 
     Edits, reactions and redactions change other messages; thread replies live in their
     thread (as in Element). None of them is a message of its own, lastMessage or unread.
@@ -136,7 +137,13 @@ def is_timeline_message(event: dict[str, Any]) -> bool:
     content = event.get("content")
     if not isinstance(content, dict) or not content:
         return False
-    return rel_type_of(content) not in (REPLACE, THREAD)
+    return rel_type_of(content) not in ((REPLACE,) if in_threads else (REPLACE, THREAD))
+
+
+def msgtype_of(content: dict[str, Any]) -> str | None:
+    """A client can put anything in msgtype; only a string is worth indexing."""
+    msgtype = content.get("msgtype")
+    return msgtype if isinstance(msgtype, str) else None
 
 
 def relations_in(event: dict[str, Any]) -> list[tuple[str, str, str | None]]:
@@ -231,11 +238,7 @@ async def _last_message_back(app: web.Application, room_id: str, event_id: str) 
     if conversation is None or conversation.last_event_id != event_id:
         return
     newest = await app[EVENT_INDEX].latest(room_id)
-    await conversations.db.execute(
-        "UPDATE conversation SET last_event_id=$2, last_preview=NULL "
-        "WHERE room_id=$1 AND last_event_id=$3",
-        room_id, newest.event_id if newest else None, event_id,
-    )  # fmt: skip
+    await conversations.last_falls_back(room_id, event_id, newest.event_id if newest else None)
 
 
 async def _pinned(app: web.Application, event: dict[str, Any]) -> Effect:
@@ -266,18 +269,8 @@ async def read_position(app: web.Application, room_id: str, event_id: str) -> Ro
     indexed = await app[EVENT_INDEX].get(event_id)
     if indexed is not None:
         return indexed if indexed.room_id == room_id else None
-    row = await app[DATABASE].fetchrow(
-        "SELECT MAX(origin_ts) AS ts FROM relation WHERE event_id=$1 AND room_id=$2",
-        event_id, room_id,
-    )  # fmt: skip
-    if row is None or row["ts"] is None:
-        return None
-    found = await app[DATABASE].fetchrow(
-        "SELECT event_id FROM room_event WHERE room_id=$1 AND origin_ts <= $2 "
-        "ORDER BY seq DESC LIMIT 1",
-        room_id, int(row["ts"]),
-    )  # fmt: skip
-    return await app[EVENT_INDEX].get(found["event_id"]) if found else None
+    ts = await app[RELATIONS].store.latest_ts(event_id, room_id)
+    return await app[EVENT_INDEX].newest_until(room_id, ts) if ts is not None else None
 
 
 async def notify(app: web.Application, effect: Effect | None) -> None:

@@ -22,13 +22,13 @@ from aiohttp import web
 
 from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
 from ..matrix.dispatcher import Event
-from ..matrix.relations import Effect
+from ..matrix.relations import Effect, is_timeline_message
 from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from ..redis_state import RedisState
 from . import handlers
 from .access import Access
-from .fanout import is_conversation_change, is_message
+from .fanout import is_conversation_change
 from .local import LocalSockets
 from .server import attach, create_server
 from .service import ACCESS, PRESENCE, REALTIME, SIO, TYPING, Realtime, context
@@ -69,7 +69,7 @@ def setup(app: web.Application) -> None:
             return
         realtime = app[REALTIME]
         room_id = event["room_id"]
-        if is_message(event):
+        if is_timeline_message(event):
             realtime.live.submit(room_id, lambda: realtime.fanout.message_event(event))
         elif is_conversation_change(event):
             if event.get("type") == "m.room.member":

@@ -19,6 +19,7 @@ from typing import Protocol
 from mautrix.util.async_db import Database
 from redis.asyncio import Redis
 
+from ..db.emitted_event import EmittedEventStore
 from ..redis_state import REDIS_ERRORS, RedisState
 
 
@@ -96,19 +97,15 @@ class DatabaseClaims:
         if key in self.local:
             return False
         now = int(time.time() * 1000)
-        inserted = await self.db.fetchval(
-            "INSERT INTO emitted_event (event_id, emitted_at) VALUES ($1, $2) "
-            "ON CONFLICT (event_id) DO NOTHING RETURNING 1",
-            key, now,
-        )  # fmt: skip
+        inserted = await EmittedEventStore(self.db).claim(key, now)
         self.local.add(key)
         self._since_prune += 1
         if self._since_prune >= 5000:
             await self.prune()
-        return inserted is not None
+        return inserted
 
     async def prune(self) -> None:
         """Forget claims older than the TTL (Synapse does not redeliver that late)."""
         self._since_prune = 0
         cutoff = int(time.time() * 1000) - self.ttl_ms
-        await self.db.execute("DELETE FROM emitted_event WHERE emitted_at < $1", cutoff)
+        await EmittedEventStore(self.db).forget_before(cutoff)

@@ -14,8 +14,10 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from ..api import CHAT, serialize
-from ..api.serialize import iso
+from ..chat import serialize
+from ..chat.events import read_receipts
+from ..chat.serialize import iso
+from ..chat.service import CHAT
 from ..context import CONVERSATIONS, EVENT_INDEX, MATRIX, USERS
 from ..db.announced_receipt import AnnouncedReceiptStore
 from ..db.conversation import Conversation
@@ -91,15 +93,8 @@ class Relays:
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
         if conversation is None:
             return
-        for event_id, kinds in content.items():
-            readers = kinds.get("m.read") if isinstance(kinds, dict) else None
-            if not isinstance(readers, dict):
-                continue
-            for mxid, data in readers.items():
-                if isinstance(data, dict) and data.get("thread_id") not in (None, "main"):
-                    continue
-                ts = data.get("ts") if isinstance(data, dict) else None
-                await self._read(conversation, event_id, mxid, ts, slow)
+        for receipt in read_receipts(content):
+            await self._read(conversation, receipt.event_id, receipt.mxid, receipt.ts, slow)
 
     async def _read(
         self, conversation: Conversation, event_id: str, mxid: str, ts: Any, slow: Any

@@ -21,13 +21,12 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from ..api import CHAT
+from ..chat.service import CHAT
 from ..context import CONVERSATIONS, USERS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..ids import conversation_id_for_room, message_id_for_event
 from ..matrix.dispatcher import Event
-from ..matrix.relations import is_timeline_message
 from ..redis_state import RedisState
 from .access import Access
 from .cursors import Frontier
@@ -235,10 +234,6 @@ class Fanout:
             await self.sio.emit("conversation_update", payload, to=user_room(user.crm_user_id))
 
         await asyncio.gather(*(send_to(u) for u in await participants(self.app, room_id)))
-
-
-def is_message(event: Event) -> bool:
-    return is_timeline_message(event)
 
 
 def is_conversation_change(event: Event) -> bool:

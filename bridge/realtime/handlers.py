@@ -21,8 +21,9 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from ..api import CHAT
+from ..api import messaging
 from ..api.auth import user_for, verifier
+from ..chat.service import CHAT
 from ..context import EVENT_INDEX
 from ..errors import (
     BadRequest,
@@ -220,7 +221,8 @@ def register(
         socket = socket_of(sid)
         if not isinstance(data, dict):
             raise InvalidParam("send_message needs {conversationId, content, type}")
-        message = await app[CHAT].send(
+        message = await messaging.send(
+            app[CHAT],
             socket.user,
             data.get("conversationId"),
             data.get("content"),
@@ -262,7 +264,7 @@ def register(
             raise NotFound(NOT_FOUND)
         message_ids = data.get("messageIds") if isinstance(data, dict) else None
         message_id = await _newest(app, conversation.room_id, message_ids)
-        read = await app[CHAT].mark_read(socket.user, conversation_id, message_id)
+        read = await messaging.mark_read(app[CHAT], socket.user, conversation_id, message_id)
         return {"conversationId": conversation_id, "messageIds": read}
 
 

@@ -1,11 +1,7 @@
 """Numbered schema migrations, applied in order by mautrix's UpgradeTable."""
 
-from mautrix.util.async_db import UpgradeTable
-
-upgrade_table = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
-
 # Each module registers itself on import; the import order is the version order.
-from . import (  # noqa: E402
+from . import (
     v01_initial,
     v02_directory,
     v03_chat,
@@ -16,6 +12,7 @@ from . import (  # noqa: E402
     v08_relations,
     v09_cleared,
 )
+from .table import upgrade_table
 
 __all__ = [
     "upgrade_table",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mautrix.util.async_db import Connection
 
-from . import upgrade_table
+from .table import upgrade_table
 
 
 @upgrade_table.register(description="relations: edits, reactions, replies, threads, pins")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mautrix.util.async_db import Connection
 
-from . import upgrade_table
+from .table import upgrade_table
 
 
 @upgrade_table.register(description="api: clear-chat points (cache of room account data)")
@@ -22,4 +22,4 @@ async def upgrade_v9(conn: Connection) -> None:
             PRIMARY KEY (room_id, mxid)
         )"""
     )
-    # Receipts by reader (api/unread.py) are served by receipt_mxid from v07_scale.
+    # Receipts by reader (db/unread.py) are served by receipt_mxid from v07_scale.

@@ -24,9 +24,9 @@ from redis.backoff import NoBackoff
 from ..config import redis_prefix
 from ..context import CONFIG
 from ..redis_state import REDIS_ERRORS
-from . import CHAT
+from .service import CHAT
 
-log = logging.getLogger("bridge.api.invalidation")
+log = logging.getLogger("bridge.chat.invalidation")
 
 BUS = web.AppKey("body_cache_bus", object)
 _RETRY = (0.25, 2.0)

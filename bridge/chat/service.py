@@ -1,4 +1,4 @@
-"""The chat service behind the REST routes and the real-time channel.
+"""The read model behind the REST routes and the real-time channel (``app[CHAT]``).
 
 It answers from the bridge's own index (conversations, members, event order, receipts) and
 asks the homeserver only for what the index does not hold: message bodies (cached in
@@ -22,6 +22,7 @@ from ..context import (
     IDS,
     MATRIX,
     PROJECTS,
+    RECEIPTS,
     ROOM_MEMBERS,
     USERS,
 )
@@ -29,15 +30,19 @@ from ..db.cleared import ClearedStore
 from ..db.client_message import ClientMessageStore
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
+from ..db.listing import ConversationList
 from ..db.media import MediaStore
+from ..db.receipt import ReadMark
+from ..db.relation import REPLACE, THREAD
+from ..db.unread import UnreadCounter
 from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
-from . import clear, direct, enrich, history, messaging, people, preview, search, serialize
+from ..matrix.relations import RELATIONS, rel_type_of
+from . import enrich, preview, serialize
 from .serialize import ReadState
-from .unread import unread_count, unread_sql
 
-log = logging.getLogger("bridge.api.chat")
+log = logging.getLogger("bridge.chat")
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
@@ -52,7 +57,7 @@ class EventCache:
     def __init__(self, size: int = _EVENT_CACHE_SIZE) -> None:
         self.size = size
         self._events: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        # Set while this process may miss invalidations (api/invalidation.py): nothing is
+        # Set while this process may miss invalidations (chat/invalidation.py): nothing is
         # served from memory then.
         self.bypass = False
 
@@ -82,8 +87,6 @@ class ChatService:
         self.fetch_limit = asyncio.Semaphore(8)
         self._by_room: dict[str, Conversation] = {}
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
-        # Sent by /send, not yet back from the homeserver: room -> (event id, ts).
-        self.pending: dict[str, tuple[str, int]] = {}
         # Serialise a user's react/unreact of one key, and the pins of a room (actions.py).
         self.relation_locks: dict[str, asyncio.Lock] = {}
         # History: events the homeserver returned per message kept, per room (history.py).
@@ -119,17 +122,10 @@ class ChatService:
         if not conversation_id or room_id_for_conversation(conversation_id) is None:
             raise NotFound(CONVERSATION_NOT_FOUND)
         # One query: the conversation, only when the user's puppet has joined its room.
-        row = await self.app[DATABASE].fetchrow(
-            "SELECT c.conversation_id, c.room_id, c.kind, c.project_id, c.direct_key, "
-            "c.created_at, c.last_event_id, c.last_activity FROM conversation c "
-            "JOIN room_member m ON m.room_id = c.room_id "
-            "WHERE c.conversation_id=$1 AND m.mxid=$2 AND m.membership='join'",
-            conversation_id, user.mxid,
-        )  # fmt: skip
-        if row is None:
+        conversation = await self.app[CONVERSATIONS].joined(conversation_id, user.mxid)
+        if conversation is None:
             self._members_seen.pop(key, None)
             raise NotFound(CONVERSATION_NOT_FOUND)
-        conversation = Conversation(**row)
         if len(self._members_seen) > 50000:
             self._members_seen.clear()
         self._members_seen[key] = (time.monotonic(), conversation)
@@ -196,34 +192,23 @@ class ChatService:
         return out
 
     # Messages.
-    async def _receipt_rows(self, room_ids: list[str]) -> list[Any]:
-        if not room_ids:
-            return []
-        placeholders = ", ".join(f"${i + 1}" for i in range(len(room_ids)))
-        return await self.app[DATABASE].fetch(
-            "SELECT r.room_id, r.mxid, r.seq, r.ts, COALESCE(e.origin_ts, 0) AS event_ts "
-            "FROM receipt r LEFT JOIN room_event e ON e.event_id = r.event_id "
-            f"WHERE r.room_id IN ({placeholders})",
-            *room_ids,
-        )
-
     @staticmethod
     def _states(
-        room_ids: list[str], rows: list[Any], users: dict[str, CrmUser]
+        room_ids: list[str], rows: list[ReadMark], users: dict[str, CrmUser]
     ) -> dict[str, ReadState]:
         """Receipts per room, readers named by CRM user id when they are CRM users."""
         states: dict[str, ReadState] = {room_id: ReadState() for room_id in room_ids}
         for r in rows:
-            reader = users[r["mxid"]].crm_user_id if r["mxid"] in users else r["mxid"]
-            states[r["room_id"]].add(reader, int(r["seq"]), int(r["event_ts"]), int(r["ts"]))
+            reader = users[r.mxid].crm_user_id if r.mxid in users else r.mxid
+            states[r.room_id].add(reader, r.seq, r.event_ts, r.ts)
         return states
 
     async def read_states(
         self, room_ids: list[str], users: dict[str, CrmUser] | None = None
     ) -> dict[str, ReadState]:
-        rows = await self._receipt_rows(room_ids)
+        rows = await self.app[RECEIPTS].marks(room_ids)
         known = dict(users or {})
-        unknown = list({r["mxid"] for r in rows} - set(known))
+        unknown = list({r.mxid for r in rows} - set(known))
         known.update(await self.app[USERS].get_by_mxids(unknown))
         return self._states(room_ids, rows, known)
 
@@ -248,11 +233,11 @@ class ChatService:
         # One round of lookups for the page: positions, receipts, senders and relations.
         seqs, rows, users, found = await asyncio.gather(
             self.app[EVENT_INDEX].get_many([e["event_id"] for e in events]),
-            self._receipt_rows([conversation.room_id]),
+            self.app[RECEIPTS].marks([conversation.room_id]),
             self.app[USERS].get_by_mxids(sorted(senders)),
             enrich.indexed(self, [(conversation.room_id, e) for e in events]),
         )
-        if readers := sorted({r["mxid"] for r in rows} - set(users)):
+        if readers := sorted({r.mxid for r in rows} - set(users)):
             users.update(await self.app[USERS].get_by_mxids(readers))
         state = self._states([conversation.room_id], rows, users)[conversation.room_id]
         objects = await self._senders(senders, users)
@@ -279,6 +264,19 @@ class ChatService:
             prefetched=found,
         )
         return messages
+
+    async def room_of_message(self, event_id: str) -> str | None:
+        """The room of a message (main timeline or thread) we know, from the indexes or cache."""
+        indexed = await self.app[EVENT_INDEX].get(event_id)
+        if indexed is not None:
+            return indexed.room_id
+        for rel in await self.app[RELATIONS].store.of_event(event_id):
+            if rel.rel_type == THREAD:
+                return rel.room_id
+        cached = self.events.get(event_id)
+        if cached and cached.get("content") and rel_type_of(cached["content"]) != REPLACE:
+            return cached.get("room_id")
+        return None
 
     async def conversation_by_room(self, room_id: str) -> Conversation | None:
         """A conversation's identity (id, room, kind, project) never changes: cached."""
@@ -321,98 +319,60 @@ class ChatService:
         """The user's conversations, most recent activity first, from the index only.
 
         A fixed number of queries whatever the number of conversations, run concurrently;
-        message bodies come from the in-memory cache (misses are fetched, eight at a time).
+        the last message is the row's preview (rows indexed before previews existed are
+        filled in once, from the body cache or the homeserver, eight at a time).
         """
-        db = self.app[DATABASE]
-        mine = "SELECT room_id FROM room_member WHERE mxid=$1 AND membership='join'"
-        extra, args = "", [user.mxid]
-        if kind:
-            args.append(kind)
-            extra += f" AND c.kind=${len(args)}"
-        if room_id:
-            args.append(room_id)
-            extra += f" AND c.room_id=${len(args)}"
-        rows = await db.fetch(
-            "SELECT c.conversation_id, c.room_id, c.kind, c.project_id, c.direct_key, "
-            "c.created_at, c.last_event_id, c.last_activity, c.last_preview FROM conversation c "
-            f"WHERE c.room_id IN ({mine}){extra} ORDER BY c.last_activity DESC",
-            *args,
-        )
-        conversations = [Conversation(**row) for row in rows]
-        if not conversations:
-            return []
-        if self.pending:
-            await self._overlay_pending(conversations)
-        room_ids = [c.room_id for c in conversations]
-        filtered = bool(kind or room_id)
-
-        def scope(first: int) -> tuple[str, list[str]]:
-            """The rooms in question: all the user's (a subquery) or the filtered few."""
-            if not filtered:
-                return (
-                    f"SELECT room_id FROM room_member WHERE mxid=${first} AND membership='join'",
-                    [user.mxid],
-                )
-            return ", ".join(f"${first + i}" for i in range(len(room_ids))), room_ids
-
         own = user.matrix_id or user.mxid
-        unread_scope, unread_args = scope(3)
-        member_scope, member_args = scope(1)
-        receipt_scope, receipt_args = scope(1)
-        last_ids = [c.last_event_id for c in conversations if c.last_event_id]
-        # The index row's preview first (any process), then this process's memory (a
-        # message it sent that the index has not caught up with), then the homeserver.
-        cached: dict[str, dict[str, Any]] = {}
-        for c in conversations:
-            if not c.last_event_id:
-                continue
-            event = preview.event_of(c.last_preview, c.last_event_id, c.room_id)
-            if event is not None or (event := self.events.get(c.last_event_id)) is not None:
-                cached[c.last_event_id] = event
-        missing = [c for c in conversations if c.last_event_id and c.last_event_id not in cached]
-        # Counted up to UNREAD_CAP per room, so a long unread backlog costs no scan.
-        gathered = await asyncio.gather(
-            db.fetch(unread_sql(unread_scope), user.mxid, own, *unread_args),
-            db.fetch(
-                "SELECT room_id, mxid FROM room_member WHERE membership='join' "
-                f"AND room_id IN ({member_scope})",
-                *member_args,
-            ),
-            db.fetch(
-                "SELECT r.room_id, r.mxid, r.seq, r.ts, COALESCE(e.origin_ts, 0) AS event_ts "
-                "FROM receipt r LEFT JOIN room_event e ON e.event_id = r.event_id "
-                f"WHERE r.room_id IN ({receipt_scope})",
-                *receipt_args,
-            ),
-            self.app[EVENT_INDEX].get_many(last_ids),
-            self.app[PROJECTS].get_many([c.project_id for c in conversations if c.project_id]),
-            asyncio.gather(
-                *(self.fetch_event(c.room_id, c.last_event_id, user.mxid) for c in missing)
-            ),
-            self.cleared.of_user(user.mxid),
+        # One statement: the rows, their last messages' seqs and unread counts.
+        listed = await ConversationList(self.app[DATABASE]).of_user(user.mxid, own, kind, room_id)
+        if not listed:
+            return []
+        conversations = [item.conversation for item in listed]
+        unread_counts = {item.conversation.room_id: item.unread for item in listed}
+        seqs = {item.conversation.room_id: item.last_seq for item in listed}
+        room_ids = [c.room_id for c in conversations]
+        # All the user's rooms by a subquery, or the few a filter left.
+        everything = not (kind or room_id)
+        members, receipts, users_store = (
+            self.app[ROOM_MEMBERS], self.app[RECEIPTS], self.app[USERS]
         )  # fmt: skip
-        unread_rows, member_rows, receipt_rows, seqs, projects, fetched, cleared = gathered
-        wanted = set(room_ids)
-        unread = {r["room_id"]: int(r["unread"]) for r in unread_rows}
+        last_events: dict[str, dict[str, Any]] = {}
+        for c in conversations:
+            event = preview.event_of(c.last_preview, c.last_event_id, c.room_id)
+            if event is not None:
+                last_events[c.room_id] = event
+        missing = [c for c in conversations if c.last_event_id and c.room_id not in last_events]
+
+        async def nobody() -> dict[str, CrmUser]:
+            return {}
+
+        gathered = await asyncio.gather(
+            members.joined_in_rooms_of(user.mxid) if everything else members.joined_in(room_ids),
+            receipts.marks_in_rooms_of(user.mxid) if everything else receipts.marks(room_ids),
+            # The members' CRM users, in the same round trip (the filtered few: below).
+            users_store.in_rooms_of(user.mxid) if everything else nobody(),
+            self.app[PROJECTS].get_many([c.project_id for c in conversations if c.project_id]),
+            asyncio.gather(*(self._fill_preview(c, user.mxid) for c in missing)),
+            self.cleared.of_user(user.mxid),
+        )
+        member_rows, marks, users, projects, fetched, cleared = gathered
         for c, event in zip(missing, fetched, strict=True):
             if event is not None:
-                # Rows indexed before previews existed fill in once, for every process.
-                await self.app[CONVERSATIONS].set_preview(
-                    c.room_id, event["event_id"], preview.preview_of(event)
-                )
-        found = {**cached, **{e["event_id"]: e for e in fetched if e}}
-        last_events = {i: e for i, e in found.items() if e.get("content")}
+                last_events[c.room_id] = event
+        # A redacted last message keeps its row, with nothing to show.
+        last_events = {r: e for r, e in last_events.items() if e.get("content")}
+        wanted = set(room_ids)
         bot = self.app[IDS].bot_mxid
-        members: dict[str, list[str]] = {}
-        for r in member_rows:
-            if r["mxid"] != bot and r["room_id"] in wanted:
-                members.setdefault(r["room_id"], []).append(r["mxid"])
-        receipt_rows = [r for r in receipt_rows if r["room_id"] in wanted]
-        mxids = {m for ms in members.values() for m in ms}
-        mxids |= {r["mxid"] for r in receipt_rows}
+        joined: dict[str, list[str]] = {}
+        for member_room, mxid in member_rows:
+            if mxid != bot and member_room in wanted:
+                joined.setdefault(member_room, []).append(mxid)
+        marks = [r for r in marks if r.room_id in wanted]
+        mxids = {m for ms in joined.values() for m in ms} | {r.mxid for r in marks}
         senders = {e["sender"] for e in last_events.values()}
-        users = await self.app[USERS].get_by_mxids(sorted(mxids | senders))
-        states = self._states(room_ids, receipt_rows, users)
+        if unknown := sorted((mxids | senders) - set(users)):
+            users = {**users, **await users_store.get_by_mxids(unknown)}
+        states = self._states(room_ids, marks, users)
         objects = await self._senders(senders, users)
         for mxid in mxids - set(objects):
             objects[mxid] = (
@@ -425,15 +385,15 @@ class ChatService:
         for c in conversations:
             participants: list[dict[str, Any]] = []
             seen: set[str] = set()
-            for mxid in members.get(c.room_id, []):
+            for mxid in joined.get(c.room_id, []):
                 obj = objects[mxid]
                 if obj["_id"] not in seen:
                     seen.add(obj["_id"])
                     participants.append(obj)
             last = None
-            event = last_events.get(c.last_event_id) if c.last_event_id else None
+            event = last_events.get(c.room_id)
             if event is not None:
-                seq = seqs[event["event_id"]].seq if event["event_id"] in seqs else None
+                seq = seqs[c.room_id]
                 ts = int(event.get("origin_server_ts") or 0)
                 point = cleared.get(c.room_id)
                 # Cleared by this user with nothing newer yet: no lastMessage for them.
@@ -445,99 +405,23 @@ class ChatService:
             project = projects.get(c.project_id) if c.project_id else None
             out.append(
                 serialize.conversation_object(
-                    c, participants, project, last, unread.get(c.room_id, 0)
+                    c, participants, project, last, unread_counts.get(c.room_id, 0)
                 )
             )
         # Pins the bridge never saw are not asked of Synapse for a listing (one call a room).
         await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
         return out
 
-    async def _overlay_pending(self, conversations: list[Conversation]) -> None:
-        """A message sent through this process and not indexed yet is the last one meanwhile.
-
-        Only meanwhile: once the conversation's last message is it or later in the live
-        order, the index decides (a process that receives no transactions never sees it
-        come back, so the index is asked)."""
-        waiting = {
-            c.room_id: pending
-            for c in conversations
-            if (pending := self.pending.get(c.room_id)) and pending[0] != c.last_event_id
-        }
-        if not waiting:
-            return
-        lasts = [c.last_event_id for c in conversations if c.room_id in waiting]
-        ids = [p[0] for p in waiting.values()] + [i for i in lasts if i]
-        indexed = await self.app[EVENT_INDEX].get_many(ids)
-        for c in conversations:
-            pending = waiting.get(c.room_id)
-            if pending is None:
-                continue
-            sent, last = indexed.get(pending[0]), indexed.get(c.last_event_id or "")
-            if sent is not None and last is not None and last.seq >= sent.seq:
-                if self.pending.get(c.room_id) == pending:
-                    del self.pending[c.room_id]
-            elif pending[1] >= c.last_activity or sent is not None:
-                # Not indexed yet, or indexed and the conversation not touched yet.
-                c.last_event_id, c.last_activity = pending[0], max(pending[1], c.last_activity)
-                c.last_preview = None  # the row's preview is of the message before
-        conversations.sort(key=lambda c: c.last_activity, reverse=True)
-
-    # Writes (see messaging.py and direct.py).
-    async def send(
-        self,
-        user: CrmUser,
-        conversation_id: Any,
-        content: Any,
-        type: Any = "text",
-        attachments: Any = None,
-        client_message_id: Any = None,
-        *,
-        reply_to: Any = None,
-        mentions: Any = None,
-        thread_id: Any = None,
-        quota: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Send as the user's puppet; the seed message plus conversationId and cursor.
-
-        Counted against the user's send limit whatever the door; ``quota`` receives the
-        rate-limit headers."""
-        return await messaging.send(
-            self, user, conversation_id, content, type, attachments, client_message_id,
-            reply_to=reply_to, mentions=mentions, thread_id=thread_id, quota=quota,
-        )  # fmt: skip
-
-    async def mark_read(
-        self,
-        user: CrmUser,
-        conversation_id: Any,
-        message_id: Any = None,
-        *,
-        quota: dict[str, str] | None = None,
-    ) -> list[str]:
-        return await messaging.mark_read(self, user, conversation_id, message_id, quota=quota)
-
-    async def create_direct(self, user: CrmUser, other_id: Any) -> tuple[dict[str, Any], bool]:
-        conversation, created = await direct.create_direct(self, user, other_id)
-        listed = await self.conversations_for(user, room_id=conversation.room_id)
-        if not listed:
-            raise NotFound(CONVERSATION_NOT_FOUND)
-        return listed[0], created
-
-    async def history(self, user: CrmUser, conversation_id: str, query: Any) -> dict[str, Any]:
-        conversation = await self.conversation_for(user, conversation_id)
-        return await history.page(self, user, conversation, query)
-
-    async def send_files(
-        self,
-        user: CrmUser,
-        conversation_id: Any,
-        content: Any,
-        files: list[tuple[str, bytes]],
-        *,
-        quota: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Upload and post in one call (``/upload/chat``), under send's limit and checks."""
-        return await messaging.send_files(self, user, conversation_id, content, files, quota=quota)
+    async def _fill_preview(self, c: Conversation, reader: str) -> dict[str, Any] | None:
+        """The last message of a row without a preview: fetched once, kept in the row."""
+        assert c.last_event_id is not None
+        event = await self.fetch_event(c.room_id, c.last_event_id, reader)
+        if event is not None:
+            # For every process: the next listing anywhere reads the row.
+            await self.app[CONVERSATIONS].set_preview(
+                c.room_id, event["event_id"], preview.preview_of(event)
+            )
+        return event
 
     async def conversation(self, user: CrmUser, conversation_id: str) -> dict[str, Any]:
         """One conversation in the list's shape; outsiders get the same 404 as for none."""
@@ -548,15 +432,12 @@ class ChatService:
         return listed[0]
 
     async def unread_count(self, user: CrmUser) -> int:
-        return await unread_count(self, user)
+        """The sum of ``unreadCount`` over the user's conversations, in one query."""
+        counts = await UnreadCounter(self.app[DATABASE]).by_room(
+            user.mxid, user.matrix_id or user.mxid
+        )
+        return sum(counts.values())
 
-    async def online_users(self, user: CrmUser) -> list[dict[str, Any]]:
-        return await people.online_users(self, user)
 
-    async def search(self, user: CrmUser, query: Any) -> dict[str, Any]:
-        return await search.search(self, user, query)
-
-    async def clear_chat(
-        self, user: CrmUser, conversation_id: Any, *, quota: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        return await clear.clear_chat(self, user, conversation_id, quota=quota)
+# The read model, shared by the REST facade and the real-time side.
+CHAT = web.AppKey("chat", ChatService)

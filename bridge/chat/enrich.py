@@ -12,7 +12,9 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from aiohttp import web
 
 from ..context import MATRIX, USERS
 from ..db.crm_user import CrmUser
@@ -22,8 +24,18 @@ from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS, reply_target
 from . import serialize
 
-if TYPE_CHECKING:
-    from .chat import ChatService
+
+class Reader(Protocol):
+    """What decorating needs of the read model (``ChatService``)."""
+
+    app: web.Application
+
+    async def fetch_event(
+        self, room_id: str, event_id: str, as_user: str
+    ) -> dict[str, Any] | None: ...
+
+    async def sender_objects(self, mxids: set[str]) -> dict[str, dict[str, Any]]: ...
+
 
 # One message: (room id, event, its message object).
 Item = tuple[str, dict[str, Any], dict[str, Any]]
@@ -48,7 +60,7 @@ def new_content(edit: dict[str, Any] | None) -> dict[str, Any] | None:
     return new if isinstance(new, dict) else None
 
 
-async def pins_for(service: ChatService, room_id: str, reader: str | None) -> list[str]:
+async def pins_for(service: Reader, room_id: str, reader: str | None) -> list[str]:
     """The room's pinned event ids, oldest pin first; asked of Synapse once if unknown."""
     relations = service.app[RELATIONS]
     pins = (await relations.pins_of([room_id]))[room_id]
@@ -80,7 +92,7 @@ def _replies(events: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, str]:
     }
 
 
-async def indexed(service: ChatService, events: list[tuple[str, dict[str, Any]]]) -> Indexed:
+async def indexed(service: Reader, events: list[tuple[str, dict[str, Any]]]) -> Indexed:
     """The index's rows for these (room id, event) pairs, in one round of queries; a caller
     starts it beside its own lookups and hands it to :func:`decorate`."""
     by_id = {event["event_id"]: (room_id, event) for room_id, event in events}
@@ -93,7 +105,7 @@ async def indexed(service: ChatService, events: list[tuple[str, dict[str, Any]]]
 
 
 async def decorate(
-    service: ChatService,
+    service: Reader,
     items: list[Item],
     viewer: CrmUser | None,
     reader: str | Callable[[], Awaitable[str]] | None,

@@ -182,7 +182,7 @@ def message_object(
         "updatedAt": iso(ts),
         "matrixRoomId": event.get("room_id"),
         "eventId": event["event_id"],
-        # Relations (api/enrich.py fills them from the index).
+        # Relations (chat/enrich.py fills them from the index).
         "edited": False,
         "editedAt": None,
         "replyTo": None,
