@@ -42,7 +42,18 @@ async def send(api, cid: str, text: str) -> dict[str, Any]:
 
 
 async def indexed(app, message: dict[str, Any]) -> None:
-    await eventually(lambda: app[EVENT_INDEX].get(message["eventId"]))
+    """Indexed (at send) and brought back by its transaction: from then on every read shows
+    the homeserver's timestamp, not the one the send path gave it before Synapse's echo."""
+    event_id = message["eventId"]
+    await eventually(lambda: app[EVENT_INDEX].get(event_id))
+    sender = app[IDS].puppet_mxid(message["sender"]["_id"])
+    stored = await app[MATRIX].get_event(message["matrixRoomId"], event_id, as_user=sender)
+
+    async def echoed() -> bool:
+        cached = app[CHAT].events.get(event_id) or {}
+        return cached.get("origin_server_ts") == stored["origin_server_ts"]
+
+    await eventually(echoed)
 
 
 def upload_form(cid: str | None, name: str, data: bytes, content: str | None = None):
