@@ -81,13 +81,18 @@ class Fanout:
         key = message.get("eventId") or message.get("_id")
         if not key or not await self.claims.claim(str(key)):
             return False
+        await self._emit(conversation_id, message, cursor)
+        return True
+
+    async def _emit(
+        self, conversation_id: str, message: dict[str, Any], cursor: str | None
+    ) -> None:
         payload = {**message, "conversationId": conversation_id, "cursor": cursor}
         room = conversation_room(conversation_id)
         await self.sio.emit("new_message", payload, to=room)
         await self.sio.emit(
             "conversation_update", conversation_update(conversation_id, payload), to=room
         )
-        return True
 
     async def local_echo(self, conversation: Conversation | Any, message: dict[str, Any]) -> None:
         conversation_id = getattr(conversation, "conversation_id", None) or message.get(
@@ -99,19 +104,27 @@ class Fanout:
 
     async def message_event(self, event: Event) -> None:
         """From the transaction, in timeline order: this message is a safe cursor."""
-        conversation = await self.app[CONVERSATIONS].get_by_room(event["room_id"])
-        if conversation is None or CHAT not in self.app:
+        if CHAT not in self.app:
             return
-        message = await self.app[CHAT].message_from_event(event)
+        chat = self.app[CHAT]
+        conversation = await chat.conversation_by_room(event["room_id"])
+        if conversation is None:
+            return
         conversation_id = conversation.conversation_id
+        message_id = message_id_for_event(event["event_id"])
+        # Claimed before it is built: a message the send path's local echo already emitted
+        # (most of a CRM's messages) costs no message object here.
+        ours = await self.claims.claim(event["event_id"])
         if not self._fans_out():
             # Other processes' sockets may be missing messages: keep the cursor pinned.
-            cursor = await self.frontier.get(conversation_id)
-            await self.message(conversation_id, message, cursor)
+            if ours:
+                cursor = await self.frontier.get(conversation_id)
+                await self._emit(conversation_id, await chat.message_from_event(event), cursor)
             return
-        await self.message(conversation_id, message, message["_id"])
+        if ours:
+            await self._emit(conversation_id, await chat.message_from_event(event), message_id)
         if self._fans_out():  # the emit reached every process (or none needed to see it)
-            await self.frontier.set(conversation_id, message["_id"])
+            await self.frontier.set(conversation_id, message_id)
 
     # Changes to existing messages (bridge/matrix/relations.py says which).
     async def messages_changed(self, room_id: str, event_ids: list[str], slow: Lanes) -> None:
