@@ -24,27 +24,22 @@ import asyncpg
 from aiohttp import web
 
 from bench.common import POSTGRES_DSN, base_parser, report, summary
+from bridge.app import open_stores
 from bridge.chat.preview import preview_of
 from bridge.chat.service import ChatService
 from bridge.config import Config
 from bridge.context import (
     CONFIG,
     CONVERSATIONS,
-    DATABASE,
     EVENT_INDEX,
     IDS,
-    PROJECTS,
     RECEIPTS,
     ROOM_MEMBERS,
     USERS,
 )
 from bridge.db import create_database
-from bridge.db.conversation import DIRECT, ConversationStore
-from bridge.db.crm_user import CrmUser, CrmUserStore
-from bridge.db.project import ProjectStore
-from bridge.db.receipt import ReceiptStore
-from bridge.db.room_event import RoomEventIndex
-from bridge.db.room_member import RoomMemberStore
+from bridge.db.conversation import DIRECT
+from bridge.db.crm_user import CrmUser
 from bridge.ids import IdMapper
 from bridge.matrix.relations import ensure as ensure_relations
 
@@ -53,14 +48,8 @@ def _app(db: Any) -> web.Application:
     config = Config.load(None, environ={})
     app = web.Application()
     app[CONFIG] = config
-    app[DATABASE] = db
     app[IDS] = IdMapper.from_config(config)
-    app[EVENT_INDEX] = RoomEventIndex(db)
-    app[USERS] = CrmUserStore(db)
-    app[PROJECTS] = ProjectStore(db)
-    app[CONVERSATIONS] = ConversationStore(db)
-    app[ROOM_MEMBERS] = RoomMemberStore(db)
-    app[RECEIPTS] = ReceiptStore(db)
+    open_stores(app, db)
     ensure_relations(app)
     return app
 
