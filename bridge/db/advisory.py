@@ -17,7 +17,7 @@ async def _or_end_session(conn: Any, call: Awaitable[T]) -> T:
     try:
         return await call
     except BaseException:
-        conn.wrapped.terminate() if hasattr(conn, "wrapped") else conn.terminate()
+        getattr(conn, "wrapped", conn).terminate()  # mautrix's wrapper, or asyncpg's own
         raise
 
 
