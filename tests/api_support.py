@@ -50,11 +50,9 @@ async def project_chat(
     room_id = await matrix.create_room(
         {"preset": "private_chat", "name": name or f"Project {project_id}"}
     )
-    await app[ROOM_MEMBERS].set(room_id, app[IDS].bot_mxid, "join")
-    for member in members:
-        await matrix.invite(room_id, member.mxid)
-        await matrix.join(room_id, as_user=member.mxid)
-        await app[ROOM_MEMBERS].set(room_id, member.mxid, "join")
+    # The project first, as the engine does: from then on the room's own membership events
+    # (by the bot and puppets) are not replayed over the records made here, so an invite
+    # whose transaction arrives after the join cannot undo it.
     await app[PROJECTS].upsert(
         Project(
             project_id=project_id,
@@ -65,7 +63,13 @@ async def project_chat(
             members=[m.crm_user_id for m in members],
         )
     )
-    return await app[CONVERSATIONS].add(room_id, PROJECT, project_id=project_id)
+    conversation = await app[CONVERSATIONS].add(room_id, PROJECT, project_id=project_id)
+    await app[ROOM_MEMBERS].set(room_id, app[IDS].bot_mxid, "join")
+    for member in members:
+        await matrix.invite(room_id, member.mxid)
+        await matrix.join(room_id, as_user=member.mxid)
+        await app[ROOM_MEMBERS].set(room_id, member.mxid, "join")
+    return conversation
 
 
 def token(app: web.Application, user: CrmUser | str, ttl: int = 3600) -> str:

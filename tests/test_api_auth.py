@@ -73,6 +73,31 @@ def test_bad_tokens_are_refused(token: str, why: str) -> None:
     assert why in caught.value.message
 
 
+def test_a_verified_token_is_remembered_until_it_expires(monkeypatch) -> None:
+    verifier = JwtVerifier.from_config(config())
+    token = jwt.encode(claims(exp=int(time.time()) + 5), SECRET, algorithm="HS256")
+    decode, checks = jwt.decode, []
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: checks.append(1) or decode(*a, **k))
+    assert verifier.verify(token) == "42"
+    assert verifier.verify(token) == "42"
+    assert len(checks) == 1  # the second call needed no signature check
+    now, later = time.time, time.time() + 6 + verifier.leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(UnknownToken) as caught:
+        verifier.verify(token)
+    assert "expired" in caught.value.message and len(checks) == 1
+    # Refused once expired, it is forgotten: a later call checks the signature again.
+    monkeypatch.setattr(time, "time", now)
+    assert verifier.verify(token) == "42"
+    assert len(checks) == 2
+    # A refused token is never remembered.
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for _ in range(2):
+        with pytest.raises(UnknownToken):
+            verifier.verify(forged)
+    assert len(checks) == 4
+
+
 def test_tampered_payload_is_refused() -> None:
     header, _payload, signature = jwt.encode(claims(), SECRET, algorithm="HS256").split(".")
     forged = b64(json.dumps(claims(sub="1")).encode())

@@ -8,10 +8,12 @@ never be used as an HMAC secret.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from ..errors import Forbidden, MissingToken, UnknownToken
 log = logging.getLogger("bridge.api.auth")
 
 _SYMMETRIC = ("HS256", "HS384", "HS512")
+VERIFIED_TOKENS = 10_000
 
 
 @dataclass
@@ -38,6 +41,12 @@ class JwtVerifier:
     issuer: str | None
     user_claim: str
     leeway: float
+    # Tokens already verified (by digest): a frontend sends the same token with every
+    # request, and checking a signature costs more than the rest of a cached lookup. Only
+    # valid tokens enter; each hit checks the expiry again.
+    _verified: OrderedDict[bytes, tuple[str, float]] = field(
+        default_factory=OrderedDict, repr=False
+    )
 
     @classmethod
     def from_config(cls, config: Config) -> JwtVerifier:
@@ -87,6 +96,19 @@ class JwtVerifier:
 
     def verify_session(self, token: str) -> tuple[str, float]:
         """The CRM user id, and when (epoch seconds) the token stops being accepted."""
+        digest = hashlib.sha256(token.encode()).digest()
+        if (known := self._verified.get(digest)) is not None:
+            if time.time() < known[1]:
+                return known
+            del self._verified[digest]
+            raise UnknownToken("The access token has expired")
+        session = self._verify(token)
+        self._verified[digest] = session
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return session
+
+    def _verify(self, token: str) -> tuple[str, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from ..chat.serialize import iso
 from ..context import EVENT_INDEX, MATRIX
 from ..db.cleared import ClearPoint
-from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..errors import BridgeError
 from ..ids import message_id_for_event
@@ -57,11 +56,8 @@ async def clear_chat(
     return result.model_dump(by_alias=True)
 
 
-async def clear_point(
-    service: ChatService, user: CrmUser, conversation: Conversation
-) -> ClearPoint | None:
+async def clear_point(service: ChatService, user: CrmUser, room_id: str) -> ClearPoint | None:
     """The user's clear point in this conversation, from the cache checked against Matrix."""
-    room_id = conversation.room_id
     cached = await service.cleared.get(room_id, user.mxid)
     key = (user.mxid, room_id)
     if key in service.clear_checked:

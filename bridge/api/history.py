@@ -13,8 +13,9 @@ Each walk returns every message of its order exactly once, whatever arrives mean
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from ..chat.indexer import index_event
@@ -24,7 +25,7 @@ from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.room_event import RoomEvent
 from ..errors import InvalidParam, NotFound
-from ..ids import event_id_for_message, message_id_for_event
+from ..ids import event_id_for_message, message_id_for_event, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import MESSAGE_TYPES, is_timeline_message
 from . import clear, live_walk
@@ -70,30 +71,25 @@ async def _collect(
     want: int,
     drop_through: str | None = None,
     point: ClearPoint | None = None,
+    first: Awaitable[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Up to skip+want messages walking in direction from token; returns them after skip.
 
     ``drop_through``: the event the token sits on; it (and anything before it in the first
     chunk) is left out. ``point``: the user's clear point; what it hides is left out, and
-    walking back stops there.
+    walking back stops there. ``first``: the first batch, already asked for
+    (:func:`_batch` with the same arguments).
     """
-    matrix = service.app[MATRIX]
     found: list[dict[str, Any]] = []
-    # Edits and thread replies come back among the messages and are dropped here: ask for
-    # as many more as this room had last time, so a page stays one call to the homeserver.
-    stretch = service.history_stretch.get(conversation.room_id, 1.0)
     seen = kept = 0
     empty = 0
     while len(found) < skip + want and empty <= MAX_EMPTY_CHUNKS:
-        batch = min(BATCH, int((skip + want - len(found)) * stretch) + 1)
-        resp = await matrix.messages(
-            conversation.room_id,
-            direction=direction,
-            limit=batch,
-            from_token=token,
-            as_user=user.mxid,
-            filter_json=_FILTER,
-        )
+        if first is not None:
+            resp, first = await first, None
+        else:
+            resp = await _batch(
+                service, conversation.room_id, user, direction, token, skip + want - len(found)
+            )
         chunk = resp.get("chunk") or []
         previous, token = token, resp.get("end")
         # No end token is the end of the timeline; an empty chunk with one is not.
@@ -124,6 +120,23 @@ async def _collect(
             stretches.clear()
         stretches[conversation.room_id] = min(3.0, seen / max(kept, 1))
     return found[skip : skip + want]
+
+
+def _batch(
+    service: ChatService, room_id: str, user: CrmUser, direction: str, token: str | None, want: int
+) -> Awaitable[dict[str, Any]]:
+    """One /messages call for ``want`` more messages."""
+    # Edits and thread replies come back among the messages and are dropped by _collect: ask
+    # for as many more as this room had last time, so a page stays one call to the homeserver.
+    stretch = service.history_stretch.get(room_id, 1.0)
+    return service.app[MATRIX].messages(
+        room_id,
+        direction=direction,
+        limit=min(BATCH, int(want * stretch) + 1),
+        from_token=token,
+        as_user=user.mxid,
+        filter_json=_FILTER,
+    )
 
 
 async def _token_at(
@@ -237,19 +250,65 @@ async def _constant(value: str) -> str:
 async def page_of(
     service: ChatService, user: CrmUser, conversation_id: str, query: Any
 ) -> dict[str, Any]:
-    """A history page of a conversation the user takes part in (404 otherwise)."""
-    conversation = await service.conversation_for(user, conversation_id)
-    return await page(service, user, conversation, query)
+    """A history page of a conversation the user takes part in (404 otherwise).
 
-
-async def page(
-    service: ChatService, user: CrmUser, conversation: Conversation, query: Any
-) -> dict[str, Any]:
+    A page without a cursor asks the homeserver for its first batch while the membership and
+    the clear point are looked up: the answer is dropped unless the user takes part (a read
+    has nothing to undo, and the homeserver checks the puppet's membership as well).
+    """
     limit = _int_param(query, "limit", 50, 1, MAX_LIMIT)
     before, after = query.get("before"), query.get("after")
     if before and after:
         raise InvalidParam("Use either before or after, not both")
-    point = await clear.clear_point(service, user, conversation)
+    room_id = room_id_for_conversation(conversation_id) if conversation_id else None
+    if before or after or room_id is None:
+        conversation = await service.conversation_for(user, conversation_id)
+        point = await clear.clear_point(service, user, conversation.room_id)
+        return await _page(service, user, conversation, query, limit, point)
+    skip = (_page_number(query, limit) - 1) * limit
+    head = asyncio.ensure_future(_batch(service, room_id, user, "b", None, skip + limit + 1))
+    marks: asyncio.Future[Any] | None = None
+    try:
+        conversation = await service.conversation_for(user, conversation_id)
+        # The room's receipts need no event id: they are read meanwhile too.
+        marks = asyncio.ensure_future(service.room_marks(room_id))
+        point = await clear.clear_point(service, user, room_id)
+        if conversation.room_id != room_id:  # never so today: ids are room ids
+            _drop(head)
+            return await _page(service, user, conversation, query, limit, point)
+        return await _page(
+            service, user, conversation, query, limit, point, first=head, marks=marks
+        )
+    finally:  # whatever went wrong, neither read outlives the request or logs its outcome
+        for task in (head, marks):
+            if task is not None:
+                _drop(task)
+
+
+def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel a read unless done, and take its outcome, so that none is logged."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def _page_number(query: Any, limit: int) -> int:
+    number = _int_param(query, "page", 1, 1, MAX_PAGE_DEPTH)
+    if (number - 1) * limit > MAX_PAGE_DEPTH:
+        raise InvalidParam(f"Use cursors to page further back than {MAX_PAGE_DEPTH} messages")
+    return number
+
+
+async def _page(
+    service: ChatService,
+    user: CrmUser,
+    conversation: Conversation,
+    query: Any,
+    limit: int,
+    point: ClearPoint | None,
+    first: Awaitable[dict[str, Any]] | None = None,
+    marks: Awaitable[Any] | None = None,
+) -> dict[str, Any]:
+    before, after = query.get("before"), query.get("after")
     if after:
         events, has_more, next_cursor = await _after(service, user, conversation, after, limit)
         events = [e for e in events if not await clear.hidden(service, point, e)]
@@ -264,18 +323,16 @@ async def page(
             service, conversation, user, "b", token, 0, limit + 1, event_id, point
         )
     else:
-        number = _int_param(query, "page", 1, 1, MAX_PAGE_DEPTH)
-        if (number - 1) * limit > MAX_PAGE_DEPTH:
-            raise InvalidParam(f"Use cursors to page further back than {MAX_PAGE_DEPTH} messages")
+        skip = (_page_number(query, limit) - 1) * limit
         events = await _collect(
-            service, conversation, user, "b", None, (number - 1) * limit, limit + 1, None, point
+            service, conversation, user, "b", None, skip, limit + 1, None, point, first
         )
     has_more = len(events) > limit
     events = events[:limit]
     events.reverse()
     for event in events:
         service.events.put(event)
-    messages = await service.messages_from_events(conversation, events, viewer=user)
+    messages = await service.messages_from_events(conversation, events, viewer=user, marks=marks)
     back = message_id_for_event(events[0]["event_id"]) if has_more and events else None
     return {"messages": messages, "hasMore": has_more, "nextCursor": back}
 

@@ -93,11 +93,14 @@ async def index_event(
     elif is_timeline_message(event):
         content = event.get("content") or {}
         ts = int(event.get("origin_server_ts") or time.time() * 1000)
-        indexed, _ = await app[EVENT_INDEX].add(
-            event["event_id"], room_id, event["sender"], event["type"], msgtype_of(content), ts
-        )
+        preview = preview_of(event)
+        indexed, new = await app[EVENT_INDEX].add(
+            event["event_id"], room_id, event["sender"], event["type"], msgtype_of(content), ts,
+            touch_preview=preview,
+        )  # fmt: skip
         await _keep_body(app, event)
-        await app[CONVERSATIONS].touch(room_id, event["event_id"], ts, preview_of(event))
+        if not new:  # a new row touched its conversation as it was written
+            await app[CONVERSATIONS].touch(room_id, event["event_id"], ts, preview)
     elif _is_related_message(event):
         # Edits and thread replies: bodies the message objects need, kept in memory.
         await _keep_body(app, event)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from .serialize import CRM_FIELD
 
 PREVIEW_CHARS = 2000
@@ -68,8 +70,8 @@ def event_of(preview: str | None, event_id: str | None, room_id: str) -> dict[st
     if preview is None or event_id is None:
         return None
     try:
-        data = json.loads(preview)
-    except ValueError:
+        data = orjson.loads(preview)  # once per conversation per listing: the fast decoder
+    except orjson.JSONDecodeError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("sender"), str):
         return None

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -212,6 +213,9 @@ class ChatService:
         known.update(await self.app[USERS].get_by_mxids(unknown))
         return self._states(room_ids, rows, known)
 
+    async def room_marks(self, room_id: str) -> list[ReadMark]:
+        return await self.app[RECEIPTS].marks([room_id])
+
     async def sender_objects(self, mxids: set[str]) -> dict[str, dict[str, Any]]:
         return await self._senders(mxids) if mxids else {}
 
@@ -225,15 +229,23 @@ class ChatService:
         conversation: Conversation,
         events: list[dict[str, Any]],
         viewer: CrmUser | None = None,
+        *,
+        marks: Awaitable[list[ReadMark]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Message objects, relations included; ``viewer`` decides reactions' ``me``."""
+        """Message objects, relations included; ``viewer`` decides reactions' ``me``.
+
+        ``marks``: the room's receipts, asked for already (say while the homeserver read
+        the page): :meth:`room_marks`.
+        """
         if not events:
+            if marks is not None:
+                await marks
             return []
         senders = {e["sender"] for e in events}
         # One round of lookups for the page: positions, receipts, senders and relations.
         seqs, rows, users, found = await asyncio.gather(
-            self.app[EVENT_INDEX].get_many([e["event_id"] for e in events]),
-            self.app[RECEIPTS].marks([conversation.room_id]),
+            self.app[EVENT_INDEX].positions([e["event_id"] for e in events]),
+            marks if marks is not None else self.room_marks(conversation.room_id),
             self.app[USERS].get_by_mxids(sorted(senders)),
             enrich.indexed(self, [(conversation.room_id, e) for e in events]),
         )

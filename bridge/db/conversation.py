@@ -24,6 +24,14 @@ MY_CONVERSATION_ROOMS = (
     "WHERE m.mxid=$1 AND m.membership='join'"
 )
 
+# A message was indexed ($1 room, $2 event, $3 its ts, $4 its preview): see ``touch``.
+TOUCH = (
+    "UPDATE conversation SET last_event_id=$2, last_preview=$4, "
+    "last_activity=CASE WHEN last_activity < $3 THEN $3 ELSE last_activity END "
+    "WHERE room_id=$1 AND NOT EXISTS (SELECT 1 FROM room_event held, room_event new "
+    "WHERE held.event_id = conversation.last_event_id AND new.event_id = $2 "
+    "AND held.seq > new.seq)"
+)
 PROJECT = "project"
 DIRECT = "direct"
 
@@ -93,14 +101,7 @@ class ConversationStore:
         """A message was indexed: it is the last message (with its preview) unless the current
         one comes later in the live order (seq; a message mark-read indexed early comes back
         later), and the last activity (the listing's sort key) is the newest timestamp seen."""
-        await self.db.execute(
-            "UPDATE conversation SET last_event_id=$2, last_preview=$4, "
-            "last_activity=CASE WHEN last_activity < $3 THEN $3 ELSE last_activity END "
-            "WHERE room_id=$1 AND NOT EXISTS (SELECT 1 FROM room_event held, room_event new "
-            "WHERE held.event_id = conversation.last_event_id AND new.event_id = $2 "
-            "AND held.seq > new.seq)",
-            room_id, event_id, ts, preview,
-        )  # fmt: skip
+        await self.db.execute(TOUCH, room_id, event_id, ts, preview)
 
     async def set_preview(self, room_id: str, event_id: str, preview: str | None) -> bool:
         """Replace the preview if ``event_id`` is still the conversation's last message."""

@@ -11,9 +11,12 @@ has one writer at a time anyway (the seq is drawn and committed under its write 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from mautrix.util.async_db import Database, Scheme
+
+from .conversation import TOUCH
 
 COLUMNS = "seq, event_id, room_id, sender, event_type, msgtype, origin_ts"
 # Events a history walk shows (the index also counts m.room.encrypted, which it cannot show).
@@ -34,6 +37,21 @@ INSERT_SERIALIZED = (
     "ON CONFLICT (event_id) DO NOTHING RETURNING seq"
 )
 
+# The same, and on a new row its conversation's last message and activity ($8: the preview)
+# in the same statement: a message indexed at send costs one round trip, not two. The new
+# row holds the room's highest seq (drawn under the lock), so it is the last message, which
+# ``ConversationStore.touch`` would decide by comparing seqs.
+INSERT_SERIALIZED_TOUCHING = (
+    "WITH room_lock AS (SELECT pg_advisory_xact_lock($7::int4, hashtext($2::text))), "
+    "new AS (INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
+    "SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint FROM room_lock "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING seq), "
+    "touched AS (UPDATE conversation SET last_event_id=$1::text, last_preview=$8::text, "
+    "last_activity=CASE WHEN last_activity < $6::bigint THEN $6::bigint ELSE last_activity END "
+    "WHERE room_id=$2::text AND EXISTS (SELECT 1 FROM new)) "
+    "SELECT seq FROM new"
+)
+
 
 @dataclass
 class RoomEvent:
@@ -47,8 +65,17 @@ class RoomEvent:
 
 
 class RoomEventIndex:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, remembered: int = 100_000) -> None:
         self.db = db
+        # A row never changes once written (a redaction removes it): the positions of the
+        # messages pages show are kept here, so a page asks only for those it never saw.
+        self._rows: OrderedDict[str, RoomEvent] = OrderedDict()
+        self._remembered = remembered
+
+    def _remember(self, row: RoomEvent) -> None:
+        self._rows[row.event_id] = row
+        if len(self._rows) > self._remembered:
+            self._rows.popitem(last=False)
 
     async def add(
         self,
@@ -58,18 +85,34 @@ class RoomEventIndex:
         event_type: str,
         msgtype: str | None,
         origin_ts: int,
+        *,
+        touch_preview: str | None = None,
     ) -> tuple[RoomEvent, bool]:
-        """Index an event; returns it and whether it was new. Safe to call twice."""
+        """Index an event; returns it and whether it was new. Safe to call twice.
+
+        ``touch_preview``: a new row also becomes its conversation's last message with this
+        preview, as ``ConversationStore.touch`` would make it; an event indexed before is
+        left to the caller to touch.
+        """
         args: tuple[object, ...] = (event_id, room_id, sender, event_type, msgtype, origin_ts)
-        if self.db.scheme == Scheme.POSTGRES:
+        touching = touch_preview is not None
+        if self.db.scheme == Scheme.POSTGRES and touching:
+            seq = await self.db.fetchval(
+                INSERT_SERIALIZED_TOUCHING, *args, ROOM_LOCK_CLASS, touch_preview
+            )
+        elif self.db.scheme == Scheme.POSTGRES:
             seq = await self.db.fetchval(INSERT_SERIALIZED, *args, ROOM_LOCK_CLASS)
         else:
             seq = await self.db.fetchval(INSERT, *args)
+            if seq is not None and touching:
+                await self.db.execute(TOUCH, room_id, event_id, origin_ts, touch_preview)
         if seq is None:
             existing = await self.get(event_id)
             assert existing is not None
             return existing, False
-        return RoomEvent(seq, event_id, room_id, sender, event_type, msgtype, origin_ts), True
+        row = RoomEvent(seq, event_id, room_id, sender, event_type, msgtype, origin_ts)
+        self._remember(row)
+        return row, True
 
     async def get(self, event_id: str) -> RoomEvent | None:
         row = await self.db.fetchrow(
@@ -113,6 +156,16 @@ class RoomEventIndex:
         )
         return {row["event_id"]: RoomEvent(**row) for row in rows}
 
+    async def positions(self, event_ids: list[str]) -> dict[str, RoomEvent]:
+        """``get_many`` for a page's messages, remembered. A row another process removed
+        (a redaction) may still be found here; that message is gone from the pages too."""
+        found = {e: row for e in event_ids if (row := self._rows.get(e)) is not None}
+        if missing := [e for e in event_ids if e not in found]:
+            for event_id, row in (await self.get_many(missing)).items():
+                self._remember(row)
+                found[event_id] = row
+        return found
+
     async def between(self, room_id: str, after_seq: int, upto_seq: int) -> list[RoomEvent]:
         """Events of a room with after_seq < seq <= upto_seq, oldest first."""
         rows = await self.db.fetch(
@@ -134,6 +187,7 @@ class RoomEventIndex:
     async def remove(self, event_id: str) -> RoomEvent | None:
         """A redacted message leaves the index (unread counts, lastMessage, cursors)."""
         existing = await self.get(event_id)
+        self._rows.pop(event_id, None)
         if existing is not None:
             await self.db.execute("DELETE FROM room_event WHERE event_id=$1", event_id)
         return existing

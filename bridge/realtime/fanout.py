@@ -98,9 +98,14 @@ class Fanout:
         conversation_id = getattr(conversation, "conversation_id", None) or message.get(
             "conversationId"
         )
-        if conversation_id:
-            cursor = await self.frontier.get(conversation_id)
-            await self.message(conversation_id, message, cursor)
+        key = message.get("eventId") or message.get("_id")
+        if conversation_id and key:
+            # Two Redis round trips at once: the catch-up cursor and the exactly-once claim.
+            cursor, ours = await asyncio.gather(
+                self.frontier.get(conversation_id), self.claims.claim(str(key))
+            )
+            if ours:
+                await self._emit(conversation_id, message, cursor)
 
     async def message_event(self, event: Event) -> None:
         """From the transaction, in timeline order: this message is a safe cursor."""
@@ -246,7 +251,11 @@ class Fanout:
             }
             await self.sio.emit("conversation_update", payload, to=user_room(user.crm_user_id))
 
-        await asyncio.gather(*(send_to(u) for u in await participants(self.app, room_id)))
+        # Only users with a socket somewhere: one who connects later lists afresh anyway, and
+        # a directory sync changes rooms whose members are mostly offline.
+        members = await participants(self.app, room_id)
+        online = await self.registry.connected_among([u.crm_user_id for u in members])
+        await asyncio.gather(*(send_to(u) for u in members if u.crm_user_id in online))
 
 
 def is_conversation_change(event: Event) -> bool:

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -81,14 +82,51 @@ class BridgeRedisManager(AsyncPubSubManager):
         self.on_remote_emit: Callable[[str, Any], None] | None = None
         # This process's websocket connections, cut after an outage (server.py fills it).
         self.websockets = OpenWebsockets()
+        # Published in order by one writer, pipelined: an emit (delivered to this process's
+        # sockets already) does not wait for Redis, and a burst costs a round trip per batch.
+        self._outbox: deque[str] = deque()
+        self._pending = asyncio.Event()
+        self._unsent = 0  # queued or being written
+        self._writer: asyncio.Task[None] | None = None
 
     async def _publish(self, data: Any) -> None:
         if not self.state.up:
             return  # the emit was handled locally; no other process hears of it
-        try:
-            await self._send(self.channel, safejson.dumps(data))
-        except REDIS_ERRORS as e:
-            self.state.down(f"publishing failed: {e!r}")
+        self._outbox.append(safejson.dumps(data))
+        self._unsent += 1
+        self._pending.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_outbox())
+
+    async def _write_outbox(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
+                try:
+                    if self._publisher is None:
+                        self._publisher = redis_client(self.url)
+                    async with self._publisher.pipeline(transaction=False) as pipe:
+                        for payload in batch:
+                            pipe.publish(self.channel, payload)
+                        await pipe.execute()
+                except REDIS_ERRORS as e:
+                    # As a failed publish always did: the outage's recovery resyncs every
+                    # socket, so what was queued meanwhile is dropped, not sent late.
+                    self._unsent -= len(self._outbox)
+                    self._outbox.clear()
+                    self.state.down(f"publishing failed: {e!r}")
+                finally:
+                    self._unsent -= len(batch)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what was emitted so far is published (or given up on)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._unsent > 0 and self._writer is not None and not self._writer.done():
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.002)
 
     async def _send(self, channel: str, payload: str) -> None:
         if self._publisher is None:
@@ -184,6 +222,11 @@ class BridgeRedisManager(AsyncPubSubManager):
         return len(eio_sids)
 
     async def close(self) -> None:
+        await self.flush()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
         thread = getattr(self, "thread", None)
         if thread is not None:
             thread.cancel()

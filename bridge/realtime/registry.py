@@ -40,6 +40,9 @@ class SocketRegistry(Protocol):
     async def connected(self, crm_user_id: str) -> bool:
         """Whether the user has an unexpired socket anywhere."""
 
+    async def connected_among(self, crm_user_ids: list[str]) -> set[str]:
+        """Those of these users with an unexpired socket anywhere (one round trip)."""
+
     async def sids(self, crm_user_id: str) -> list[str]:
         """The user's socket ids in every process (closed ones may linger until expiry)."""
 
@@ -86,6 +89,9 @@ class MemoryRegistry:
 
     async def connected(self, crm_user_id: str) -> bool:
         return bool(self._live(crm_user_id))
+
+    async def connected_among(self, crm_user_ids: list[str]) -> set[str]:
+        return {u for u in crm_user_ids if self._live(u)}
 
     async def sids(self, crm_user_id: str) -> list[str]:
         return list(self._live(crm_user_id))
@@ -145,6 +151,16 @@ class RedisRegistry:
 
     async def connected(self, crm_user_id: str) -> bool:
         return bool(await self.redis.zcount(self._key(crm_user_id), now_ms() + 1, "+inf"))
+
+    async def connected_among(self, crm_user_ids: list[str]) -> set[str]:
+        if not crm_user_ids:
+            return set()
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for crm_user_id in crm_user_ids:
+                pipe.zcount(self._key(crm_user_id), now + 1, "+inf")
+            counts = await pipe.execute()
+        return {u for u, n in zip(crm_user_ids, counts, strict=True) if n}
 
     async def sids(self, crm_user_id: str) -> list[str]:
         raw = await self.redis.zrangebyscore(self._key(crm_user_id), now_ms() + 1, "+inf")
@@ -207,6 +223,14 @@ class FallbackRegistry:
             except REDIS_ERRORS as e:
                 self._failed(e)
         return await self.local.connected(crm_user_id)
+
+    async def connected_among(self, crm_user_ids: list[str]) -> set[str]:
+        if self.state.up:
+            try:
+                return await self.redis.connected_among(crm_user_ids)
+            except REDIS_ERRORS as e:
+                self._failed(e)
+        return await self.local.connected_among(crm_user_ids)
 
     async def sids(self, crm_user_id: str) -> list[str]:
         if self.state.up:
