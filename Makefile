@@ -6,7 +6,7 @@ VENV_MIN ?= .venv-min
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tests/node/package.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: run test test-min soak lint format bench clean install
+.PHONY: run test test-min soak lint format bench bench-scale clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ soak: $(STAMP)
 ## (10k users needs about an hour here). BENCH_QUICK=1: reduced sizes; BENCH_PROFILE=1: cProfile.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## The 10,000-user / 1,000-project directory point alone (30-40 minutes here), kept in
+## docs/benchmarks/scale.json; every `make bench` report shows the latest one.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.run --scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench

@@ -71,6 +71,15 @@ STEPS = [
          ["--sizes", "100x10,200x20", "--members", "10"], 0),
 ]  # fmt: skip
 
+# The 10,000-user directory point: 30-40 minutes of Synapse work, so its own command
+# (`make bench-scale`, ``--scale``); every report shows the latest one beside the run's curve.
+SCALE = ASSETS / "scale.json"
+SCALE_STEP = Step(
+    "directory", "bench.directory",
+    ["--sizes", "10000x1000", "--members", "10", "--direct-max-users", "0"], [], 0,
+)  # fmt: skip
+SCALE_BUDGET_S = 5400
+
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cores": os.cpu_count()}
@@ -186,6 +195,15 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def scale_point() -> dict[str, Any] | None:
+    """The latest ``--scale`` run's 10,000-user point, with when and where it was taken."""
+    if not SCALE.exists():
+        return None
+    saved = json.loads(SCALE.read_text())
+    curve = _get(saved, "results", "curve") or []
+    return {**curve[-1], "run": saved} if curve else None
+
+
 def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
     """[target, measured, status] rows: every target of issue 11."""
     r = {name: entry.get("results") for name, entry in steps.items()}
@@ -228,6 +246,16 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         "×",
     )
     big = curve[-1] if curve else None
+    scale = scale_point()
+    at_size = big and (big["users"], big["projects"]) == (10_000, 1_000)
+    if not at_size and scale is not None:
+        big = scale  # the separate `make bench-scale` run
+    from_scale = big is scale and scale is not None
+    scale_label = (
+        f" (`make bench-scale`, {scale['run']['date']}, commit {scale['run']['commit']})"
+        if from_scale and scale is not None
+        else ""
+    )
     note = ""
     if big and (big["users"], big["projects"]) != (10_000, 1_000):
         note = f"measured at {big['users']} users / {big['projects']} projects"
@@ -237,7 +265,7 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         "unchanged re-sync, 10k users / 1k projects < 5 s, 0 writes",
         _get(resync, "seconds"),
         ok,
-        f" s, {_get(resync, 'writes')} writes",
+        f" s, {_get(resync, 'writes')} writes{scale_label}",
         note,
     )
     rss = _get(big, "fresh_process", "rss_mb")
@@ -245,7 +273,7 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         "bridge RSS ≤ 150 MB, 10k users / 1k rooms, no sockets",
         rss,
         None if rss is None else rss <= 150,
-        " MB",
+        f" MB{scale_label}",
         note,
     )
     conv = _get(r.get("conversations"), "curve")
@@ -395,6 +423,26 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
                 "transactions) started after the initial sync, which runs the unchanged "
                 "re-sync itself: its RSS is the bridge's with the whole directory loaded and "
                 "no sockets.", ""]  # fmt: skip
+    scale = scale_point()
+    if scale is not None:
+        run = scale["run"]
+        out += ["### The 10,000-user point (`make bench-scale`, run on its own)", "",
+                f"`python -m bench.run --scale` ({run['date']}, commit `{run['commit']}`, "
+                f"{run['seconds']} s, load average {run['load_average']['start']} at the "
+                f"start): the bridge's initial sync alone (no direct baseline: it would "
+                f"double the time), then the unchanged re-sync in the same process and in a "
+                f"fresh one.", "",
+                table(["users", "projects", "members each", "bridge s", "Synapse CPU s",
+                       "bridge writes", "re-sync s", "re-sync writes",
+                       "fresh process re-sync s", "fresh process RSS MB"],
+                      [[scale["users"], scale["projects"], scale["members"],
+                        scale["bridge_initial"]["seconds"],
+                        scale["bridge_initial"].get("synapse_cpu_s"),
+                        scale["bridge_initial"]["writes"],
+                        scale["bridge_unchanged_resync"]["seconds"],
+                        scale["bridge_unchanged_resync"]["writes"],
+                        _get(scale, "fresh_process", "resync_seconds"),
+                        _get(scale, "fresh_process", "rss_mb")]]), ""]  # fmt: skip
     rel = r.get("relations")
     if rel:
         out += ["### A 50-message page with relations vs Synapse `/messages`", "",
@@ -577,6 +625,30 @@ def write_report(run: dict[str, Any], tables: dict[str, Any]) -> None:
     REPORT.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def scale_run() -> int:
+    start = time.monotonic()
+    run: dict[str, Any] = {
+        "command": "python -m bench.run --scale",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short=12", "HEAD") or "unknown",
+        "machine": machine(),
+        "load_average": {"start": load_average()},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        entry = run_step(SCALE_STEP, False, Path(tmp), None, SCALE_BUDGET_S)
+    run["load_average"]["end"] = load_average()
+    run["seconds"] = round(time.monotonic() - start, 1)
+    if entry["rc"] != 0 or not entry.get("results"):
+        print(entry.get("log_tail", ""), flush=True)
+        return 1
+    SCALE.write_text(json.dumps({**run, "results": entry["results"]}, indent=1))
+    if (ASSETS / "results.json").exists():
+        saved = json.loads((ASSETS / "results.json").read_text())
+        write_report(saved, saved.pop("profile_tables", {}))
+    print(f"[bench] wrote {SCALE.relative_to(ROOT)} in {run['seconds']} s", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("BENCH_QUICK")))
@@ -590,6 +662,11 @@ def main() -> int:
         "the notes), without running anything",
     )  # fmt: skip
     parser.add_argument(
+        "--scale", action="store_true",
+        help="measure the 10,000-user directory point alone (30-40 minutes here) into "
+        "docs/benchmarks/scale.json, then rebuild the report",
+    )  # fmt: skip
+    parser.add_argument(
         "--budget", type=float, default=float(os.environ.get("BENCH_BUDGET") or 840),
         help="seconds for the whole run; the directory curve, last, gets what is left",
     )  # fmt: skip
@@ -599,6 +676,8 @@ def main() -> int:
         saved = json.loads((ASSETS / "results.json").read_text())
         write_report(saved, saved.pop("profile_tables", {}))
         return 0
+    if args.scale:
+        return scale_run()
     chosen = [s for s in STEPS if not args.only or s.name in args.only.split(",")]
     start = time.monotonic()
     run: dict[str, Any] = {

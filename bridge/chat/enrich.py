@@ -92,11 +92,17 @@ def _replies(events: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, str]:
     }
 
 
-async def indexed(service: Reader, events: list[tuple[str, dict[str, Any]]]) -> Indexed:
+async def indexed(
+    service: Reader,
+    events: list[tuple[str, dict[str, Any]]],
+    replies: dict[str, str] | None = None,
+) -> Indexed:
     """The index's rows for these (room id, event) pairs, in one round of queries; a caller
-    starts it beside its own lookups and hands it to :func:`decorate`."""
+    starts it beside its own lookups and hands it to :func:`decorate`. ``replies``: what
+    the events quote, if the caller knows it already."""
     by_id = {event["event_id"]: (room_id, event) for room_id, event in events}
-    replies = _replies(by_id)
+    if replies is None:
+        replies = _replies(by_id)
     targets = list(by_id) + [t for t in set(replies.values()) if t not in by_id]
     rooms = sorted({room_id for room_id, _ in events})
     relations = service.app[RELATIONS]
@@ -133,7 +139,9 @@ async def decorate(
 
     events = {event["event_id"]: (room_id, event) for room_id, event, _ in items}
     replies = _replies(events)
-    found = prefetched or await indexed(service, [(room_id, event) for room_id, event, _ in items])
+    found = prefetched or await indexed(
+        service, [(room_id, event) for room_id, event, _ in items], replies
+    )
     rows, pins = found.rows, dict(found.pins)
     if fetch_pins:
         for room_id in pins:
