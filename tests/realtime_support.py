@@ -51,14 +51,24 @@ class Recorder:
         if self.client.connected:
             await self.client.disconnect()
 
-    def of(self, event: str, where: Callable[[Any], bool] | None = None) -> list[Any]:
-        return [d for e, d in self.events if e == event and (where is None or where(d))]
+    def of(
+        self, event: str, where: Callable[[Any], bool] | None = None, since: int = 0
+    ) -> list[Any]:
+        """What arrived of ``event`` (matching ``where``) from the ``since``-th event on."""
+        return [d for e, d in self.events[since:] if e == event and (where is None or where(d))]
 
     async def wait(
-        self, event: str, where: Callable[[Any], bool] | None = None, timeout: float = 30
+        self,
+        event: str,
+        where: Callable[[Any], bool] | None = None,
+        timeout: float = 30,
+        since: int = 0,
     ) -> Any:
+        """The first ``event`` matching ``where``; ``since=len(recorder.events)`` taken
+        before an action waits for what the action caused, not an earlier lookalike."""
+
         async def check() -> Any:
-            found = self.of(event, where)
+            found = self.of(event, where, since)
             return found[0] if found else None
 
         return await eventually(check, timeout=timeout, interval=0.05)

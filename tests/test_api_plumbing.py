@@ -98,6 +98,38 @@ async def test_http_rate_limit_answers_429_with_headers(stack) -> None:
 
 
 @pytest.mark.integration
+async def test_a_read_over_a_shared_limit_is_refused_then_not_even_started(stack) -> None:
+    """A GET starts while Redis counts it; over the limit its page is dropped for the 429,
+    and once this process knows the user is spent, the next one never reaches Synapse."""
+    app = stack.app
+    limiter = app[RATE_LIMITER]
+    member = await crm_user(app)
+    conversation = await project_chat(app, [member])
+    path = f"/api/chat/messages/{conversation.conversation_id}"
+    if (left := limiter.window - time.time() % limiter.window) < 10:  # one window for all
+        await asyncio.sleep(left + 0.1)
+    # Another facade process (same Redis, same prefix) used up the user's budget.
+    other = RateLimiter(
+        limiter.requests, limiter.window, limiter.send_requests,
+        redis=limiter.redis, prefix=limiter.prefix,
+    )  # fmt: skip
+    for _ in range(limiter.limit_for("messages")):
+        await other.hit(member.crm_user_id, "messages")
+    async with api_for(app, stack.bridge_url, member) as api:
+        assert not limiter.spent(member.crm_user_id, "messages")
+        status, body, headers = await api.get(path)
+        assert status == 429 and body["errcode"] == "M_LIMIT_EXCEEDED", body
+        assert "messages" not in body and int(headers["Retry-After"]) >= 1
+        assert limiter.spent(member.crm_user_id, "messages")
+        asked = app[MATRIX].hs.requests
+        status, body, _ = await api.get(path)
+        assert status == 429 and body["errcode"] == "M_LIMIT_EXCEEDED"
+        assert app[MATRIX].hs.requests == asked  # refused before the homeserver was asked
+        # The user's other routes keep their own budget.
+        assert (await api.get("/api/auth/me"))[0] == 200
+
+
+@pytest.mark.integration
 async def test_cors_allows_only_configured_origins(stack) -> None:
     user = await crm_user(stack.app)
     async with (

@@ -71,7 +71,7 @@ def _forbidden_or_raise(e: MatrixError, message: str) -> None:
 
 async def _sent(service: ChatService, event: dict[str, Any]) -> None:
     """Index an event we just sent, so the answer already shows it."""
-    await index_event(service.app, event, notify=False)
+    await index_event(service.app, event, notify=False, made_here=True)
 
 
 def _event(

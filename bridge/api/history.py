@@ -18,7 +18,9 @@ import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
+from ..chat import prefetch
 from ..chat.indexer import index_event
+from ..chat.prefetch import PagePrefetch
 from ..context import EVENT_INDEX, MATRIX
 from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
@@ -28,6 +30,7 @@ from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import MESSAGE_TYPES, is_timeline_message
+from ..tasks import drop
 from . import clear, live_walk
 
 if TYPE_CHECKING:
@@ -267,28 +270,23 @@ async def page_of(
         return await _page(service, user, conversation, query, limit, point)
     skip = (_page_number(query, limit) - 1) * limit
     head = asyncio.ensure_future(_batch(service, room_id, user, "b", None, skip + limit + 1))
-    marks: asyncio.Future[Any] | None = None
+    ahead: asyncio.Future[PagePrefetch] | None = None
     try:
         conversation = await service.conversation_for(user, conversation_id)
-        # The room's receipts need no event id: they are read meanwhile too.
-        marks = asyncio.ensure_future(service.room_marks(room_id))
+        # What the index holds about the room's newest messages is read meanwhile too.
+        if (rows := prefetch.rows_for(skip, limit)) is not None:
+            ahead = asyncio.ensure_future(prefetch.newest(service.app, room_id, rows))
         point = await clear.clear_point(service, user, room_id)
         if conversation.room_id != room_id:  # never so today: ids are room ids
-            _drop(head)
+            drop(head)
             return await _page(service, user, conversation, query, limit, point)
         return await _page(
-            service, user, conversation, query, limit, point, first=head, marks=marks
+            service, user, conversation, query, limit, point, first=head, ahead=ahead
         )
     finally:  # whatever went wrong, neither read outlives the request or logs its outcome
-        for task in (head, marks):
+        for task in (head, ahead):
             if task is not None:
-                _drop(task)
-
-
-def _drop(task: asyncio.Future[Any]) -> None:
-    """Cancel a read unless done, and take its outcome, so that none is logged."""
-    task.cancel()
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+                drop(task)
 
 
 def _page_number(query: Any, limit: int) -> int:
@@ -306,7 +304,7 @@ async def _page(
     limit: int,
     point: ClearPoint | None,
     first: Awaitable[dict[str, Any]] | None = None,
-    marks: Awaitable[Any] | None = None,
+    ahead: Awaitable[PagePrefetch] | None = None,
 ) -> dict[str, Any]:
     before, after = query.get("before"), query.get("after")
     if after:
@@ -332,7 +330,7 @@ async def _page(
     events.reverse()
     for event in events:
         service.events.put(event)
-    messages = await service.messages_from_events(conversation, events, viewer=user, marks=marks)
+    messages = await service.messages_from_events(conversation, events, viewer=user, prefetch=ahead)
     back = message_id_for_event(events[0]["event_id"]) if has_more and events else None
     return {"messages": messages, "hasMore": has_more, "nextCursor": back}
 

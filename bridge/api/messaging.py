@@ -303,7 +303,7 @@ async def _post(
     }
     # Indexed now, as the transaction will (idempotent): every listing, history page,
     # receipt and process sees it from here on.
-    indexed = await index_event(service.app, event, notify=False)
+    indexed = await index_event(service.app, event, notify=False, made_here=echoed is None)
     # Just made, and not seen back from the homeserver: nothing relates to it or pins it
     # yet, so the relations index is not asked (one database round trip less before the
     # answer). Not with a clientMessageId (the homeserver may have answered with an event

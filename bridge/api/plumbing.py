@@ -14,6 +14,7 @@ from ..context import CONFIG
 from ..db.crm_user import CrmUser
 from ..errors import BadRequest, MissingToken, PayloadTooLarge, parse_json
 from ..matrix.homeserver import for_user
+from ..tasks import drop
 from .auth import bearer_token, user_for, verifier
 from .ratelimit import RATE_LIMITER
 
@@ -42,10 +43,12 @@ def authed(route: str | None, *, allow_query_token: bool = False) -> Callable[[U
                 request[USER] = user
                 with for_user():
                     return await handler(request, user)
+            limiter = request.app[RATE_LIMITER]
+            if request.method == "GET" and not limiter.spent(crm_user_id, route):
+                return await _read_while_counted(request, handler, crm_user_id, route)
             # The signed token names the user: count the request while loading them.
             user, headers = await asyncio.gather(
-                user_for(request.app, crm_user_id),
-                request.app[RATE_LIMITER].hit(crm_user_id, route),
+                user_for(request.app, crm_user_id), limiter.hit(crm_user_id, route)
             )
             request[USER] = user
             with for_user():
@@ -56,6 +59,29 @@ def authed(route: str | None, *, allow_query_token: bool = False) -> Callable[[U
         return wrapped
 
     return decorate
+
+
+async def _read_while_counted(
+    request: web.Request, handler: UserHandler, crm_user_id: str, route: str
+) -> web.StreamResponse:
+    """A GET (a read: nothing to undo) starts while the shared count is asked for, so its
+    homeserver call does not wait on Redis; over the limit its answer is dropped for the
+    429. A user this process already saw over the limit is refused before it starts."""
+    count = asyncio.ensure_future(request.app[RATE_LIMITER].hit(crm_user_id, route))
+    read: asyncio.Future[web.StreamResponse] | None = None
+    try:
+        user = await user_for(request.app, crm_user_id)
+        request[USER] = user
+        with for_user():
+            read = asyncio.ensure_future(handler(request, user))
+        headers = await count
+        response = await read
+    finally:  # neither outlives the request, nor logs an outcome nobody took
+        for task in (count, read):
+            if task is not None:
+                drop(task)
+    response.headers.update(headers)
+    return response
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

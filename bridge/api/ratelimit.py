@@ -112,6 +112,13 @@ class RateLimiter:
             self._local = {k: v for k, v in self._local.items() if v[0] == window_index}
         return count
 
+    def spent(self, subject: str, route: str) -> bool:
+        """Whether the last count this process saw already used up the current window: what
+        the next :meth:`hit` will refuse, known without asking Redis."""
+        seen = self._local.get(f"{subject}:{route}")
+        window_index = int(time.time() // self.window)
+        return seen is not None and seen[0] == window_index and seen[1] >= self.limit_for(route)
+
     async def hit(self, subject: str, route: str) -> dict[str, str]:
         """Count one request; the headers to send, or :class:`RateLimited` over the limit."""
         now = time.time()

@@ -23,6 +23,7 @@ from ..ids import message_id_for_event
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS, reply_target
 from . import serialize
+from .prefetch import PagePrefetch
 
 
 class Reader(Protocol):
@@ -96,18 +97,29 @@ async def indexed(
     service: Reader,
     events: list[tuple[str, dict[str, Any]]],
     replies: dict[str, str] | None = None,
+    prefetch: PagePrefetch | None = None,
 ) -> Indexed:
     """The index's rows for these (room id, event) pairs, in one round of queries; a caller
     starts it beside its own lookups and hands it to :func:`decorate`. ``replies``: what
-    the events quote, if the caller knows it already."""
+    the events quote, if the caller knows it already; ``prefetch``: what was read before the
+    events were known (only what it does not cover is asked for)."""
     by_id = {event["event_id"]: (room_id, event) for room_id, event in events}
     if replies is None:
         replies = _replies(by_id)
-    targets = list(by_id) + [t for t in set(replies.values()) if t not in by_id]
+    targets = set(by_id) | set(replies.values())
     rooms = sorted({room_id for room_id, _ in events})
     relations = service.app[RELATIONS]
-    rows, pins = await asyncio.gather(relations.store.about(targets), relations.pins_of(rooms))
-    return Indexed(rows, pins)
+    known: list[Relation] = []
+    pins: dict[str, list[str] | None] = {}
+    if prefetch is not None:
+        known = [r for r in prefetch.relations if r.target in targets]
+        targets -= prefetch.covered
+        pins = {r: prefetch.pins[r] for r in rooms if prefetch.pins.get(r) is not None}
+    rows, more_pins = await asyncio.gather(
+        relations.store.about(sorted(targets)),
+        relations.pins_of([r for r in rooms if r not in pins]),
+    )
+    return Indexed(known + rows, {**pins, **more_pins})
 
 
 async def decorate(
@@ -118,13 +130,15 @@ async def decorate(
     *,
     fetch_pins: bool = True,
     known: dict[str, CrmUser] | None = None,
+    asked: frozenset[str] = frozenset(),
     prefetched: Indexed | None = None,
 ) -> None:
     """Fill the relation fields of message objects in place.
 
     ``reader`` is an account that may read the rooms (for cache misses); ``viewer`` decides
     ``me`` on reactions (socket payloads go to many people: ``me`` is false there);
-    ``known``: CRM users by mxid the caller already loaded; ``prefetched``: what
+    ``known``: CRM users by mxid the caller already loaded (of every mxid in ``asked``,
+    those that are CRM users); ``prefetched``: what
     :func:`indexed` returned for the same items.
     """
     if not items:
@@ -215,7 +229,7 @@ async def decorate(
     mxids |= {s for keys in reactions.values() for users in keys.values() for s in users}
     quote_mxids = {q["sender"] for q in quoted.values() if q and isinstance(q.get("sender"), str)}
     users = dict(known or {})
-    missing_users = sorted((mxids | quote_mxids) - set(users))
+    missing_users = sorted((mxids | quote_mxids) - set(users) - asked)
     if missing_users:
         users.update(await service.app[USERS].get_by_mxids(missing_users))
     quote_senders = {m: serialize.user_object(users[m]) for m in quote_mxids if m in users}

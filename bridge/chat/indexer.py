@@ -75,12 +75,14 @@ def _is_related_message(event: Event) -> bool:
 
 
 async def index_event(
-    app: web.Application, event: Event, *, notify: bool = True
+    app: web.Application, event: Event, *, notify: bool = True, made_here: bool = False
 ) -> RoomEvent | None:
     """Index one timeline event (``room_id`` set); the message's index row, if a message.
 
     ``notify``: tell the relation listeners (the real-time fan-out) what changed; only the
-    transaction's call does, so a change is announced once, when the homeserver has it."""
+    transaction's call does, so a change is announced once, when the homeserver has it.
+    ``made_here``: the send path's own copy of the event, which must not replace the
+    homeserver's in the body cache should the transaction bring it back meanwhile."""
     effect = await relations.apply(app, event)
     indexed: RoomEvent | None = None
     room_id = event["room_id"]
@@ -98,20 +100,20 @@ async def index_event(
             event["event_id"], room_id, event["sender"], event["type"], msgtype_of(content), ts,
             touch_preview=preview,
         )  # fmt: skip
-        await _keep_body(app, event)
+        await _keep_body(app, event, made_here)
         if not new:  # a new row touched its conversation as it was written
             await app[CONVERSATIONS].touch(room_id, event["event_id"], ts, preview)
     elif _is_related_message(event):
         # Edits and thread replies: bodies the message objects need, kept in memory.
-        await _keep_body(app, event)
+        await _keep_body(app, event, made_here)
     if notify:
         await relations.notify(app, effect)
     return indexed
 
 
-async def _keep_body(app: web.Application, event: Event) -> None:
+async def _keep_body(app: web.Application, event: Event, made_here: bool = False) -> None:
     if CHAT in app:
-        app[CHAT].events.put(event)
+        app[CHAT].events.put(event, made_here=made_here)
     url = (event.get("content") or {}).get("url")
     if isinstance(url, str) and url.startswith("mxc://") and CHAT in app:
         await app[CHAT].media.posted_in(url, event["room_id"])

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -41,9 +41,11 @@ from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS, rel_type_of
 from . import enrich, preview, serialize
+from .prefetch import PagePrefetch
 from .serialize import ReadState
 
 log = logging.getLogger("bridge.chat")
+T = TypeVar("T")
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
@@ -62,8 +64,10 @@ class EventCache:
         # served from memory then.
         self.bypass = False
 
-    def put(self, event: dict[str, Any]) -> None:
-        if self.bypass:
+    def put(self, event: dict[str, Any], *, made_here: bool = False) -> None:
+        """``made_here``: built by the send path, not read from the homeserver; it never
+        replaces the homeserver's copy (its timestamp is the homeserver's)."""
+        if self.bypass or (made_here and event["event_id"] in self._events):
             return
         self._events[event["event_id"]] = event
         self._events.move_to_end(event["event_id"])
@@ -179,11 +183,15 @@ class ChatService:
         return serialize.matrix_user_object(mxid_or_user, await self.profile(mxid_or_user))
 
     async def _senders(
-        self, mxids: set[str], known: dict[str, CrmUser] | None = None
+        self,
+        mxids: set[str],
+        known: dict[str, CrmUser] | None = None,
+        asked: frozenset[str] = frozenset(),
     ) -> dict[str, dict[str, Any]]:
-        """User objects for senders: CRM users from the index, others from their profiles."""
+        """User objects for senders: CRM users from the index, others from their profiles.
+        ``known``: CRM users loaded already, of every mxid in ``asked``."""
         users = dict(known or {})
-        missing = [m for m in mxids if m not in users]
+        missing = [m for m in mxids if m not in users and m not in asked]
         users.update(await self.app[USERS].get_by_mxids(missing))
         out = {mxid: serialize.user_object(user) for mxid, user in users.items() if mxid in mxids}
         strangers = [m for m in mxids if m not in out]
@@ -230,29 +238,32 @@ class ChatService:
         events: list[dict[str, Any]],
         viewer: CrmUser | None = None,
         *,
-        marks: Awaitable[list[ReadMark]] | None = None,
+        prefetch: Awaitable[PagePrefetch] | None = None,
     ) -> list[dict[str, Any]]:
         """Message objects, relations included; ``viewer`` decides reactions' ``me``.
 
-        ``marks``: the room's receipts, asked for already (say while the homeserver read
-        the page): :meth:`room_marks`.
+        ``prefetch``: the room's newest events as the index sees them, asked for already
+        (say while the homeserver read the page): :func:`prefetch.newest`.
         """
+        ahead = await prefetch if prefetch is not None else None
         if not events:
-            if marks is not None:
-                await marks
             return []
         senders = {e["sender"] for e in events}
-        # One round of lookups for the page: positions, receipts, senders and relations.
+        asked = ahead.asked if ahead else frozenset()
+        # One round of lookups for the page (none for what the prefetch holds): positions,
+        # receipts, senders and relations.
         seqs, rows, users, found = await asyncio.gather(
             self.app[EVENT_INDEX].positions([e["event_id"] for e in events]),
-            marks if marks is not None else self.room_marks(conversation.room_id),
-            self.app[USERS].get_by_mxids(sorted(senders)),
-            enrich.indexed(self, [(conversation.room_id, e) for e in events]),
+            _constant(ahead.marks) if ahead else self.room_marks(conversation.room_id),
+            self.app[USERS].get_by_mxids(sorted(senders - asked)),
+            enrich.indexed(self, [(conversation.room_id, e) for e in events], prefetch=ahead),
         )
-        if readers := sorted({r.mxid for r in rows} - set(users)):
+        if ahead:
+            users = {**ahead.users, **users}
+        if readers := sorted({r.mxid for r in rows} - set(users) - asked):
             users.update(await self.app[USERS].get_by_mxids(readers))
         state = self._states([conversation.room_id], rows, users)[conversation.room_id]
-        objects = await self._senders(senders, users)
+        objects = await self._senders(senders, users, asked)
         messages = [
             serialize.message_object(
                 event,
@@ -273,6 +284,7 @@ class ChatService:
             viewer,
             viewer.mxid if viewer else reader,
             known=users,
+            asked=asked,
             prefetched=found,
         )
         return messages
@@ -453,3 +465,7 @@ class ChatService:
 
 # The read model, shared by the REST facade and the real-time side.
 CHAT = web.AppKey("chat", ChatService)
+
+
+async def _constant(value: T) -> T:
+    return value

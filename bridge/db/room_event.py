@@ -166,6 +166,18 @@ class RoomEventIndex:
                 found[event_id] = row
         return found
 
+    async def newest(self, room_id: str, limit: int) -> list[RoomEvent]:
+        """The room's newest ``limit`` events in the live order, newest first (remembered as
+        :meth:`positions` would)."""
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 ORDER BY seq DESC LIMIT $2",
+            room_id, limit,
+        )  # fmt: skip
+        found = [RoomEvent(**row) for row in rows]
+        for row in found:
+            self._remember(row)
+        return found
+
     async def between(self, room_id: str, after_seq: int, upto_seq: int) -> list[RoomEvent]:
         """Events of a room with after_seq < seq <= upto_seq, oldest first."""
         rows = await self.db.fetch(
