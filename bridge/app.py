@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -51,6 +50,7 @@ from .matrix.homeserver import Homeserver
 from .matrix.monitor import HomeserverMonitor
 from .revocation import Revocations
 from .startup import ExitCode, StartupError, check_homeserver, ping_until_ok
+from .tasks import stop
 
 log = logging.getLogger("bridge.app")
 
@@ -127,9 +127,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
             yield
         finally:
             if monitor is not None:
-                monitor.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await monitor
+                await stop(monitor)
             await session.close()
 
     app.cleanup_ctx.append(database_ctx)

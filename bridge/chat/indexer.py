@@ -17,7 +17,6 @@ timestamps the homeserver decided.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -50,6 +49,7 @@ from ..matrix.relations import (
     rel_type_of,
     relations_in,
 )
+from ..tasks import stop
 from .events import read_receipts
 from .invalidation import invalidate
 from .preview import preview_of, redacted
@@ -165,9 +165,7 @@ def setup(app: web.Application) -> None:
     async def backfill_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BACKFILL_TASK] = asyncio.create_task(backfill(app))
         yield
-        app[BACKFILL_TASK].cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await app[BACKFILL_TASK]
+        await stop(app[BACKFILL_TASK])
 
     # Only the process that receives transactions indexes: facade processes read the index.
     if app[CONFIG]["appservice.receive_transactions"]:

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from ..config import redis_prefix
 from ..context import CONFIG
 from ..redis_state import REDIS_ERRORS
+from ..tasks import stop
 from .service import CHAT
 
 log = logging.getLogger("bridge.chat.invalidation")
@@ -110,9 +111,7 @@ def setup(app: web.Application) -> None:
         app[CHAT].events.bypass = True
         task = asyncio.create_task(bus.run(), name="body-cache-invalidation")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await stop(task)
         with contextlib.suppress(Exception):
             await bus.redis.aclose()
 

@@ -9,7 +9,6 @@ repair runs in the background so the transaction is acknowledged quickly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from ..context import DISPATCHER, IDS, PROJECTS, ROOM_MEMBERS
 from ..matrix.dispatcher import Event
+from ..tasks import stop
 from . import operations
 from .rooms import LINK_EVENT, normalize_power_levels
 
@@ -62,9 +62,7 @@ class DriftRepair:
 
     async def close(self) -> None:
         if self.task and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await stop(self.task)
 
 
 DRIFT = web.AppKey("crm_drift", DriftRepair)

@@ -6,7 +6,6 @@ Never forced: a CRM export that comes back empty or partial cannot remove anybod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from ..context import CONFIG, HOMESERVER
+from ..tasks import stop
 from . import operations
 from .admin_api import bridge_accounts, roles
 from .snapshot import parse_snapshot
@@ -68,8 +68,6 @@ def setup(app: web.Application) -> None:
         yield
         task = app.get(PULL_TASK)
         if task:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
 
     app.cleanup_ctx.append(pull_ctx)

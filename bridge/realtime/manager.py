@@ -48,6 +48,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from .. import safejson
 from ..redis_state import REDIS_ERRORS, RedisState
+from ..tasks import stop
 from .rooms import is_conversation_room
 from .wire import OpenWebsockets
 
@@ -224,9 +225,7 @@ class BridgeRedisManager(AsyncPubSubManager):
     async def close(self) -> None:
         await self.flush()
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+            await stop(self._writer)
         thread = getattr(self, "thread", None)
         if thread is not None:
             thread.cancel()
