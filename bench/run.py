@@ -544,7 +544,10 @@ def plots(steps: dict[str, dict[str, Any]]) -> list[str]:
         fig.savefig(ASSETS / "fanout.png", dpi=110)
         plt.close(fig)
         made.append("![Fan-out latency vs sockets](benchmarks/fanout.png)")
-    curve = _get(r.get("directory"), "curve")
+    curve = list(_get(r.get("directory"), "curve") or [])
+    scale = scale_point()
+    if curve and scale and scale["users"] > max(p["users"] for p in curve):
+        curve.append(scale)  # the 10,000-user point of `make bench-scale`, bridge only
     if curve:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         xs = [p["users"] for p in curve]
@@ -556,7 +559,10 @@ def plots(steps: dict[str, dict[str, Any]]) -> list[str]:
         ax.plot(xs, [p["bridge_unchanged_resync"]["seconds"] for p in curve], "^-",
                 label="bridge unchanged re-sync")  # fmt: skip
         ax.set_title("directory sync time vs size (projects = users / 10)", fontsize=10)
-        ax.set_xlabel("users")
+        if max(xs) >= 10 * min(xs):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel("users (10,000: `make bench-scale`)" if scale in curve else "users")
         ax.set_ylabel("s")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
