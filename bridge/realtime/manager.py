@@ -228,8 +228,7 @@ class BridgeRedisManager(AsyncPubSubManager):
             await stop(self._writer)
         thread = getattr(self, "thread", None)
         if thread is not None:
-            thread.cancel()
-            await asyncio.wait([thread], timeout=5)
+            await stop(thread)
         if self._publisher is not None:
             with contextlib.suppress(Exception):
                 await self._publisher.aclose()
