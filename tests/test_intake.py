@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
 from bridge.config import Config
-from bridge.context import DISPATCHER, TXN_LOG
+from bridge.context import DISPATCHER, HOMESERVER, TXN_LOG
 from bridge.registration import generate
 
 
@@ -39,6 +39,23 @@ def message(event_id: str) -> dict:
         "origin_server_ts": 1700000000000,
         "content": {"msgtype": "m.text", "body": "hi"},
     }
+
+
+async def test_a_transaction_is_a_sign_of_life(client: TestClient) -> None:
+    """Counted down by the monitor, the homeserver is up again for requests as soon as it
+    pushes a transaction, not only after the monitor's next probe."""
+    hs = client.app[HOMESERVER]
+    hs.available, hs.last_answer = False, hs.last_answer - 60
+    assert hs.down()
+    wrong = await client.put(
+        "/_matrix/app/v1/transactions/0", json={"events": []}, headers=auth(client, "nope")
+    )
+    assert wrong.status == 403 and hs.down()  # anyone else's call proves nothing
+    resp = await client.put(
+        "/_matrix/app/v1/transactions/1", json={"events": []}, headers=auth(client)
+    )
+    assert resp.status == 200
+    assert not hs.down()
 
 
 async def test_missing_token_is_401(client: TestClient) -> None:

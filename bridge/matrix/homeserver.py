@@ -197,6 +197,11 @@ class Homeserver:
     def heard(self) -> None:
         self.last_answer = time.monotonic()
 
+    def down(self) -> bool:
+        """Counted down by the monitor and silent since: a sign of life heard in between (an
+        answer, a transaction pushed to us) lets requests through before the next probe."""
+        return not self.available and self.silent_for() >= self.silence_timeout
+
     def silent_for(self, since: float = 0.0) -> float:
         """Seconds without any answer from the homeserver, counted from ``since`` at most."""
         return time.monotonic() - max(self.last_answer, since)
@@ -221,7 +226,7 @@ class Homeserver:
         connection lost after sending may hide a request that took effect.
         """
         user_waits = _FOR_USER.get()
-        if user_waits and not self.available:
+        if user_waits and self.down():
             raise HomeserverUnavailable()
         query = dict(params or {})
         if as_user:
@@ -287,7 +292,7 @@ class Homeserver:
                 self.writes -= 1
             # The retry budget is for 429s; a user is not kept waiting on a silent homeserver.
             silent = self.silent_for(quiet_since) + wait > self.silence_timeout
-            gone = user_waits and not rate_limited and (silent or not self.available)
+            gone = user_waits and not rate_limited and (silent or self.down())
             if gone or time.monotonic() + wait > deadline:
                 log.warning("Giving up on %s %s: %s", method, path.split("?")[0], message)
                 raise HomeserverUnavailable()
@@ -318,7 +323,7 @@ class Homeserver:
         try:
             while True:
                 left = self.silence_timeout - self.silent_for(started)
-                if left <= 0 or not self.available:
+                if left <= 0 or self.down():
                     raise TimeoutError("the homeserver stopped answering")
                 done, _ = await asyncio.wait({task}, timeout=left)
                 if done:

@@ -30,6 +30,7 @@ from ..context import (
     ALIAS_QUERY,
     CONFIG,
     DISPATCHER,
+    HOMESERVER,
     TXN_LOG,
     USER_QUERY,
     ExistenceQuery,
@@ -103,6 +104,9 @@ def check_hs_token(request: web.Request) -> None:
     expected = request.app[CONFIG]["appservice.hs_token"]
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise Forbidden("Invalid hs_token")
+    # The homeserver is talking to us: it lives, whatever the monitor's last probe found.
+    if (hs := request.app.get(HOMESERVER)) is not None:
+        hs.heard()
 
 
 class ResendRequested(ServiceUnavailable):
