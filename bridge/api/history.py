@@ -272,6 +272,7 @@ async def page_of(
     head = asyncio.ensure_future(_batch(service, room_id, user, "b", None, skip + limit + 1))
     ahead: asyncio.Future[PagePrefetch] | None = None
     try:
+        await asyncio.sleep(0)  # the homeserver's request is sent before the lookups below
         conversation = await service.conversation_for(user, conversation_id)
         # What the index holds about the room's newest messages is read meanwhile too.
         if (rows := prefetch.rows_for(skip, limit)) is not None:

@@ -67,13 +67,17 @@ async def _read_while_counted(
     """A GET (a read: nothing to undo) starts while the shared count is asked for, so its
     homeserver call does not wait on Redis; over the limit its answer is dropped for the
     429. A user this process already saw over the limit is refused before it starts."""
-    count = asyncio.ensure_future(request.app[RATE_LIMITER].hit(crm_user_id, route))
+    count: asyncio.Future[dict[str, str]] | None = None
     read: asyncio.Future[web.StreamResponse] | None = None
     try:
         user = await user_for(request.app, crm_user_id)
         request[USER] = user
         with for_user():
             read = asyncio.ensure_future(handler(request, user))
+        # Tasks start in order: the read's first step (its homeserver call) goes first, and
+        # the count's Redis round trip is written once that is on its way.
+        await asyncio.sleep(0)
+        count = asyncio.ensure_future(request.app[RATE_LIMITER].hit(crm_user_id, route))
         headers = await count
         response = await read
     finally:  # neither outlives the request, nor logs an outcome nobody took

@@ -115,10 +115,14 @@ async def indexed(
         known = [r for r in prefetch.relations if r.target in targets]
         targets -= prefetch.covered
         pins = {r: prefetch.pins[r] for r in rooms if prefetch.pins.get(r) is not None}
-    rows, more_pins = await asyncio.gather(
-        relations.store.about(sorted(targets)),
-        relations.pins_of([r for r in rooms if r not in pins]),
-    )
+    rooms = [r for r in rooms if r not in pins]
+    if prefetch is not None:  # in turn: usually neither needs the database
+        rows = await relations.store.about(sorted(targets))
+        more_pins = await relations.pins_of(rooms)
+    else:
+        rows, more_pins = await asyncio.gather(
+            relations.store.about(sorted(targets)), relations.pins_of(rooms)
+        )
     return Indexed(known + rows, {**pins, **more_pins})
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
@@ -45,7 +45,6 @@ from .prefetch import PagePrefetch
 from .serialize import ReadState
 
 log = logging.getLogger("bridge.chat")
-T = TypeVar("T")
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
 _PROFILE_TTL = 300.0
@@ -249,17 +248,25 @@ class ChatService:
         if not events:
             return []
         senders = {e["sender"] for e in events}
-        asked = ahead.asked if ahead else frozenset()
-        # One round of lookups for the page (none for what the prefetch holds): positions,
-        # receipts, senders and relations.
-        seqs, rows, users, found = await asyncio.gather(
-            self.app[EVENT_INDEX].positions([e["event_id"] for e in events]),
-            _constant(ahead.marks) if ahead else self.room_marks(conversation.room_id),
-            self.app[USERS].get_by_mxids(sorted(senders - asked)),
-            enrich.indexed(self, [(conversation.room_id, e) for e in events], prefetch=ahead),
-        )
+        event_ids = [e["event_id"] for e in events]
+        pairs = [(conversation.room_id, e) for e in events]
         if ahead:
-            users = {**ahead.users, **users}
+            # What the prefetch missed, looked up in turn: usually nothing, and then no task
+            # is made and no loop turn is waited for.
+            asked = ahead.asked
+            seqs = await self.app[EVENT_INDEX].positions(event_ids)
+            users = {**ahead.users, **await self.app[USERS].get_by_mxids(sorted(senders - asked))}
+            found = await enrich.indexed(self, pairs, prefetch=ahead)
+            rows = ahead.marks
+        else:
+            # One round of lookups for the page: positions, receipts, senders and relations.
+            asked = frozenset()
+            seqs, rows, users, found = await asyncio.gather(
+                self.app[EVENT_INDEX].positions(event_ids),
+                self.room_marks(conversation.room_id),
+                self.app[USERS].get_by_mxids(sorted(senders)),
+                enrich.indexed(self, pairs),
+            )
         if readers := sorted({r.mxid for r in rows} - set(users) - asked):
             users.update(await self.app[USERS].get_by_mxids(readers))
         state = self._states([conversation.room_id], rows, users)[conversation.room_id]
@@ -465,7 +472,3 @@ class ChatService:
 
 # The read model, shared by the REST facade and the real-time side.
 CHAT = web.AppKey("chat", ChatService)
-
-
-async def _constant(value: T) -> T:
-    return value

@@ -251,10 +251,11 @@ class Homeserver:
                 attempt = self._attempt(
                     method, path, raw, json=json, data=data, params=query, headers=headers
                 )
-                waiting = self._while_answering(attempt, quiet_since) if user_waits else attempt
-                if limit is not None:
-                    waiting = asyncio.wait_for(waiting, max(deadline - time.monotonic(), 0.001))
-                status, resp_headers, body = await waiting
+                status, resp_headers, body = await self._bounded(
+                    attempt,
+                    quiet_since if user_waits else None,
+                    deadline if limit is not None else None,
+                )
                 if self.metrics is not None:
                     self.metrics.homeserver_answered(
                         method, path, status, time.perf_counter() - started
@@ -315,21 +316,38 @@ class Homeserver:
                 body = await _decode(resp)
             return resp.status, resp.headers, body
 
-    async def _while_answering(self, attempt: Coroutine[Any, Any, T], started: float) -> T:
-        """Await ``attempt`` while the homeserver shows signs of life (answers to any request,
-        the monitor's probes included); TimeoutError once it has been silent for
-        ``silence_timeout``. A slow homeserver that still answers is waited for."""
-        task = asyncio.ensure_future(attempt)
-        try:
-            while True:
-                left = self.silence_timeout - self.silent_for(started)
-                if left <= 0 or self.down():
-                    raise TimeoutError("the homeserver stopped answering")
-                done, _ = await asyncio.wait({task}, timeout=left)
-                if done:
-                    return task.result()
-        finally:
-            task.cancel()
+    async def _bounded(
+        self, attempt: Coroutine[Any, Any, T], watched_since: float | None, deadline: float | None
+    ) -> T:
+        """Await ``attempt`` in this task (a task per request would cost a loop turn before
+        anything is sent), with TimeoutError once ``deadline`` (monotonic) passes or, when
+        ``watched_since`` is set, once the homeserver has shown no sign of life (an answer to
+        any request, the monitor's probes included) for ``silence_timeout`` since then. A
+        slow homeserver that still answers is waited for."""
+        if watched_since is None and deadline is None:
+            return await attempt
+        loop = asyncio.get_running_loop()
+        at = None if deadline is None else loop.time() + max(deadline - time.monotonic(), 0.001)
+        async with asyncio.timeout_at(at) as timeout:
+            watch: asyncio.TimerHandle | None = None
+            if watched_since is not None:
+
+                def check() -> None:
+                    nonlocal watch
+                    left = self.silence_timeout - self.silent_for(watched_since)
+                    if left <= 0 or self.down():
+                        timeout.reschedule(loop.time())  # stopped answering: give up now
+                    else:
+                        watch = loop.call_later(left, check)
+
+                watch = loop.call_later(
+                    max(self.silence_timeout - self.silent_for(watched_since), 0.0), check
+                )
+            try:
+                return await attempt
+            finally:
+                if watch is not None:
+                    watch.cancel()
 
     # Convenience verbs.
     async def get(self, path: str, **kw: Any) -> Any:
