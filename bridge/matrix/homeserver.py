@@ -328,26 +328,33 @@ class Homeserver:
             return await attempt
         loop = asyncio.get_running_loop()
         at = None if deadline is None else loop.time() + max(deadline - time.monotonic(), 0.001)
-        async with asyncio.timeout_at(at) as timeout:
-            watch: asyncio.TimerHandle | None = None
-            if watched_since is not None:
+        silent = False
+        try:
+            async with asyncio.timeout_at(at) as timeout:
+                watch: asyncio.TimerHandle | None = None
+                if watched_since is not None:
 
-                def check() -> None:
-                    nonlocal watch
-                    left = self.silence_timeout - self.silent_for(watched_since)
-                    if left <= 0 or self.down():
-                        timeout.reschedule(loop.time())  # stopped answering: give up now
-                    else:
-                        watch = loop.call_later(left, check)
+                    def check() -> None:
+                        nonlocal watch, silent
+                        left = self.silence_timeout - self.silent_for(watched_since)
+                        if left <= 0 or self.down():
+                            silent = True
+                            timeout.reschedule(loop.time())  # give up now
+                        else:
+                            watch = loop.call_later(left, check)
 
-                watch = loop.call_later(
-                    max(self.silence_timeout - self.silent_for(watched_since), 0.0), check
-                )
-            try:
-                return await attempt
-            finally:
-                if watch is not None:
-                    watch.cancel()
+                    watch = loop.call_later(
+                        max(self.silence_timeout - self.silent_for(watched_since), 0.0), check
+                    )
+                try:
+                    return await attempt
+                finally:
+                    if watch is not None:
+                        watch.cancel()
+        except TimeoutError as e:
+            if silent:
+                raise TimeoutError("the homeserver stopped answering") from e
+            raise
 
     # Convenience verbs.
     async def get(self, path: str, **kw: Any) -> Any:
