@@ -32,3 +32,8 @@ async def stop(task: asyncio.Future[Any], timeout: float = 5.0) -> None:
         drop(task)
     elif not task.cancelled() and task.exception() is not None:
         log.debug("A background task ended with %r", task.exception())
+
+
+async def stop_all(tasks: list[asyncio.Future[Any]], timeout: float = 5.0) -> None:
+    """:func:`stop` for several tasks at once, all within the same ``timeout``."""
+    await asyncio.gather(*(stop(task, timeout) for task in tasks))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bridge.tasks import stop
+from bridge.tasks import stop, stop_all
 
 
 async def test_a_task_that_swallows_a_cancellation_is_cancelled_again() -> None:
@@ -61,3 +61,25 @@ async def test_a_finished_task_is_left_as_it_is() -> None:
     await asyncio.sleep(0)
     await stop(task)  # its outcome is taken: nothing logged as never retrieved
     assert isinstance(task.exception(), ValueError)
+
+
+async def test_several_tasks_stop_together_within_one_timeout() -> None:
+    """A set of tasks (the presence calls, the pump's lanes) is stopped within the same
+    timeout, not one timeout after another, the swallowing ones included."""
+    heard: list[int] = []
+
+    async def swallows_once(i: int) -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                heard.append(i)
+                if heard.count(i) > 1:
+                    raise
+
+    tasks = [asyncio.create_task(swallows_once(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await stop_all(tasks, timeout=5)
+    assert all(t.cancelled() for t in tasks) and sorted(heard) == [0, 0, 1, 1, 2, 2]
+    assert time.monotonic() - started < 2

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from ..db.crm_user import CrmUser, CrmUserStore
 from ..matrix.client import MatrixClient
+from ..tasks import stop_all
 from .registry import SocketRegistry
 
 log = logging.getLogger("bridge.realtime.presence")
@@ -123,8 +124,4 @@ class PresenceTracker:
         """Cancel the loop and pending presence calls; never wait more than a few seconds
         (a cancellation swallowed deep in an HTTP client must not hang shutdown)."""
         self._stopping = True
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        await stop_all([t for t in (self._loop_task, *self._tasks) if t is not None])

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..matrix.homeserver import patience
+from ..tasks import stop_all
 
 log = logging.getLogger("bridge.realtime.pump")
 
@@ -184,12 +185,8 @@ class Lanes:
 
     async def stop(self) -> None:
         self._stopped = True
-        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
-        tasks += list(self._reports)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        await stop_all([*lanes, *self._reports])
         self._lanes.clear()
         self._queued = 0
         self._idle.set()

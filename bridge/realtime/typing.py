@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from ..matrix.client import MatrixClient
+from ..tasks import stop_all
 
 log = logging.getLogger("bridge.realtime.typing")
 
@@ -101,7 +102,4 @@ class TypingThrottle:
     async def close(self) -> None:
         for state in self._states.values():
             self._cancel(state)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await stop_all(list(self._tasks))
