@@ -26,20 +26,33 @@ pytestmark = pytest.mark.integration
 BEFORE, AFTER, AFTER_LEAVE = 5, 6, 3
 
 
-async def puppet_send(fs: FaultStack, room_id: str, crm_user_id: str, body: str) -> str:
-    """A message straight to Synapse as the user's puppet (no local echo from the facade)."""
+async def as_puppet(
+    fs: FaultStack, method: str, path: str, crm_user_id: str, json: Any = None
+) -> tuple[int, Any]:
+    """Synapse called straight as the user's puppet (nothing goes through the facade);
+    ``{mxid}`` in ``path`` stands for the puppet."""
     mxid = IdMapper.from_config(fs.config).puppet_mxid(crm_user_id)
     async with (
         aiohttp.ClientSession() as session,
-        session.put(
-            f"{fs.synapse.url}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{unique()}",
+        session.request(
+            method,
+            f"{fs.synapse.url}/_matrix/client/v3/{path.format(mxid=mxid)}",
             params={"user_id": mxid},
-            json={"msgtype": "m.text", "body": body},
+            json=json,
             headers={"Authorization": f"Bearer {fs.config['appservice.as_token']}"},
         ) as resp,
     ):
-        assert resp.status == 200, await resp.text()
-        return (await resp.json())["event_id"]
+        return resp.status, await resp.json()
+
+
+async def puppet_send(fs: FaultStack, room_id: str, crm_user_id: str, body: str) -> str:
+    """A message straight to Synapse as the user's puppet (no local echo from the facade)."""
+    path = f"rooms/{room_id}/send/m.room.message/{unique()}"
+    status, answer = await as_puppet(
+        fs, "PUT", path, crm_user_id, {"msgtype": "m.text", "body": body}
+    )
+    assert status == 200, answer
+    return answer["event_id"]
 
 
 class Unavailable(Exception):
@@ -78,16 +91,8 @@ async def settled(read: Any, expected: int, timeout: float) -> int:
 
 async def online(fs: FaultStack, crm_user_id: str) -> bool:
     """The homeserver holds the puppet online (the bridge sets it once the socket is up)."""
-    mxid = IdMapper.from_config(fs.config).puppet_mxid(crm_user_id)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{fs.synapse.url}/_matrix/client/v3/presence/{mxid}/status",
-            params={"user_id": mxid},
-            headers={"Authorization": f"Bearer {fs.config['appservice.as_token']}"},
-        ) as resp,
-    ):
-        return resp.status == 200 and (await resp.json()).get("presence") == "online"
+    status, answer = await as_puppet(fs, "GET", "presence/{mxid}/status", crm_user_id)
+    return status == 200 and answer.get("presence") == "online"
 
 
 async def none_pending(fs: FaultStack) -> bool:
