@@ -14,6 +14,7 @@ from bridge.context import HOMESERVER
 from bridge.db.conversation import Conversation
 from bridge.db.crm_user import CrmUser
 from bridge.ids import conversation_id_for_room
+from bridge.realtime.service import TYPING
 from tests.api_support import api_for, crm_user, project_chat, second_facade, token
 from tests.conftest import REDIS_URL
 from tests.helpers import eventually
@@ -117,6 +118,9 @@ async def test_typing_spam_costs_a_couple_of_homeserver_writes(stack) -> None:
         )
 
         # A client flapping start/stop 50 times: still a couple of writes, ending stopped.
+        # Past the interval, the first start is written and the first stop is sent beside
+        # it (emits run concurrently); the stop must still reach Synapse last.
+        await settle(app[TYPING].interval)
         flapping = counter["typing"]
         for i in range(50):
             await a.emit("typing", {"conversationId": cid, "isTyping": i % 2 == 0})

@@ -4,6 +4,10 @@ Clients send ``typing`` on every keystroke. A start is written once and renewed 
 ``interval`` seconds; a stop after a written start goes out at once; a start right after a
 stop waits for the interval and is written then if still wanted. So whatever a client
 sends, one user in one room costs at most one start and one stop per interval.
+
+A socket's emits are handled concurrently, so writes of one user and room go out one after
+another, in the order they were decided: a stop sent beside a start must not reach the
+homeserver first. A queued write that a later one supersedes is skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..matrix.client import MatrixClient
 from ..tasks import stop_all
@@ -23,10 +27,13 @@ _KEPT = 10000
 
 @dataclass
 class _State:
-    written: bool = False  # what the homeserver was last told
+    written: bool = False  # what the homeserver was last told, or is being told
     written_at: float = float("-inf")
     wanted: bool = False
     later: asyncio.TimerHandle | None = None
+    decided: int = 0  # writes decided so far; a write runs only if it is still the newest
+    told: tuple[bool, float] = (False, float("-inf"))  # what the homeserver confirmed
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class TypingThrottle:
@@ -57,14 +64,21 @@ class TypingThrottle:
             await self._write(key, state, True)
 
     async def _write(self, key: tuple[str, str], state: _State, typing: bool) -> None:
-        previous = (state.written, state.written_at)
         # Recorded before the call: concurrent emits of one socket see it at once.
-        state.written, state.written_at = typing, time.monotonic()
-        try:
-            await self.matrix.set_typing(key[0], key[1], self.timeout_ms if typing else 0)  # type: ignore[arg-type]
-        except Exception:
-            state.written, state.written_at = previous
-            raise
+        at = time.monotonic()
+        state.written, state.written_at = typing, at
+        state.decided += 1
+        mine = state.decided
+        async with state.turn:
+            if state.decided != mine:
+                return  # a later write is queued behind this one and says what is wanted now
+            try:
+                await self.matrix.set_typing(key[0], key[1], self.timeout_ms if typing else 0)  # type: ignore[arg-type]
+            except Exception:
+                if state.decided == mine:
+                    state.written, state.written_at = state.told
+                raise
+            state.told = (typing, at)
 
     def _write_later(self, key: tuple[str, str], state: _State, delay: float) -> None:
         if state.later is not None:
@@ -96,7 +110,8 @@ class TypingThrottle:
             return
         now = time.monotonic()
         for key, state in list(self._states.items()):
-            if not state.written and state.later is None and now - state.written_at > self.interval:
+            idle = not state.written and state.later is None and not state.turn.locked()
+            if idle and now - state.written_at > self.interval:
                 del self._states[key]
 
     async def close(self) -> None:
