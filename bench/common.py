@@ -119,9 +119,14 @@ def write_config(root: Path, synapse_port: int, bridge_port: int) -> tuple[Path,
 
 @asynccontextmanager
 async def bench_stack(
-    *, synapse_on_postgres: bool = True, redis: bool = True, **config_overrides: Any
+    *,
+    synapse_on_postgres: bool = True,
+    redis: bool = True,
+    synapse_config: dict[str, Any] | None = None,
+    **config_overrides: Any,
 ) -> AsyncIterator[BenchStack]:
-    """Synapse (PostgreSQL by default) plus one in-process bridge on PostgreSQL."""
+    """Synapse (PostgreSQL by default; ``synapse_config`` on top of the devstack's) plus one
+    in-process bridge on PostgreSQL."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
         synapse_port, bridge_port = free_port(), free_port()
@@ -140,7 +145,7 @@ async def bench_stack(
                 }  # fmt: skip
             synapse = SynapseProcess(
                 root / "synapse", port=synapse_port, registration_files=[registration_path],
-                database=database,
+                database=database, extra_config=synapse_config,
             )  # fmt: skip
             synapse.start()
             try:

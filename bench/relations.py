@@ -7,9 +7,15 @@ message before and carry two reactions (25 edits and 50 reactions in the timelin
 Interleaved, the same user's puppet asks:
 
 * the facade for the newest 50 messages (relations from the index, edits bundled);
-* Synapse for the same page: ``/messages`` with the facade's filter and a limit that covers
-  the 50 messages and the 25 edits among them (``synapse_same_page``), and, for reference,
-  plain ``limit=50`` (``synapse_limit_50``, which holds fewer messages).
+* Synapse for the same page as a Matrix client asks for it: ``/messages`` with the standard
+  part of the facade's filter (message types, lazy-loaded members) and a limit that covers
+  the 50 messages and the 25 edits among them (``synapse_same_page``: the target's yardstick),
+  and, for reference, plain ``limit=50`` (``synapse_limit_50``, which holds fewer messages)
+  and the very request the facade makes (``synapse_bridge_request``: the full filter and
+  the facade's limit; facade over it is what the bridge adds to its own homeserver call).
+
+Twice: on the devstack's Synapse, which has MSC3874 (the facade's filter leaves edits out),
+and on one without it (``without_msc3874``: Synapse returns the edits, the facade drops them).
 
 The client runs in the bridge's own process (the ratio is, if anything, against the facade).
 """
@@ -20,14 +26,16 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
-from bench.common import base_parser, bench_stack, profiled, report, summary
+from bench.common import Deadline, base_parser, bench_stack, profiled, report, summary
 from bench.facade import bounded, make_user, project_room
 from bridge.api.auth import VERIFIER
-from bridge.api.history import _FILTER
+from bridge.api.history import _FILTER, BATCH
+from bridge.chat.service import CHAT
 from bridge.context import DATABASE, EVENT_INDEX, MATRIX
 from bridge.matrix.homeserver import q
 
@@ -83,9 +91,18 @@ async def wait_indexed(app: Any, ids: list[str]) -> None:
     raise RuntimeError("the relations never reached the index")
 
 
-async def main(args: argparse.Namespace) -> None:
+# The standard part of the facade's filter: what a Matrix client can ask of any homeserver.
+CLIENT_FILTER = json.dumps(
+    {k: v for k, v in json.loads(_FILTER).items() if not k.startswith("org.matrix.")}
+)
+WITHOUT_MSC3874 = {"experimental_features": {"msc3874_enabled": False}}
+
+
+async def measure(
+    requests: int, synapse_config: dict[str, Any] | None, deadline: Deadline
+) -> dict[str, Any]:
     overrides = {"api__rate_limit__requests": 1_000_000}
-    async with bench_stack(**overrides) as stack:
+    async with bench_stack(synapse_config=synapse_config, **overrides) as stack:
         app = stack.app
         users = await bounded(4, [make_user(app, f"r{i}_") for i in range(4)])
         room_id, conversation_id = await project_room(app, users)
@@ -112,8 +129,8 @@ async def main(args: argparse.Namespace) -> None:
                 assert len(decorated) == PAGE // 2 and all(m["reactions"] for m in decorated)
                 return elapsed
 
-            async def synapse(limit: int) -> float:
-                params = {"dir": "b", "limit": str(limit), "filter": _FILTER,
+            async def synapse(limit: int, filter_json: str = CLIENT_FILTER) -> float:
+                params = {"dir": "b", "limit": str(limit), "filter": filter_json,
                           "user_id": reader.mxid}  # fmt: skip
                 start = time.perf_counter()
                 async with session.get(messages_url, params=params, headers=as_auth) as resp:
@@ -121,30 +138,51 @@ async def main(args: argparse.Namespace) -> None:
                     assert resp.status == 200
                 return (time.perf_counter() - start) * 1000
 
-            runs: dict[str, list[float]] = {"facade": [], "same_page": [], "limit_50": []}
             for _ in range(5):
                 await facade()
                 await synapse(PAGE + PAGE // 2)
-            with profiled("relations"):
-                for i in range(args.requests):
-                    order = ["facade", "same_page", "limit_50"]
-                    for kind in order[i % 3 :] + order[: i % 3]:
-                        if kind == "facade":
-                            runs[kind].append(await facade())
-                        else:
-                            limit = PAGE + PAGE // 2 if kind == "same_page" else PAGE
-                            runs[kind].append(await synapse(limit))
-        f, same, plain = (summary(runs[k]) for k in ("facade", "same_page", "limit_50"))
-        results = {
-            "page": PAGE,
-            "edited_replied_reacted": PAGE // 2,
-            "facade": f,
-            "synapse_same_page": same,
-            "synapse_limit_50": plain,
-            "p50_ratio_same_page": round(f["p50_ms"] / same["p50_ms"], 3),
-            "p50_ratio_limit_50": round(f["p50_ms"] / plain["p50_ms"], 3),
-            "samples_ms": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-        }
+            # As history._batch asks: the page and its look-ahead, stretched by what the
+            # room's last page held besides messages.
+            stretch = app[CHAT].history_stretch.get(room_id, 1.0)
+            bridge_limit = min(BATCH, int((PAGE + 1) * stretch) + 1)
+            calls: dict[str, Callable[[], Awaitable[float]]] = {
+                "facade": facade,
+                "same_page": lambda: synapse(PAGE + PAGE // 2),
+                "limit_50": lambda: synapse(PAGE),
+                "bridge_request": lambda: synapse(bridge_limit, _FILTER),
+            }
+            runs: dict[str, list[float]] = {kind: [] for kind in calls}
+            order = list(calls)
+            label = "relations" if synapse_config is None else "relations_without_msc3874"
+            with profiled(label):
+                for i in range(requests):
+                    if deadline.passed():
+                        break
+                    for kind in order[i % 4 :] + order[: i % 4]:
+                        runs[kind].append(await calls[kind]())
+    f, same, plain, own = (summary(runs[k]) for k in calls)
+    return {
+        "facade": f,
+        "synapse_same_page": same,
+        "synapse_limit_50": plain,
+        "synapse_bridge_request": own,
+        "bridge_request_limit": bridge_limit,
+        "p50_ratio_same_page": round(f["p50_ms"] / same["p50_ms"], 3),
+        "p50_ratio_limit_50": round(f["p50_ms"] / plain["p50_ms"], 3),
+        "p50_ratio_bridge_request": round(f["p50_ms"] / own["p50_ms"], 3),
+        "samples_ms": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = {
+        "page": PAGE,
+        "edited_replied_reacted": PAGE // 2,
+        **await measure(args.requests, None, Deadline(args.time_limit / 2)),
+        "without_msc3874": await measure(
+            args.requests, WITHOUT_MSC3874, Deadline(args.time_limit / 2)
+        ),
+    }
     report("GET /messages with relations vs Synapse /messages", results, args.json)
 
 

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 
 from bench.common import postgres_database
 from bridge.api.auth import JwtVerifier
 from bridge.config import Config
 from bridge.devstack.synapse import SynapseProcess, free_port
+from bridge.ids import IdMapper
 from tests.conftest import (
     POSTGRES_DSN,
     REDIS_URL,
@@ -176,6 +178,30 @@ class FaultStack:
         """A facade-only process beside the bridge (same database, Redis and secrets)."""
         return BridgeProcess(facade_config(self.config), self.root, name)
 
+    async def as_puppet(
+        self,
+        method: str,
+        path: str,
+        crm_user_id: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Synapse's client-server API called straight as the user's puppet (nothing goes
+        through the facade); ``{mxid}`` in ``path`` (under ``/_matrix/client/v3/``) stands
+        for the puppet."""
+        mxid = IdMapper.from_config(self.config).puppet_mxid(crm_user_id)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method,
+                f"{self.synapse.url}/_matrix/client/v3/{path.format(mxid=mxid)}",
+                params={**(params or {}), "user_id": mxid},
+                json=json,
+                headers={"Authorization": f"Bearer {self.config['appservice.as_token']}"},
+            ) as resp,
+        ):
+            return resp.status, await resp.json()
+
 
 @contextlib.asynccontextmanager
 async def fault_stack(
@@ -184,12 +210,13 @@ async def fault_stack(
     synapse_db: str = "sqlite",
     redis: str | None = "private",
     bridge_db: str = "shared",
+    synapse_config: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[FaultStack]:
-    """Synapse on ``synapse_db`` ("sqlite" or "postgres"), the bridge as a child process on
-    PostgreSQL: ``bridge_db`` "shared" (a schema on the machine's server) or "private" (a
-    cluster of its own, restartable: ``fs.postgres``), and Redis: "private" (stoppable),
-    "shared" (the machine's) or None."""
+    """Synapse on ``synapse_db`` ("sqlite" or "postgres"; ``synapse_config`` on top of the
+    devstack's), the bridge as a child process on PostgreSQL: ``bridge_db`` "shared" (a
+    schema on the machine's server) or "private" (a cluster of its own, restartable:
+    ``fs.postgres``), and Redis: "private" (stoppable), "shared" (the machine's) or None."""
     synapse_port, bridge_port = free_port(), free_port()
     config_path, registration = generate_config(
         root / "bridge",
@@ -232,7 +259,7 @@ async def fault_stack(
         config.set("redis.url", private.url if private else REDIS_URL if redis else None)
         synapse = SynapseProcess(
             root / "synapse", port=synapse_port, registration_files=[registration],
-            database=database,
+            database=database, extra_config=synapse_config,
         )  # fmt: skip
         synapse.start()
         stack.callback(synapse.stop)

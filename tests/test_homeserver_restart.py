@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.ids import IdMapper
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
 from tests.helpers import eventually
@@ -28,30 +27,11 @@ pytestmark = pytest.mark.integration
 BEFORE, AFTER, AFTER_LEAVE = 5, 6, 3
 
 
-async def as_puppet(
-    fs: FaultStack, method: str, path: str, crm_user_id: str, json: Any = None
-) -> tuple[int, Any]:
-    """Synapse called straight as the user's puppet (nothing goes through the facade);
-    ``{mxid}`` in ``path`` stands for the puppet."""
-    mxid = IdMapper.from_config(fs.config).puppet_mxid(crm_user_id)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method,
-            f"{fs.synapse.url}/_matrix/client/v3/{path.format(mxid=mxid)}",
-            params={"user_id": mxid},
-            json=json,
-            headers={"Authorization": f"Bearer {fs.config['appservice.as_token']}"},
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
 async def puppet_send(fs: FaultStack, room_id: str, crm_user_id: str, body: str) -> str:
     """A message straight to Synapse as the user's puppet (no local echo from the facade)."""
     path = f"rooms/{room_id}/send/m.room.message/{unique()}"
-    status, answer = await as_puppet(
-        fs, "PUT", path, crm_user_id, {"msgtype": "m.text", "body": body}
+    status, answer = await fs.as_puppet(
+        "PUT", path, crm_user_id, {"msgtype": "m.text", "body": body}
     )
     assert status == 200, answer
     return answer["event_id"]
@@ -93,7 +73,7 @@ async def settled(read: Any, expected: int, timeout: float) -> int:
 
 async def online(fs: FaultStack, crm_user_id: str) -> bool:
     """The homeserver holds the puppet online (the bridge sets it once the socket is up)."""
-    status, answer = await as_puppet(fs, "GET", "presence/{mxid}/status", crm_user_id)
+    status, answer = await fs.as_puppet("GET", "presence/{mxid}/status", crm_user_id)
     return status == 200 and answer.get("presence") == "online"
 
 

@@ -25,6 +25,7 @@ from ..context import EVENT_INDEX, MATRIX
 from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
+from ..db.relation import REPLACE, THREAD
 from ..db.room_event import RoomEvent
 from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event, room_id_for_conversation
@@ -46,8 +47,16 @@ MAX_EMPTY_CHUNKS = 20
 # A cursor the index does not hold yet, no older than its newest message by this much, is
 # on its way (a message just sent).
 IN_FLIGHT_MS = 60_000
+# Edits and thread replies are never messages of a page (their originals come with the
+# latest edit bundled). A homeserver with MSC3874 (Synapse: experimental_features:
+# msc3874_enabled) leaves them out, so a page of edited messages costs it no more than one
+# without; one without the feature ignores the key, and _collect drops them as it reads.
 _FILTER = json.dumps(
-    {"types": sorted(MESSAGE_TYPES - {"m.room.encrypted"}), "lazy_load_members": True}
+    {
+        "types": sorted(MESSAGE_TYPES - {"m.room.encrypted"}),
+        "lazy_load_members": True,
+        "org.matrix.msc3874.not_rel_types": [REPLACE, THREAD],
+    }
 )
 
 

@@ -125,6 +125,9 @@ class SynapseProcess:
             app_service_config_files=[str(p) for p in self.registration_files],
             presence={"enabled": True},
             url_preview_enabled=False,
+            # MSC3874: history pages leave edits and thread replies out of /messages
+            # (bridge/api/history.py); docs/operations.md recommends it.
+            experimental_features={"msc3874_enabled": True},
             **RATE_LIMITS,
         )
         if self.database:
