@@ -38,7 +38,8 @@ class PresenceBoard:
         self._redis = redis
         self._memory: dict[str, dict[str, Any]] = {}
 
-    async def put(self, mxid: str, content: dict[str, Any]) -> None:
+    async def put(self, mxid: str, content: dict[str, Any]) -> dict[str, Any]:
+        """Record a presence (pushed, or just asked for); returns the state recorded."""
         ago = content.get("last_active_ago")
         state = {
             "presence": content.get("presence"),
@@ -54,6 +55,7 @@ class PresenceBoard:
                 await redis.hset(self.key, mxid, json.dumps(state))
             except REDIS_ERRORS as e:
                 log.debug("Presence of %s kept in memory only: %s", mxid, e)
+        return state
 
     async def forget(self, mxid: str) -> None:
         """The bridge changed this user's presence itself: ask Matrix at the next read."""
@@ -93,8 +95,8 @@ class PresenceBoard:
                 except Exception as e:  # presence is decoration
                     log.debug("No presence for %s: %s", mxid, e)
                     content = {}
-            await self.put(mxid, content)
-            known[mxid] = self._memory[mxid]
+            # Not read back from memory: a forget() while Redis records it may have gone.
+            known[mxid] = await self.put(mxid, content)
 
         await asyncio.gather(*(ask(m) for m in stale))
         return {m: known.get(m, {}) for m in mxids}
