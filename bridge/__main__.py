@@ -72,7 +72,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     export.add_argument("--format", default="jsonl", help="jsonl: one message object a line")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
     _config_options(export)
-    return parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    return parser.parse_args(_dashed_ids_last(args, {"export": export, "token": token}))
+
+
+def _dashed_ids_last(argv: list[str], verbs: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """An id that begins with "-" (a conversation id is a room id's body, which can) given to
+    a verb taking one id would be read as an unknown option: it goes behind a "--"."""
+    verb = next((i for i, a in enumerate(argv) if a in verbs), None)
+    if verb is None or "--" in argv:
+        return argv
+    options = verbs[argv[verb]]._option_string_actions
+    for i in range(verb + 1, len(argv)):
+        arg, before = argv[i], options.get(argv[i - 1])
+        if before is not None and before.nargs != 0:
+            continue  # the value of an option
+        if not arg.startswith("-"):
+            return argv  # the id is there: anything else unknown is refused as usual
+        if arg.split("=", 1)[0] not in options:
+            return [*argv[:i], *argv[i + 1 :], "--", arg]
+    return argv
 
 
 def _config_options(parser: argparse.ArgumentParser, registration: bool = False) -> None:

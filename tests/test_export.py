@@ -165,6 +165,8 @@ async def test_export_of_a_direct_conversation_and_unknown_ids(
         (alice.crm_user_id, "one"),
         (alice.crm_user_id, "two"),
     ]
-    code, stdout, stderr = await run_export(config, "no-such-thing")
-    assert code == 2 and stdout == ""
-    assert "No conversation or project with id 'no-such-thing'" in stderr
+    # An id may begin with "-" (room ids can): it is an id, not an unknown option.
+    for unknown in ("no-such-thing", "-no-such-thing"):
+        code, stdout, stderr = await run_export(config, unknown)
+        assert code == 2 and stdout == ""
+        assert f"No conversation or project with id {unknown!r}" in stderr, stderr
