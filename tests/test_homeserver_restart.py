@@ -78,8 +78,8 @@ async def online(fs: FaultStack, crm_user_id: str) -> bool:
 
 
 async def nothing_pending(fs: FaultStack) -> bool:
-    """Transactions Synapse on SQLite sent us and has not marked complete. A restart with one
-    pending numbers on from it; only an empty table makes the counter start again at 1."""
+    """No transaction Synapse on SQLite sent us is left unmarked as complete. A restart with
+    one pending numbers on from it; only an empty table makes the counter start again at 1."""
     db = fs.synapse.data_dir / "homeserver.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
         return conn.execute("SELECT count(*) FROM application_services_txns").fetchone()[0] == 0

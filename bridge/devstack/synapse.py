@@ -126,7 +126,7 @@ class SynapseProcess:
             presence={"enabled": True},
             url_preview_enabled=False,
             # MSC3874: history pages leave edits and thread replies out of /messages
-            # (bridge/api/history.py); docs/operations.md recommends it.
+            # (bridge/api/history.py); docs/operator-guide.md recommends it.
             experimental_features={"msc3874_enabled": True},
             **RATE_LIMITS,
         )
