@@ -9,7 +9,6 @@ survives the restart; the same test checks nothing else breaks there.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
+from tests.fault_traffic import stuck_appservice_events
 from tests.helpers import eventually
 from tests.realtime_support import Recorder, conversation_of
 
@@ -80,9 +80,7 @@ async def online(fs: FaultStack, crm_user_id: str) -> bool:
 async def nothing_pending(fs: FaultStack) -> bool:
     """No transaction Synapse on SQLite sent us is left unmarked as complete. A restart with
     one pending numbers on from it; only an empty table makes the counter start again at 1."""
-    db = fs.synapse.data_dir / "homeserver.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        return conn.execute("SELECT count(*) FROM application_services_txns").fetchone()[0] == 0
+    return not stuck_appservice_events(fs.synapse.data_dir).get("txns")
 
 
 async def quiet(fs: FaultStack, seconds: float = 1.5) -> bool:
