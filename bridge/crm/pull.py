@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..context import CONFIG, HOMESERVER
+from ..context import CONFIG, HOMESERVER, IDS
 from ..tasks import stop
 from . import operations
 from .admin_api import bridge_accounts, roles
@@ -32,7 +32,7 @@ async def pull_once(app: web.Application, url: str, token: str | None = None) ->
     ) as resp:
         resp.raise_for_status()
         body = await resp.json(content_type=None)
-    snapshot = parse_snapshot(body, roles(app), bridge_accounts(app))
+    snapshot = parse_snapshot(body, roles(app), bridge_accounts(app), app[IDS].domain)
     return await operations.sync(app, snapshot)
 
 
