@@ -16,7 +16,7 @@ import pytest
 from nio import AsyncClient, JoinError, JoinResponse, RoomSendResponse
 
 from bridge.context import ROOM_MEMBERS, USERS
-from tests.api_support import api_for, token
+from tests.api_support import api_for, png, token
 from tests.conftest import unique
 from tests.federation_support import Federation, federation, remote_user
 from tests.helpers import eventually, matrix_user
@@ -145,16 +145,74 @@ async def test_listed_guest_joins_and_talks_with_the_crm(fed: Federation) -> Non
             )
             assert message["conversationId"] == cid
             assert message["content"] == "hello from a partner"
-            assert message["sender"]["_id"] == guest.user_id
+            sender = message["sender"]
+            assert sender["_id"] == guest.user_id and sender["isGuest"] is True
+            assert sender["homeserver"] == fed.partner.server_name
 
+        # A picture, stored in the guest's own media repository (a remote mxc:// for us).
+        picture = png(3, 3)
+        upload, _ = await guest.upload(
+            lambda *_: picture, content_type="image/png", filename="p.png", filesize=len(picture)
+        )
+        image = await guest.room_send(
+            room_id,
+            "m.room.message",
+            {"msgtype": "m.image", "body": "p.png", "url": upload.content_uri,
+             "info": {"mimetype": "image/png", "size": len(picture)}},
+        )  # fmt: skip
+        assert isinstance(image, RoomSendResponse), image
+        for recorder in (socket, node):
+            shown = await recorder.wait("new_message", lambda m: m.get("eventId") == image.event_id)
+            assert shown["type"] == "image" and shown["attachments"][0]["mimetype"] == "image/png"
         async with api_for(app, url, alice) as api:
             status, page, _ = await api.get(f"/api/chat/messages/{cid}")
             assert status == 200
-            assert any(m["eventId"] == sent.event_id for m in page["messages"])
+            by_event = {m["eventId"]: m for m in page["messages"]}
+            assert by_event[sent.event_id]["sender"]["isGuest"] is True
+            attachment = by_event[image.event_id]["attachments"][0]
+            # The bridge fetches the guest's file through our homeserver, over federation.
+            async with api.session.get(
+                attachment["url"]
+                if attachment["url"].startswith("http")
+                else url + attachment["url"],
+                headers=api.headers(),
+            ) as resp:
+                assert resp.status == 200 and await resp.read() == picture
+            status, conversations, _ = await api.get("/api/chat/conversations")
+            mine = next(c for c in conversations if c["_id"] == cid)
+            guests = [p for p in mine["participants"] if p["_id"] == guest.user_id]
+            assert guests and guests[0]["isGuest"] is True
             status, reply, _ = await api.post(
                 "/api/chat/send", {"conversationId": cid, "content": "welcome, partner"}
             )
             assert status == 201, reply
+
+        # The guest reacts to the CRM user's message, and types.
+        reaction = await guest.room_send(
+            room_id,
+            "m.reaction",
+            {
+                "m.relates_to": {
+                    "rel_type": "m.annotation",
+                    "event_id": reply["eventId"],
+                    "key": "👍",
+                }
+            },
+        )
+        assert isinstance(reaction, RoomSendResponse), reaction
+        for recorder in (socket, node):
+            await recorder.wait(
+                "message_update",
+                lambda m: (
+                    m.get("_id") == reply["_id"]
+                    and any(guest.user_id in r["users"] for r in m.get("reactions", []))
+                ),
+            )
+        await guest.room_typing(room_id, True, timeout=10000)
+        typing = await socket.wait(
+            "user_typing", lambda t: t["userId"] == guest.user_id and t["isTyping"]
+        )
+        assert typing["user"]["isGuest"] is True
 
         async def guest_sees_reply() -> bool:
             resp = await guest.sync(timeout=500)
@@ -283,3 +341,111 @@ async def test_guest_may_post_but_not_redact_others_or_pin(fed: Federation) -> N
         assert getattr(pin, "status_code", None) == "M_FORBIDDEN", pin
     finally:
         await guest.close()
+
+
+async def test_hostile_guest_server_yields_clean_payloads(fed: Federation) -> None:
+    """What a hostile server can put in events its users send: wrong types, markup, bidi
+    overrides, our own record (com.crm.message) claimed, foreign URLs, the largest event."""
+    crm, app, url = Crm(fed), fed.app, fed.bridge_url
+    guest = await remote_user(fed.partner, unique("evil"))
+    alice_id = await crm.user("Alice Target")
+    result = await crm.project(unique("p"), [alice_id], guests=[guest.user_id])
+    room_id, cid = result["project"]["roomId"], conversation_of(result["project"])
+    alice = await app[USERS].get(alice_id)
+    socket = await Recorder("alice").connect(url, token(app, alice))
+    try:
+        await accept_invite(guest, room_id)
+        bogus_name = "<img src=x onerror=alert(1)>\u202eEvil\x07 " + "Z" * 200
+        resp = await guest.set_displayname(bogus_name[:250])
+        assert not hasattr(resp, "status_code"), resp
+        # Synapse's client API checks body and msgtype of m.room.message only; any other
+        # field (and any field of other event types) is what the sender says it is.
+        crafted = [
+            ("m.sticker", {"body": 12345, "url": 99, "info": ["x"], "msgtype": 7}),
+            ("m.room.message", {"msgtype": "m.text", "body": "x" * 60000}),
+            (
+                "m.room.message",
+                {
+                    "msgtype": "m.image",
+                    "body": "<b>img</b>",
+                    "formatted_body": "<script>x()</script>",
+                    "url": "https://evil.example/track.png",
+                    "info": {"mimetype": {"a": 1}, "size": "huge"},
+                },
+            ),
+            (
+                "m.room.message",
+                {
+                    "msgtype": "m.file",
+                    "body": "f",
+                    "filename": {"x": 1},
+                    "url": "mxc://evil.example/abc",
+                    "info": {"mimetype": "text/html; charset=x", "size": -5},
+                },
+            ),
+            (
+                "m.room.message",
+                {
+                    "msgtype": "m.text",
+                    "body": "spoof",
+                    "com.crm.message": {
+                        "type": "voice",
+                        "content": "not what Element shows",
+                        "attachments": [{"mxc": f"mxc://{fed.config['homeserver.domain']}/s"}],
+                    },
+                },
+            ),
+            ("m.room.message", {"msgtype": "m.text", "body": "bad relation",
+                                "m.relates_to": {"rel_type": 5, "event_id": ["x"]}}),
+        ]  # fmt: skip
+        ids = []
+        for kind, content in crafted:
+            sent = await guest.room_send(room_id, kind, content)
+            assert isinstance(sent, RoomSendResponse), (content, sent.message)
+            ids.append(sent.event_id)
+        async with api_for(app, url, alice) as api:
+            for event_id in ids:
+                live = await socket.wait("new_message", lambda m, e=event_id: m["eventId"] == e)
+                _assert_clean(live, fed)
+            status, page, _ = await api.get(f"/api/chat/messages/{cid}")
+            assert status == 200
+            shown = [m for m in page["messages"] if m["eventId"] in ids]
+            assert len(shown) == len(ids)
+            for message in shown:
+                _assert_clean(message, fed)
+            by_id = {m["eventId"]: m for m in shown}
+            assert by_id[ids[0]]["content"] == ""
+            assert len(by_id[ids[1]]["content"]) == 60000
+            assert by_id[ids[2]]["attachments"] == []
+            assert by_id[ids[3]]["attachments"] == []  # a server outside the allow list
+            spoof = by_id[ids[4]]
+            assert spoof["type"] == "text" and spoof["content"] == "spoof"
+            assert spoof["attachments"] == []
+            status, conversations, _ = await api.get("/api/chat/conversations")
+            assert status == 200
+            mine = next(c for c in conversations if c["_id"] == cid)
+            for participant in mine["participants"]:
+                _assert_clean_user(participant)
+    finally:
+        await socket.close()
+        await guest.close()
+
+
+def _assert_clean_user(user: dict[str, Any]) -> None:
+    name = user["name"]
+    assert isinstance(name, str) and 0 < len(name) <= 128
+    assert "<" not in name and "\u202e" not in name and "\x07" not in name
+    assert user.get("avatar") is None or isinstance(user["avatar"], str)
+
+
+def _assert_clean(message: dict[str, Any], fed: Federation) -> None:
+    assert isinstance(message["content"], str)
+    assert message["type"] in ("text", "file", "image", "link", "voice")
+    _assert_clean_user(message["sender"])
+    for attachment in message["attachments"]:
+        assert isinstance(attachment["mimetype"], str) and "/" in attachment["mimetype"]
+        assert isinstance(attachment["size"], int) and attachment["size"] >= 0
+        assert isinstance(attachment["originalName"], str)
+        assert "/api/chat/media/" in attachment["url"]
+        server = attachment["url"].split("/api/chat/media/", 1)[1].split("/", 1)[0]
+        assert server in (fed.config["homeserver.domain"], fed.partner.server_name)

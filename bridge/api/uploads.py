@@ -10,7 +10,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..chat.service import CHAT
-from ..context import CONFIG, MATRIX
+from ..context import FEDERATION, MATRIX
 from ..db.crm_user import CrmUser
 from ..errors import NotFound
 from ..matrix.homeserver import MatrixError
@@ -59,8 +59,9 @@ async def download(request: web.Request, user: CrmUser) -> web.Response:
         r"[A-Za-z0-9_\-]+", media_id
     ):
         raise NotFound("File not found")
-    if server != request.app[CONFIG].domain:
-        # Only our own media repo: never make the homeserver fetch from another server.
+    if not request.app[FEDERATION].server_allowed(server):
+        # Our own media repo and allowed guests' servers only: never make the homeserver
+        # fetch from any other server.
         raise NotFound("File not found")
     mxc = f"mxc://{server}/{media_id}"
     media = request.app[CHAT].media

@@ -247,14 +247,15 @@ async def decorate(
         edit = latest.get(event["event_id"])
         content = new_content(edit[2]) if edit else None
         return serialize.type_and_text(
-            event.get("type", ""), content or event.get("content") or {}
+            event.get("type", ""), content or event.get("content") or {}, event["sender"] in users
         )[1]
 
     for _, event, message in items:
         event_id = event["event_id"]
         edit = latest.get(event_id)
         if edit and (content := new_content(edit[2])):
-            message["content"] = serialize.type_and_text(event.get("type", ""), content)[1]
+            trusted = not str(message["sender"].get("_id", "@")).startswith("@")
+            message["content"] = serialize.type_and_text(event.get("type", ""), content, trusted)[1]
             message["edited"] = True
             message["editedAt"] = message["updatedAt"] = serialize.iso(edit[0])
         if target := replies.get(event_id):

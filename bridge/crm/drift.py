@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, DISPATCHER, IDS, PROJECTS, ROOM_MEMBERS
+from ..context import DISPATCHER, FEDERATION, IDS, PROJECTS, ROOM_MEMBERS
+from ..federation import ACL_EVENT
 from ..matrix.dispatcher import Event
 from ..tasks import stop
 from . import operations
-from .guests import ACL_EVENT, FederationPolicy
 from .rooms import LINK_EVENT, normalize_acl, normalize_power_levels
 
 log = logging.getLogger("bridge.crm.drift")
@@ -80,7 +80,7 @@ def _log_unlisted(
 ) -> None:
     """Say who brought a remote user the CRM does not list into a project room."""
     membership = content.get("membership")
-    policy = FederationPolicy.from_config(app[CONFIG])
+    policy = app[FEDERATION]
     if membership not in ("invite", "join") or not policy.is_remote(target) or target in guests:
         return
     if policy.members_may_invite and policy.is_allowed(target):

@@ -21,6 +21,7 @@ from ..context import (
     CONFIG,
     CONVERSATIONS,
     DATABASE,
+    FEDERATION,
     HOMESERVER,
     IDS,
     MATRIX,
@@ -33,10 +34,10 @@ from ..db.conversation import PROJECT
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..errors import HomeserverUnavailable
+from ..federation import ACL_EVENT, FederationPolicy
 from ..matrix.homeserver import MatrixError
 from ..metrics import METRICS
 from .engine_lock import EngineLock, deployment_of
-from .guests import ACL_EVENT, FederationPolicy
 from .plan import PRESENT, MemberOp, Plan, ProjectChange, UserChange, member_ops, power_changes
 from .puppets import apply_user, crm_fields_changed, plan_user, spec_of
 from .rooms import (
@@ -105,7 +106,7 @@ class Directory:
 
     @property
     def policy(self) -> FederationPolicy:
-        return FederationPolicy.from_config(self.app[CONFIG])
+        return self.app[FEDERATION]
 
     @property
     def removal_ratio(self) -> float:

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..federation import ACL_EVENT, FederationPolicy
 from ..ids import IdMapper
 from ..matrix.client import MatrixClient
-from .guests import ACL_EVENT, FederationPolicy
 from .snapshot import ProjectSpec, UserSpec
 
 # The state event that links a room to its CRM project, for any client or tool to find.

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Config
+from .config import Config
 
 ACL_EVENT = "m.room.server_acl"
 
@@ -73,6 +73,13 @@ class FederationPolicy:
         if not self.is_remote(mxid):
             return True
         host = host_of(server_of(mxid))
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.allowed_servers)
+
+    def server_allowed(self, server_name: str) -> bool:
+        """This homeserver, or one whose users may be guests (media of guests, say)."""
+        host = host_of(server_name)
+        if host == host_of(self.own_server):
+            return True
         return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.allowed_servers)
 
     def guest_level(self, role_levels: Mapping[str, int]) -> int:
