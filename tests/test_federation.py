@@ -449,3 +449,32 @@ def _assert_clean(message: dict[str, Any], fed: Federation) -> None:
         assert "/api/chat/media/" in attachment["url"]
         server = attachment["url"].split("/api/chat/media/", 1)[1].split("/", 1)[0]
         assert server in (fed.config["homeserver.domain"], fed.partner.server_name)
+
+
+async def test_what_a_guest_server_receives_holds_no_crm_internals(fed: Federation) -> None:
+    """The room state a guest's server holds: no emails, no internal URLs in our events."""
+    crm = Crm(fed)
+    guest = await remote_user(fed.partner, unique("g"))
+    alice_id = await crm.user("Alice Private")
+    status, _ = await crm.put(
+        f"/users/{alice_id}",
+        {"name": "Alice Private", "email": "alice.private@corp.example", "role": "manager"},
+    )
+    assert status == 200
+    result = await crm.project(unique("p"), [alice_id], guests=[guest.user_id])
+    room_id = result["project"]["roomId"]
+    try:
+        await accept_invite(guest, room_id)
+        state = await guest.room_get_state(room_id)
+        events = getattr(state, "events", None)
+        assert events, state
+        text = repr(events)
+        assert "corp.example" not in text and "@example.com" not in text
+        ours = [e for e in events if e["type"].startswith("com.crm.")]
+        assert [e["type"] for e in ours] == ["com.crm.project"]
+        assert set(ours[0]["content"]) == {"id", "emoji", "color"}
+        assert "http" not in repr(ours) and "/api/" not in text
+        kinds = {e["type"] for e in events}
+        assert "m.room.server_acl" in kinds
+    finally:
+        await guest.close()
