@@ -119,14 +119,13 @@ class JsonResponse(web.Response):
     def __init__(self, data: Any, status: int = 200) -> None:
         body = _dumps(data)
         super().__init__(body=body, status=status, content_type="application/json")
-        self._data = data if MEDIA_MARK in body else None
+        self._unsigned = MEDIA_MARK in body
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         user = request.get(USER)
-        if self._data is not None and user is not None:
-            signer = media_signer(request.app)
-            self.body = _dumps(signer.sign_tree(self._data, user.crm_user_id))
-        self._data = None
+        if self._unsigned and user is not None and isinstance(self.body, bytes):
+            self.body = media_signer(request.app).sign_json(self.body, user.crm_user_id)
+        self._unsigned = False
         return await super().prepare(request)
 
 
