@@ -13,10 +13,18 @@ from nio import RoomSendResponse
 from bridge.chat.media_urls import media_signer
 from bridge.context import EVENT_INDEX, MATRIX, USERS
 from bridge.logs import redact_query
-from tests.api_support import api_for, crm_user, media_path, png, project_chat
+from tests.api_support import (
+    api_for,
+    crm_user,
+    media_path,
+    png,
+    project_chat,
+    second_facade,
+    token,
+)
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
-from tests.realtime_support import Directory, conversation_of
+from tests.realtime_support import Directory, Recorder, conversation_of
 from tests.test_media_import import element_timeline
 
 pytestmark = pytest.mark.integration
@@ -236,3 +244,42 @@ async def test_signed_media_urls(stack) -> None:
 
         await eventually(refused)
         assert await status_of(alices["attachments"][0]["url"]) == 200
+
+
+async def test_each_socket_gets_urls_signed_for_its_user_across_processes(stack) -> None:
+    """A new_message with a file reaches Bob's and Carol's sockets on another facade process
+    (over Redis) and Alice's on this one, each with URLs signed for its own user."""
+    app, url = stack.app, stack.bridge_url
+    alice, bob, carol = await asyncio.gather(crm_user(app), crm_user(app), crm_user(app))
+    conv = await project_chat(app, [alice, bob, carol])
+    cid = conv.conversation_id
+    image = png(6, 2)
+    async with second_facade(stack.config) as other:
+        other_url = other.config["appservice.address"]
+        sockets = {
+            "alice": await Recorder("alice").connect(url, token(app, alice)),
+            "bob": await Recorder("bob").connect(other_url, token(app, bob)),
+            "carol": await Recorder("carol").connect(other_url, token(app, carol)),
+        }
+        try:
+            async with api_for(app, url, alice) as a, aiohttp.ClientSession() as session:
+                status, uploaded, _ = await a.post(
+                    "/api/chat/upload", data=form("wide.png", image, "image/png")
+                )
+                assert status == 201
+                status, sent, _ = await a.post(
+                    "/api/chat/send",
+                    {"conversationId": cid, "content": "", "type": "image",
+                     "attachments": [crm_attachment(uploaded)]},
+                )  # fmt: skip
+                assert status == 201, sent
+                users = {"alice": alice, "bob": bob, "carol": carol}
+                for name, socket in sockets.items():
+                    got = await socket.wait("new_message", lambda m: m["_id"] == sent["_id"])
+                    signed = got["attachments"][0]["url"]
+                    assert f"?u={users[name].crm_user_id}&" in signed, (name, signed)
+                    async with session.get(signed) as resp:
+                        assert resp.status == 200 and await resp.read() == image
+        finally:
+            for socket in sockets.values():
+                await socket.close()
