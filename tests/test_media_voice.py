@@ -158,6 +158,16 @@ async def test_voice_notes_are_element_voice_messages_with_durations(stack) -> N
                 "/api/chat/send", {"conversationId": cid, "content": "hi", "type": "voice"}
             )
             assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
+            status, picture, _ = await a.post(
+                "/api/chat/upload", data=form("p.png", png(), "image/png")
+            )
+            status, error, _ = await a.post(
+                "/api/chat/send",
+                {"conversationId": cid, "content": "", "type": "voice",
+                 "attachments": [crm_attachment(picture)]},
+            )  # fmt: skip
+            assert (status, error["errcode"]) == (400, "M_INVALID_PARAM"), error
+            assert "audio" in error["message"]
 
             # Element's own voice message reads as type voice, with its duration in seconds.
             mxc = await app[MATRIX].upload(OGG, "audio/ogg", "Voice message.ogg")

@@ -122,6 +122,11 @@ async def _resolve_attachments(
     return resolved
 
 
+def _is_audio(mimetype: str) -> bool:
+    # A browser's recorded voice is WebM, found to be video/webm by its bytes.
+    return mimetype.startswith("audio/") or mimetype == "video/webm"
+
+
 def _msgtype(kind: str, mimetype: str) -> str:
     if kind == "voice" or mimetype.startswith("audio/"):
         return "m.audio"
@@ -327,6 +332,8 @@ async def _post(
 ) -> dict[str, Any]:
     """Post a checked message as the user's puppet; answers with the message object."""
     resolved = await _resolve_attachments(service, user, attachments)
+    if kind == "voice" and not _is_audio(resolved[0]["mimetype"]):
+        raise InvalidParam("A voice message's first attachment must be an audio file")
     body = build_content(content, kind, resolved)
     if relation is not None:
         # Fallback-free: the body is the text alone, as clients since Matrix 1.13 expect.
