@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from nio import AsyncClient, RoomMessagesResponse
 
+from bridge.api.imports import _named, allowed, check_address
 from bridge.context import CONFIG, MATRIX
 from bridge.devstack.synapse import free_port
 from tests.api_support import api_for, crm_user, media_and_sends, media_path, png, project_chat
@@ -214,3 +215,19 @@ async def test_refused_imports_answer_4xx_and_send_nothing(stack) -> None:
         assert got == 400 and error["message"] == (
             "Each attachment must be a file returned by /api/chat/upload"
         )
+
+
+def test_prefix_matching_and_address_rules() -> None:
+    listed = ["https://crm.example.com/uploads/", "http://10.0.0.7:8080/files/"]
+    assert allowed("https://crm.example.com/uploads/2026/a.png", listed)
+    assert not allowed("https://crm.example.com/other/a.png", listed)
+    assert not allowed("https://crm.example.com/uploads@evil.net/a.png", listed)
+    assert not allowed("https://user@crm.example.com/uploads/a.png", listed)
+    assert not allowed("ftp://crm.example.com/uploads/a.png", listed)
+    assert allowed("http://10.0.0.7:8080/files/a.png", listed)
+    # Only the address a prefix names may be private; loopback and the rest stay refused.
+    named = _named(listed)
+    assert check_address("10.0.0.7", named) and check_address("93.184.216.34", named)
+    for refused in ("10.0.0.8", "127.0.0.1", "169.254.169.254", "192.168.1.1", "::1",
+                    "::ffff:127.0.0.1", "fe80::1", "0.0.0.0", "100.64.0.1"):  # fmt: skip
+        assert not check_address(refused, named), refused

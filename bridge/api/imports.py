@@ -39,15 +39,31 @@ class ImportFailed(BadRequest):
 
 
 def prefixes(app: web.Application) -> list[str]:
-    return [str(p) for p in app[CONFIG].get("attachments.import_from") or [] if p]
+    """The configured prefixes; one without a path gets "/" (so that the prefix
+    ``https://crm.example.com`` does not also match ``https://crm.example.com.evil.net``)."""
+    out = []
+    for prefix in app[CONFIG].get("attachments.import_from") or []:
+        prefix = str(prefix or "")
+        if prefix and not urlsplit(prefix).path:
+            prefix += "/"
+        if prefix:
+            out.append(prefix)
+    return out
 
 
 def allowed(url: str, under: list[str]) -> bool:
-    """Under one of the prefixes, and a plain http(s) URL (no user info, no fragment)."""
+    """Under one of the prefixes, and a plain http(s) URL (no user info) whose host and port,
+    as parsed, are the prefix's own."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
         return False
-    return any(url.startswith(prefix) for prefix in under)
+    for prefix in under:
+        if not url.startswith(prefix):
+            continue
+        mine = urlsplit(prefix)
+        if (mine.hostname, mine.port) == (parts.hostname, parts.port):
+            return True
+    return False
 
 
 def _special(ip: Address) -> bool:

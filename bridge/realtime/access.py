@@ -43,8 +43,9 @@ _JOINED_CACHE = 10000
 # Events whose payload may carry media URLs (attachments, avatars): each socket gets them
 # signed for its own user.
 PERSONAL_EVENTS = frozenset(
-    {"new_message", "message_update", "message_sent", "conversation_update", "message_pinned"}
-)
+    {"new_message", "message_update", "message_sent", "conversation_update", "message_pinned",
+     "user_online", "user_typing"}
+)  # fmt: skip
 
 
 class Access:
