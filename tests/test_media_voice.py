@@ -61,9 +61,11 @@ async def test_voice_notes_are_element_voice_messages_with_durations(stack) -> N
     alice, bob = await asyncio.gather(crm_user(app), crm_user(app, matrix_id=element.user_id))
     conv = await project_chat(app, [alice, bob])
     cid = conv.conversation_id
+    socket = Recorder("bob")
     try:
         await app[MATRIX].invite(conv.room_id, element.user_id)
         await element.join(conv.room_id)
+        await socket.connect(url, token(app, bob))
         async with api_for(app, url, alice) as a, api_for(app, url, bob) as b:
             status, uploaded, _ = await a.post(
                 "/api/chat/upload", data=form("voice-note.ogg", OGG, "audio/ogg")
@@ -107,6 +109,11 @@ async def test_voice_notes_are_element_voice_messages_with_durations(stack) -> N
                               "duration": 4.25, "changed": True}  # fmt: skip
             status, again, _ = await a.post("/api/chat/update-duration", body)
             assert (status, again["changed"]) == (200, False)
+            # Bob's socket hears it as message_update (the edit's transaction).
+            await socket.wait(
+                "message_update",
+                lambda m: m["_id"] == sent["_id"] and m["attachments"][0]["duration"] == 4.25,
+            )
 
             # Every later read shows it, and it is no visible edit.
             page = (await b.get(f"/api/chat/messages/{cid}"))[1]["messages"]
@@ -184,6 +191,7 @@ async def test_voice_notes_are_element_voice_messages_with_durations(stack) -> N
             theirs = next(m for m in page if m["eventId"] == from_element.event_id)
             assert theirs["type"] == "voice" and theirs["attachments"][0]["duration"] == 2.0
     finally:
+        await socket.close()
         await element.close()
 
 
