@@ -25,6 +25,10 @@ things of ours:
   stale (a lost pub/sub message, a join racing a removal). The gate adds the sockets it
   holds back to the emit's ``skip_sid``: in ``emit`` for this process's own emits, and in
   ``_listen`` for other processes' emits before python-socketio delivers them here.
+* Events that carry media URLs (the gate says which) are delivered socket by socket, each
+  with a copy signed for its own user (bridge/chat/media_urls.py): through the base class's
+  ``AsyncManager.emit`` to one sid, which delivers here only. Other processes get the
+  shared payload and do the same for their own sockets.
 """
 
 from __future__ import annotations
