@@ -165,7 +165,14 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
         yield
         await receiver.close()
 
+    async def let_go(app: web.Application) -> None:
+        # As soon as this process stops accepting requests, not after its drain: a standby
+        # takes over within a poll. A transaction still in flight here cannot acknowledge
+        # any more (the fence), so the homeserver sends it again to the new receiver.
+        await receiver.close()
+
     app.cleanup_ctx.append(receiver_ctx)
+    app.on_shutdown.append(let_go)
     return app
 
 

@@ -80,6 +80,7 @@ class Receiver:
         self._conn: Any = None
         self._use = asyncio.Lock()  # one query at a time on the lock connection
         self._loop: asyncio.Task[None] | None = None
+        self._losing: asyncio.Task[None] | None = None
         self.acquired_at: float | None = None  # loop time of the last acquisition
         self.takeovers = 0
 
@@ -177,7 +178,7 @@ class Receiver:
         if self.role is Role.RECEIVER:
             self.role = Role.STANDBY
             log.warning("The receiver lock connection closed: standby from now on")
-            asyncio.get_running_loop().create_task(self._lose("its lock connection closed"))
+            self._losing = asyncio.get_running_loop().create_task(self._lose("connection closed"))
 
     async def _heartbeat(self) -> None:
         async with self._use:
@@ -185,7 +186,7 @@ class Receiver:
             try:
                 if conn is None:
                     raise ConnectionError("no lock connection")
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), self.heartbeat_timeout)
+                await asyncio.wait_for(advisory.alive(conn), self.heartbeat_timeout)
                 return
             except (TimeoutError, Exception) as e:
                 reason = f"its lock connection failed ({type(e).__name__})"
