@@ -10,9 +10,13 @@ transaction. The registration's ``url`` points at it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +26,11 @@ from bridge.config import Config
 from bridge.crm.engine_lock import deployment_of
 from bridge.devstack.synapse import free_port
 from bridge.matrix.receiver import receiver_key
+from tests.conftest import unique
+from tests.fault_support import FaultStack, fault_stack
+from tests.fault_traffic import Chat, duplicated, join_when_invited, matrix_send, merged
+from tests.helpers import eventually, matrix_user
+from tests.realtime_support import BridgeProcess, Recorder, conversation_of
 
 _HOP_BY_HOP = {"host", "connection", "content-length", "transfer-encoding", "keep-alive"}
 
@@ -142,3 +151,125 @@ async def lock_holder_pid(conn: Any, config: Config) -> int | None:
         classid,
         objid,
     )
+
+
+@dataclass
+class Pair:
+    fs: FaultStack
+    router: ReceiverRouter
+    standby: BridgeProcess
+
+    @property
+    def processes(self) -> list[BridgeProcess]:
+        return [self.fs.bridge, self.standby]
+
+
+@contextlib.asynccontextmanager
+async def receiver_pair(root: Path) -> AsyncIterator[Pair]:
+    """The fault stack (a private PostgreSQL cluster) with a second process configured to
+    receive, both behind a ReceiverRouter that the registration points at."""
+    router = await ReceiverRouter().start()
+    overrides = {
+        "appservice.address": router.url,
+        "api.rate_limit.send_requests": 10000,
+        "api.rate_limit.requests": 10000,
+    }
+    try:
+        async with fault_stack(root, bridge_db="private", **overrides) as fs:
+            standby = BridgeProcess(receiver_config(fs.config), root, "standby")
+            await standby.start()
+            try:
+                router.upstreams = [fs.bridge.url, standby.url]
+                yield Pair(fs, router, standby)
+            finally:
+                standby.stop()
+    finally:
+        await router.stop()
+
+
+async def burst(fs: FaultStack, sender: Any, room_id: str, bodies: list[str], workers: int) -> None:
+    queue = list(bodies)
+
+    async def worker(n: int) -> None:
+        while queue:
+            body = queue.pop(0)
+            await matrix_send(sender, room_id, body, txn_id=f"{n}-{body}")
+
+    await asyncio.gather(*(worker(n) for n in range(workers)))
+
+
+async def project_with_element_user(fs: FaultStack, name: str) -> tuple[Any, str, str, str]:
+    """A project room with a CRM reader (bob) and a plain Matrix user (carol) who joined."""
+    carol = await matrix_user(fs.synapse, unique("carol"))
+    bob_id = await fs.directory.user(f"Bob {name}")
+    carol_id = await fs.directory.user(f"Carol {name}", matrix_id=carol.user_id)
+    project = await fs.directory.project(unique("p"), name, [bob_id, carol_id], bob_id)
+    await join_when_invited(carol, project["roomId"])
+    return carol, bob_id, conversation_of(project), project["roomId"]
+
+
+async def failover_during_burst(pair: Pair, messages: int, workers: int = 3) -> dict[str, Any]:
+    """Kill the receiver with SIGKILL a quarter into a burst from a matrix-nio user; a socket
+    on a facade process counts what it gets. Returns the figures."""
+    fs, router = pair.fs, pair.router
+    facade = await fs.facade("facade").start()
+    carol, bob_id, cid, room_id = await project_with_element_user(fs, "Failover")
+    bodies = [f"burst {i:04d}" for i in range(messages)]
+    socket = await Recorder("bob on facade").connect(facade.url, fs.token(bob_id))
+    figures: dict[str, Any] = {"messages": messages}
+    try:
+        sending = asyncio.create_task(burst(fs, carol, room_id, bodies, workers))
+
+        async def a_quarter_live() -> bool:
+            assert not sending.done() or sending.exception() is None
+            return len(socket.of("new_message")) >= messages // 4
+
+        await eventually(a_quarter_live, timeout=300, interval=0.02)
+        victim, survivor = pair.fs.bridge, pair.standby
+        assert await role_of(victim.url) == "receiver"
+        victim.kill()
+        killed = time.monotonic()
+
+        async def survivor_receives() -> bool:
+            return await role_of(survivor.url) == "receiver"
+
+        await eventually(survivor_receives, timeout=15, interval=0.05)
+        figures["lock_taken_s"] = round(time.monotonic() - killed, 2)
+
+        def first_on_survivor() -> float | None:
+            for answer in router.answers:
+                ours = answer.upstream == survivor.url and answer.txn_id is not None
+                if ours and answer.status == 200 and answer.at > killed:
+                    return answer.at
+            return None
+
+        async def landed() -> bool:
+            return first_on_survivor() is not None
+
+        await eventually(landed, timeout=60, interval=0.05)
+        figures["first_txn_on_standby_s"] = round((first_on_survivor() or 0) - killed, 2)
+        await asyncio.wait_for(sending, timeout=600)
+
+        async def all_live() -> bool:
+            return {m["content"] for m in socket.of("new_message")} >= set(bodies)
+
+        try:
+            await eventually(all_live, timeout=max(30.0, messages / 20), interval=0.2)
+        except AssertionError:
+            pass  # what did not come live must come by catch-up, counted below
+        live = socket.of("new_message")
+        async with aiohttp.ClientSession() as session:
+            bob = Chat(session, facade.url, fs.token(bob_id))
+            fetched = await bob.catch_up(cid, live[-1]["cursor"] if live else None)
+        view = [m["content"] for m in merged(live, fetched).values()]
+        figures["live"] = len(live)
+        figures["caught_up"] = len(fetched)
+        figures["missing"] = sorted(set(bodies) - set(view))
+        figures["duplicated"] = duplicated(view)
+        figures["live_duplicated"] = duplicated(m["_id"] for m in live)
+    finally:
+        await socket.close()
+        await carol.close()
+        facade.stop()
+    print(f"\nfailover: {figures}")
+    return figures

@@ -16,11 +16,8 @@ cluster of their own. One holds the receiver lock; the other is standby.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,45 +26,26 @@ import asyncpg
 import pytest
 
 from tests.conftest import unique
-from tests.fault_support import FaultStack, fault_stack
-from tests.fault_traffic import Chat, duplicated, join_when_invited, matrix_send, merged
-from tests.helpers import eventually, matrix_user
-from tests.realtime_support import BridgeProcess, Recorder, conversation_of
-from tests.receiver_support import ReceiverRouter, lock_holder_pid, receiver_config, role_of
+from tests.fault_support import FaultStack
+from tests.fault_traffic import Chat
+from tests.helpers import eventually
+from tests.receiver_support import (
+    Pair,
+    burst,
+    failover_during_burst,
+    lock_holder_pid,
+    project_with_element_user,
+    receiver_pair,
+    role_of,
+)
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Pair:
-    fs: FaultStack
-    router: ReceiverRouter
-    standby: BridgeProcess
-
-    @property
-    def processes(self) -> list[BridgeProcess]:
-        return [self.fs.bridge, self.standby]
-
-
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    router = await ReceiverRouter().start()
-    overrides = {
-        "appservice.address": router.url,
-        "api.rate_limit.send_requests": 10000,
-        "api.rate_limit.requests": 10000,
-    }
-    try:
-        async with fault_stack(tmp_path, bridge_db="private", **overrides) as fs:
-            standby = BridgeProcess(receiver_config(fs.config), tmp_path, "standby")
-            await standby.start()
-            try:
-                router.upstreams = [fs.bridge.url, standby.url]
-                yield Pair(fs, router, standby)
-            finally:
-                standby.stop()
-    finally:
-        await router.stop()
+    async with receiver_pair(tmp_path) as made:
+        yield made
 
 
 def synapse_pending(fs: FaultStack) -> list[int]:
@@ -89,27 +67,6 @@ async def as_txn_ids(fs: FaultStack) -> set[str]:
         return {row["txn_id"] for row in await conn.fetch("SELECT txn_id FROM as_txn")}
     finally:
         await conn.close()
-
-
-async def burst(fs: FaultStack, sender: Any, room_id: str, bodies: list[str], workers: int) -> None:
-    queue = list(bodies)
-
-    async def worker(n: int) -> None:
-        while queue:
-            body = queue.pop(0)
-            await matrix_send(sender, room_id, body, txn_id=f"{n}-{body}")
-
-    await asyncio.gather(*(worker(n) for n in range(workers)))
-
-
-async def project_with_element_user(fs: FaultStack, name: str) -> tuple[Any, str, str, str]:
-    """A project room with a CRM reader (bob) and a plain Matrix user (carol) who joined."""
-    carol = await matrix_user(fs.synapse, unique("carol"))
-    bob_id = await fs.directory.user(f"Bob {name}")
-    carol_id = await fs.directory.user(f"Carol {name}", matrix_id=carol.user_id)
-    project = await fs.directory.project(unique("p"), name, [bob_id, carol_id], bob_id)
-    await join_when_invited(carol, project["roomId"])
-    return carol, bob_id, conversation_of(project), project["roomId"]
 
 
 def check_each_acknowledged_once(pair: Pair, logged: set[str]) -> None:
@@ -189,73 +146,6 @@ async def test_two_receivers_never_both_acknowledge(pair: Pair) -> None:
     for upstreams in router.acknowledged().values():
         by_process[upstreams[0]] += 1
     print(f"\ntransactions acknowledged by process: {by_process}")
-
-
-async def failover_during_burst(pair: Pair, messages: int, workers: int = 3) -> dict[str, Any]:
-    """Kill the receiver with SIGKILL a quarter into a burst from a matrix-nio user; a socket
-    on a facade process counts what it gets. Returns the figures."""
-    fs, router = pair.fs, pair.router
-    facade = await fs.facade("facade").start()
-    carol, bob_id, cid, room_id = await project_with_element_user(fs, "Failover")
-    bodies = [f"burst {i:04d}" for i in range(messages)]
-    socket = await Recorder("bob on facade").connect(facade.url, fs.token(bob_id))
-    figures: dict[str, Any] = {"messages": messages}
-    try:
-        sending = asyncio.create_task(burst(fs, carol, room_id, bodies, workers))
-
-        async def a_quarter_live() -> bool:
-            assert not sending.done() or sending.exception() is None
-            return len(socket.of("new_message")) >= messages // 4
-
-        await eventually(a_quarter_live, timeout=300, interval=0.02)
-        victim, survivor = pair.fs.bridge, pair.standby
-        assert await role_of(victim.url) == "receiver"
-        victim.kill()
-        killed = time.monotonic()
-
-        async def survivor_receives() -> bool:
-            return await role_of(survivor.url) == "receiver"
-
-        await eventually(survivor_receives, timeout=15, interval=0.05)
-        figures["lock_taken_s"] = round(time.monotonic() - killed, 2)
-
-        def first_on_survivor() -> float | None:
-            for answer in router.answers:
-                ours = answer.upstream == survivor.url and answer.txn_id is not None
-                if ours and answer.status == 200 and answer.at > killed:
-                    return answer.at
-            return None
-
-        async def landed() -> bool:
-            return first_on_survivor() is not None
-
-        await eventually(landed, timeout=60, interval=0.05)
-        figures["first_txn_on_standby_s"] = round((first_on_survivor() or 0) - killed, 2)
-        await asyncio.wait_for(sending, timeout=600)
-
-        async def all_live() -> bool:
-            return {m["content"] for m in socket.of("new_message")} >= set(bodies)
-
-        try:
-            await eventually(all_live, timeout=max(30.0, messages / 20), interval=0.2)
-        except AssertionError:
-            pass  # what did not come live must come by catch-up, counted below
-        live = socket.of("new_message")
-        async with aiohttp.ClientSession() as session:
-            bob = Chat(session, facade.url, fs.token(bob_id))
-            fetched = await bob.catch_up(cid, live[-1]["cursor"] if live else None)
-        view = [m["content"] for m in merged(live, fetched).values()]
-        figures["live"] = len(live)
-        figures["caught_up"] = len(fetched)
-        figures["missing"] = sorted(set(bodies) - set(view))
-        figures["duplicated"] = duplicated(view)
-        figures["live_duplicated"] = duplicated(m["_id"] for m in live)
-    finally:
-        await socket.close()
-        await carol.close()
-        facade.stop()
-    print(f"\nfailover: {figures}")
-    return figures
 
 
 def check_failover(figures: dict[str, Any]) -> None:

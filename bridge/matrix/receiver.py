@@ -81,16 +81,10 @@ class Receiver:
         self._use = asyncio.Lock()  # one query at a time on the lock connection
         self._loop: asyncio.Task[None] | None = None
         self._losing: asyncio.Task[None] | None = None
-        self.acquired_at: float | None = None  # loop time of the last acquisition
-        self.takeovers = 0
 
     @property
     def shared(self) -> bool:
         return self.db is not None and self.db.scheme in (Scheme.POSTGRES, Scheme.COCKROACH)
-
-    @property
-    def receiving(self) -> bool:
-        return self.role is Role.RECEIVER
 
     def on_acquired(self, hook: Callable[[], None]) -> None:
         """Run (synchronously) each time this process becomes the receiver, before the
@@ -136,7 +130,7 @@ class Receiver:
             try:
                 yield self._conn
             except Exception as e:
-                if self._conn is None or self._conn.is_closed():
+                if self._conn is None or self._conn.wrapped.is_closed():
                     await self._lose(f"its lock connection failed ({type(e).__name__})")
                     raise NotReceiving(headers={"Retry-After": "1"}) from e
                 raise
@@ -196,8 +190,6 @@ class Receiver:
         for hook in self._hooks:
             hook()
         self.role = Role.RECEIVER
-        self.acquired_at = asyncio.get_running_loop().time()
-        self.takeovers += 1
         log.warning("This process holds the receiver lock: it receives the transactions")
         self._running = [
             asyncio.create_task(start(), name=f"receiver-{name}") for name, start in self._duties
