@@ -1,11 +1,15 @@
 """Several receiving processes behind one URL, as deploy/nginx.conf puts them.
 
-``ReceiverRouter`` is the tests' stand-in for nginx's ``upstream receivers`` block, an
-aiohttp reverse proxy doing what ``proxy_next_upstream error timeout http_503
-non_idempotent`` does there: each request goes to the next process in turn, and on a
-connection error or a 503 to the one after, until one answers otherwise or all were
-tried. It records every answer, so a test sees which process acknowledged which
-transaction. The registration's ``url`` points at it.
+Two proxies, either of which the registration's ``url`` points at:
+
+* ``NginxReceivers``: nginx itself, running the homeserver's door of deploy/nginx.conf
+  (its ``upstream receivers`` and ``listen 29340`` server, the upstream names swapped for
+  the test processes' ports). Its access log says which process answered each request.
+* ``ReceiverRouter``: an aiohttp reverse proxy doing what ``proxy_next_upstream error
+  timeout http_503 non_idempotent`` does there (each request to the next process in turn,
+  on a connection error or a 503 to the one after), for machines without nginx.
+
+Both record every answer, so a test sees which process acknowledged which transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,6 +57,119 @@ class Answer:
         return self.path.removeprefix(prefix) if self.path.startswith(prefix) else None
 
 
+def acknowledged(answers: list[Answer]) -> dict[str, list[str]]:
+    """Transaction id -> the processes that answered it 200, in order."""
+    acks: dict[str, list[str]] = {}
+    for answer in answers:
+        if answer.txn_id is not None and answer.method == "PUT" and answer.status == 200:
+            acks.setdefault(answer.txn_id, []).append(answer.upstream)
+    return acks
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# One line per upstream tried: nginx lists them comma-separated in one request's line.
+_LOG_FORMAT = "$msec $request_method $uri $upstream_addr|$upstream_status"
+
+
+class NginxReceivers:
+    """deploy/nginx.conf's homeserver door, run by nginx on loopback."""
+
+    available = shutil.which("nginx") is not None
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.root = root / "nginx"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._started = time.monotonic()
+        self._offset = time.time() - time.monotonic()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self, upstreams: list[str]) -> str:
+        shipped = (ROOT / "deploy" / "nginx.conf").read_text()
+        upstream = re.search(r"upstream receivers \{.*?\n\}", shipped, re.DOTALL)
+        door = re.search(r"server \{\n    listen 29340;.*?\n\}", shipped, re.DOTALL)
+        assert upstream and door, "deploy/nginx.conf lost its receivers upstream or its door"
+        names = re.findall(r"server (\S+:29340)", upstream.group(0))
+        block = upstream.group(0)
+        for name, url in zip(names, upstreams, strict=True):
+            block = block.replace(f"server {name}", f"server {url.removeprefix('http://')}")
+        server = door.group(0).replace("listen 29340;", f"listen 127.0.0.1:{self.port};")
+        r = self.root
+        # As root, workers would run as nobody, who cannot write in pytest's private tmp.
+        user = "user root;" if os.geteuid() == 0 else ""
+        return f"""daemon off;
+{user}
+worker_processes 1;
+pid {r}/nginx.pid;
+error_log {r}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format answers '{_LOG_FORMAT}';
+    access_log {r}/access.log answers;
+    client_body_temp_path {r}/body;
+    proxy_temp_path {r}/proxy;
+    fastcgi_temp_path {r}/fastcgi;
+    uwsgi_temp_path {r}/uwsgi;
+    scgi_temp_path {r}/scgi;
+{block}
+{server}
+}}
+"""
+
+    def spawn(self, upstreams: list[str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "nginx.conf"
+        conf.write_text(self.config(upstreams))
+        with open(self.root / "stderr.log", "wb") as errors:
+            self.proc = subprocess.Popen(
+                ["nginx", "-p", str(self.root), "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
+
+    async def start(self, upstreams: list[str]) -> NginxReceivers:
+        self.spawn(upstreams)
+
+        async def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (
+                self.root / "stderr.log"
+            ).read_text()
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await eventually(listening, timeout=10, interval=0.05)
+        return self
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    @property
+    def answers(self) -> list[Answer]:
+        out: list[Answer] = []
+        path = self.root / "access.log"
+        text = path.read_text() if path.exists() else ""
+        for line in text.splitlines():
+            msec, method, uri, rest = line.split(" ", 3)
+            addrs, statuses = rest.split("|")
+            at = float(msec) - self._offset  # on the monotonic clock, as the router's
+            for addr, status in zip(addrs.split(", "), statuses.split(", "), strict=False):
+                code = int(status) if status.isdigit() else 0
+                out.append(Answer(at, f"http://{addr}", method, uri, code))
+        return out
+
+    def acknowledged(self) -> dict[str, list[str]]:
+        return acknowledged(self.answers)
+
+
 class ReceiverRouter:
     def __init__(self) -> None:
         self.port = free_port()
@@ -62,7 +183,8 @@ class ReceiverRouter:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> ReceiverRouter:
+    async def start(self, upstreams: list[str]) -> ReceiverRouter:
+        self.upstreams = upstreams
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -111,12 +233,7 @@ class ReceiverRouter:
         self.answers.append(answer)
 
     def acknowledged(self) -> dict[str, list[str]]:
-        """Transaction id -> the processes that answered it 200, in order."""
-        acks: dict[str, list[str]] = {}
-        for answer in self.answers:
-            if answer.txn_id is not None and answer.method == "PUT" and answer.status == 200:
-                acks.setdefault(answer.txn_id, []).append(answer.upstream)
-        return acks
+        return acknowledged(self.answers)
 
 
 def receiver_config(main: Config) -> Config:
@@ -156,7 +273,7 @@ async def lock_holder_pid(conn: Any, config: Config) -> int | None:
 @dataclass
 class Pair:
     fs: FaultStack
-    router: ReceiverRouter
+    router: ReceiverRouter | NginxReceivers
     standby: BridgeProcess
 
     @property
@@ -165,10 +282,12 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def receiver_pair(root: Path) -> AsyncIterator[Pair]:
+async def receiver_pair(root: Path, proxy: str = "router") -> AsyncIterator[Pair]:
     """The fault stack (a private PostgreSQL cluster) with a second process configured to
-    receive, both behind a ReceiverRouter that the registration points at."""
-    router = await ReceiverRouter().start()
+    receive, both behind the proxy (``router`` or ``nginx``) the registration points at.
+    The proxy starts once both processes are up: the first one's startup ping is retried
+    until it goes through."""
+    router = NginxReceivers(root) if proxy == "nginx" else ReceiverRouter()
     overrides = {
         "appservice.address": router.url,
         "api.rate_limit.send_requests": 10000,
@@ -179,7 +298,7 @@ async def receiver_pair(root: Path) -> AsyncIterator[Pair]:
             standby = BridgeProcess(receiver_config(fs.config), root, "standby")
             await standby.start()
             try:
-                router.upstreams = [fs.bridge.url, standby.url]
+                await router.start([fs.bridge.url, standby.url])
                 yield Pair(fs, router, standby)
             finally:
                 standby.stop()

@@ -1,9 +1,10 @@
 """No single point of failure in the receiving role (matrix/receiver.py, docs/operator-guide.md
 "Scaling out").
 
-Two processes configured to receive transactions sit behind ``ReceiverRouter`` (what
-deploy/nginx.conf does: a 503 sends the request to the next process), on a PostgreSQL
-cluster of their own. One holds the receiver lock; the other is standby.
+Two processes configured to receive transactions sit behind deploy/nginx.conf's door run
+by nginx (where installed) or ``ReceiverRouter`` (the same rule in aiohttp: a 503 sends the
+request to the next process), on a PostgreSQL cluster of their own. One holds the receiver
+lock; the other is standby.
 
 * Two receivers never both acknowledge: every transaction Synapse completed was answered
   200 by exactly one process (the router's record, Synapse's own ``last_txn``, the bridge's
@@ -30,6 +31,7 @@ from tests.fault_support import FaultStack
 from tests.fault_traffic import Chat
 from tests.helpers import eventually
 from tests.receiver_support import (
+    NginxReceivers,
     Pair,
     burst,
     failover_during_burst,
@@ -42,9 +44,13 @@ from tests.receiver_support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    async with receiver_pair(tmp_path) as made:
+@pytest.fixture(params=["nginx", "router"])
+async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Pair]:
+    """deploy/nginx.conf's own door where nginx is installed (apt: nginx-light); the aiohttp
+    router doing the same everywhere."""
+    if request.param == "nginx" and not NginxReceivers.available:
+        pytest.skip("nginx is not installed; the router variant checks the same behaviour")
+    async with receiver_pair(tmp_path, request.param) as made:
         yield made
 
 
@@ -161,5 +167,6 @@ async def test_failover_during_a_burst_loses_nothing(pair: Pair) -> None:
 
 @pytest.mark.soak
 @pytest.mark.timeout(1500)
+@pytest.mark.parametrize("pair", ["nginx", "router"], indirect=True)
 async def test_failover_during_a_1000_message_burst_loses_nothing(pair: Pair) -> None:
     check_failover(await failover_during_burst(pair, 1000))
