@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 
-from bridge.config import Config
+from bridge.config import Config, redis_prefix
 from bridge.crm.engine_lock import deployment_of
 from bridge.devstack.synapse import free_port
 from bridge.matrix.receiver import receiver_key
@@ -380,10 +381,12 @@ async def failover_during_burst(pair: Pair, messages: int, workers: int = 3) -> 
         async with aiohttp.ClientSession() as session:
             bob = Chat(session, facade.url, fs.token(bob_id))
             fetched = await bob.catch_up(cid, live[-1]["cursor"] if live else None)
-        view = [m["content"] for m in merged(live, fetched).values()]
+            view = [m["content"] for m in merged(live, fetched).values()]
+            figures["missing"] = sorted(set(bodies) - set(view))
+            if figures["missing"]:
+                figures["why_missing"] = await why_missing(fs, bob, cid, figures["missing"])
         figures["live"] = len(live)
         figures["caught_up"] = len(fetched)
-        figures["missing"] = sorted(set(bodies) - set(view))
         figures["duplicated"] = duplicated(view)
         figures["live_duplicated"] = duplicated(m["_id"] for m in live)
     finally:
@@ -392,3 +395,22 @@ async def failover_during_burst(pair: Pair, messages: int, workers: int = 3) -> 
         facade.stop()
     print(f"\nfailover: {figures}")
     return figures
+
+
+async def why_missing(fs: FaultStack, bob: Chat, cid: str, missing: list[str]) -> dict[str, Any]:
+    """For messages a socket never got: whether the index has them (history) and whether a
+    process claimed them for emission in Redis (``realtime/dedup.py``), which a process
+    killed between claim and emit leaves behind."""
+    history = {m["content"]: m for m in await bob.history(cid)}
+    claimed = []
+    if fs.redis is not None:
+        client = aioredis.Redis.from_url(fs.redis.url)
+        try:
+            prefix = redis_prefix(fs.config)
+            for body in missing:
+                event_id = (history.get(body) or {}).get("eventId")
+                if event_id and await client.exists(f"{prefix}:emitted:{event_id}"):
+                    claimed.append(body)
+        finally:
+            await client.aclose()
+    return {"in_index": [b for b in missing if b in history], "claimed_in_redis": claimed}
