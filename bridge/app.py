@@ -206,7 +206,9 @@ class BridgeServer:
             await self.runner.cleanup()
             raise StartupError(ExitCode.PORT_IN_USE, f"Cannot listen on {host}:{port}: {e}") from e
         log.info("Listening on http://%s:%d", host, port)
-        if ping:  # without it the caller pings (tests), and so does no takeover here
+        if ping:
+            # The receiver's ping duty waits for this. ping=False: the caller pings itself
+            # (tests), and this process never does, not even when it takes over.
             self.app[RECEIVER].listening.set()
 
     async def stop(self) -> None:
