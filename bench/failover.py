@@ -44,6 +44,7 @@ async def main(messages: int, runs: int, time_limit: float, json_path: str | Non
                 "lock_taken_s": figures["lock_taken_s"],
                 "first_txn_on_standby_s": figures["first_txn_on_standby_s"],
                 "lost": len(figures["missing"]),
+                "why_missing": figures.get("why_missing"),
                 "duplicated": len(figures["duplicated"]) + len(figures["live_duplicated"]),
                 "live": figures["live"],
                 "caught_up": figures["caught_up"],
