@@ -103,9 +103,9 @@ class Receiver:
         if self.role is Role.FACADE:
             return
         if not self.shared:
-            self._become_receiver()
+            self._become_receiver(takeover=False)
             return
-        if not await self._try_acquire():
+        if not await self._try_acquire(takeover=False):
             log.warning(
                 "Another process holds the receiver lock: this one is standby and answers "
                 "/_matrix/app with 503 until it takes over"
@@ -148,7 +148,7 @@ class Receiver:
             except Exception as e:  # the database is away: stay standby, look again
                 log.debug("Receiver lock check failed: %s", e)
 
-    async def _try_acquire(self) -> bool:
+    async def _try_acquire(self, takeover: bool = True) -> bool:
         assert self.db is not None
         stack = AsyncExitStack()
         try:
@@ -165,7 +165,7 @@ class Receiver:
         # the next heartbeat.
         with contextlib.suppress(Exception):
             conn.wrapped.add_termination_listener(lambda *_: self._closed_under_us())
-        self._become_receiver()
+        self._become_receiver(takeover)
         return True
 
     def _closed_under_us(self) -> None:
@@ -186,11 +186,14 @@ class Receiver:
                 reason = f"its lock connection failed ({type(e).__name__})"
         await self._lose(reason)
 
-    def _become_receiver(self) -> None:
+    def _become_receiver(self, takeover: bool) -> None:
         for hook in self._hooks:
             hook()
         self.role = Role.RECEIVER
-        log.warning("This process holds the receiver lock: it receives the transactions")
+        if takeover:
+            log.warning("Took the receiver lock over: this process receives the transactions")
+        elif self.shared:
+            log.info("Holding the receiver lock: this process receives the transactions")
         self._running = [
             asyncio.create_task(start(), name=f"receiver-{name}") for name, start in self._duties
         ]
