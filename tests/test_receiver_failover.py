@@ -6,10 +6,11 @@ by nginx (where installed) or ``ReceiverRouter`` (the same rule in aiohttp: a 50
 request to the next process), on a PostgreSQL cluster of their own. One holds the receiver
 lock; the other is standby.
 
-* Two receivers never both acknowledge: every transaction Synapse completed was answered
-  200 by exactly one process (the router's record, Synapse's own ``last_txn``, the bridge's
-  ``as_txn``), the standby says so in its log and ``/health/ready``, and a holder whose lock
-  session PostgreSQL ends stops answering at once.
+* Two receivers never both acknowledge: every transaction Synapse created was answered 200
+  by exactly one process (the proxy's record; Synapse holds none unacknowledged in
+  ``application_services_txns``; each is in the bridge's ``as_txn``), the standby says so in
+  its log and ``/health/ready``, a holder whose lock session PostgreSQL ends stops answering
+  at once, and a receiver stopped with SIGTERM hands over within seconds.
 * Failover: the receiver is killed with SIGKILL during a burst from a matrix-nio user; the
   standby takes over (the time is printed), and a socket on a third (facade) process ends
   with every message exactly once, live plus catch-up from its newest cursor.
@@ -17,7 +18,9 @@ lock; the other is standby.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -129,12 +132,27 @@ async def test_two_receivers_never_both_acknowledge(pair: Pair) -> None:
         finally:
             await admin.close()
         await burst(fs, carol, room_id, [f"second {i:03d}" for i in range(40)], workers=3)
+
+        # A planned stop (SIGTERM, a rolling deploy) of whichever receives: the lock goes as
+        # soon as it stops accepting, and the other takes over well within its drain.
+        roles = {p.url: await role_of(p.url) for p in pair.processes}
+        stopping = next(p for p in pair.processes if roles[p.url] == "receiver")
+        other = next(p for p in pair.processes if p is not stopping)
+        await asyncio.to_thread(stopping.stop)
+        stopped = time.monotonic()
+
+        async def other_receives() -> bool:
+            return await role_of(other.url) == "receiver"
+
+        await eventually(other_receives, timeout=10, interval=0.05)
+        print(f"\nSIGTERM: the other process received {time.monotonic() - stopped:.2f} s later")
+        await burst(fs, carol, room_id, [f"third {i:03d}" for i in range(20)], workers=3)
         async with aiohttp.ClientSession() as session:
-            bob = Chat(session, fs.url, fs.token(bob_id))
+            bob = Chat(session, other.url, fs.token(bob_id))
 
             async def all_indexed() -> bool:
                 history = await bob.history(cid)
-                return len({m["content"] for m in history}) >= 80
+                return len({m["content"] for m in history}) >= 100
 
             await eventually(all_indexed, timeout=60, interval=0.5)
     finally:
