@@ -2,9 +2,10 @@
 
 Starts what ``tests/test_receiver_failover.py`` starts (``tests/receiver_support.py``): a
 Synapse of its own, a private PostgreSQL cluster, two processes configured to receive
-transactions behind a router that does what deploy/nginx.conf does (a 503 goes to the next
-process), and a facade process with a python-socketio client. A matrix-nio user sends
-``--messages``; a quarter in, the receiver is killed. Per run:
+transactions behind deploy/nginx.conf's homeserver door (nginx where installed, else a
+router doing the same: a 503 goes to the next process), and a facade process with a
+python-socketio client. A matrix-nio user sends ``--messages``; a quarter in, the receiver
+is killed. Per run:
 
 * ``lock_taken_s``: from the kill until the standby reports ``role: receiver``;
 * ``first_txn_on_standby_s``: until the first transaction the standby acknowledged;
@@ -26,18 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Deadline, base_parser, report, summary
-from tests.receiver_support import failover_during_burst, receiver_pair
+from tests.receiver_support import NginxReceivers, failover_during_burst, receiver_pair
 
 
 async def main(messages: int, runs: int, time_limit: float, json_path: str | None) -> None:
     deadline = Deadline(time_limit)
-    results: dict[str, Any] = {"messages": messages, "runs": []}
+    # deploy/nginx.conf's door where nginx is installed, the router doing the same elsewhere.
+    proxy = "nginx" if NginxReceivers.available else "router"
+    results: dict[str, Any] = {"messages": messages, "proxy": proxy, "runs": []}
     for _ in range(runs):
         if deadline.passed() and results["runs"]:
             break
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-            async with receiver_pair(Path(tmp)) as pair:
+            async with receiver_pair(Path(tmp), proxy) as pair:
                 figures = await failover_during_burst(pair, messages)
         results["runs"].append(
             {

@@ -422,8 +422,9 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
     if fo:
         out += [f"### Failover: the receiver killed during a {fo['messages']}-message burst", "",
                 "SIGKILL a quarter into a burst from a matrix-nio user, a standby configured to "
-                "receive beside it (docs/operator-guide.md, \"Scaling out\"); a socket on a "
-                "third process counts live messages plus catch-up from its newest cursor.", "",
+                "receive beside it (docs/operator-guide.md, \"Scaling out\"), both behind "
+                f"{fo.get('proxy', 'router')}; a socket on a third process counts live "
+                "messages plus catch-up from its newest cursor.", "",
                 table(["run", "lock taken s", "first transaction on the standby s", "lost",
                        "duplicated", "live", "caught up"],
                       [[i + 1, x["lock_taken_s"], x["first_txn_on_standby_s"], x["lost"],
