@@ -216,7 +216,8 @@ async def fault_stack(
     """Synapse on ``synapse_db`` ("sqlite" or "postgres"; ``synapse_config`` on top of the
     devstack's), the bridge as a child process on ``bridge_db``: PostgreSQL "shared" (a
     schema on the machine's server) or "private" (a cluster of its own, restartable:
-    ``fs.postgres``), or "sqlite" (a file beside its config), and Redis: "private" (stoppable), "shared" (the machine's) or None."""
+    ``fs.postgres``), or "sqlite" (a file beside its config), and Redis: "private"
+    (stoppable), "shared" (the machine's) or None."""
     synapse_port, bridge_port = free_port(), free_port()
     config_path, registration = generate_config(
         root / "bridge",

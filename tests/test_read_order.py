@@ -8,11 +8,11 @@ everything in stream order. The reader then marks read at three places of Matrix
 
 * Matrix's timeline is what a Matrix client syncing live sees: its incremental ``/sync``
   from before the burst on (Synapse's stream order);
-* Matrix's own count is Synapse's, for a witness: a plain Matrix account (a puppet gets no
-  push actions: Synapse skips exclusive appservice users) that sends its receipt at the
-  same event from Element, and whose notifications Synapse marks read or unread by it. The
-  witness is a CRM user too, so the bridge's count for a receipt that came from Matrix is
-  checked as well.
+* Synapse's own judgement is asked too, for a witness: a plain Matrix account (a puppet
+  gets no push actions: Synapse skips exclusive appservice users) that sends its receipt
+  at the same event from Element; Synapse marks each of its notifications read or unread
+  by that receipt. The witness is a CRM user too, so the bridge's count for a receipt that
+  came from Matrix is checked as well.
 
 On the bridge's PostgreSQL and SQLite. The 1,000 + 1,000 version runs in ``make soak``.
 """
@@ -119,10 +119,11 @@ async def _send_and_read(client: AsyncClient, room_id: str, body: str) -> str:
 
 async def _notification_count(client: AsyncClient, room_id: str) -> int:
     """Synapse's own count for this account: its notifications in the room that Synapse
-    says are unread (``GET /notifications`` judges ``read`` by the account's receipt, in
-    stream order). ``unread_notifications`` in ``/sync`` would say the same, but Synapse
-    1.163 serves it from a cache that lags behind new events (measured: still 3 after
-    three more messages and a second receipt)."""
+    says are unread (``GET /notifications`` judges ``read`` against the account's receipt
+    by depth, then stream order). ``unread_notifications`` in ``/sync`` would be the
+    stream-order count itself, but Synapse 1.163 serves it from a cache that lags: in a
+    plain two-user room it stayed at 3 after three more messages, a second receipt and a
+    notification rotation, while its ``event_push_summary`` held 5."""
     unread, token = 0, None
     for _ in range(100):
         page = await _client_api(
