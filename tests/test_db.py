@@ -251,3 +251,49 @@ async def test_timeline_positions_follow_the_homeserver_order(db) -> None:
     assert await receipts.advance("!r", "@d:x", "$b1", b1.pos, 12)
     await index.remove("$b1")
     assert (await receipts.get("!r", "@d:x")).pos == b1.pos
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_upgrade_to_positions_keeps_the_order_used_so_far(
+    engine: str, tmp_path: Path
+) -> None:
+    """A database at v9: indexed rows take their seq as position, receipts keep theirs, and
+    new rows come after them (PostgreSQL's sequence starts past the old seqs)."""
+    from bridge.db.receipt import ReceiptStore
+
+    schema = await create_schema() if engine == "postgres" else None
+    url = POSTGRES_DSN if schema else f"sqlite:{tmp_path / 'bridge.db'}"
+    args = postgres_args(schema) if schema else {}
+    try:
+        before = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
+        before.upgrades = upgrade_table.upgrades[:9]
+        old = Database.create(
+            url, upgrade_table=before, db_args=dict(args), owner_name="crm-bridge"
+        )
+        await old.start()
+        for n in range(3):
+            await old.execute(
+                "INSERT INTO room_event (event_id, room_id, sender, event_type, origin_ts) "
+                "VALUES ($1, '!r', '@a:x', 'm.room.message', 1)",
+                f"$old{n}",
+            )
+        await old.execute(
+            "INSERT INTO receipt (room_id, mxid, event_id, seq, ts) "
+            "SELECT '!r', '@b:x', event_id, seq, 1 FROM room_event WHERE event_id = '$old1'"
+        )
+        await old.stop()
+
+        db = create_database(url, args)
+        await db.start()
+        try:
+            index = RoomEventIndex(db)
+            rows = await index.get_many([f"$old{n}" for n in range(3)])
+            assert all(row.pos == row.seq for row in rows.values())
+            assert (await ReceiptStore(db).get("!r", "@b:x")).pos == rows["$old1"].seq
+            new, _ = await index.add("$new", "!r", "@a:x", "m.room.message", None, 2)
+            assert new.placed and new.pos > max(row.pos for row in rows.values())
+        finally:
+            await db.stop()
+    finally:
+        if schema:
+            await drop_schema(schema)
