@@ -37,7 +37,7 @@ from ..context import (
     ROOM_MEMBERS,
 )
 from ..db.relation import REPLACE, THREAD
-from ..db.room_event import BACKFILL, TRANSACTION, RoomEvent
+from ..db.room_event import BACKFILL, TRANSACTION, Arrival, RoomEvent
 from ..matrix import relations
 from ..matrix.dispatcher import Event
 from ..matrix.relations import (
@@ -82,7 +82,7 @@ async def index_event(
     *,
     notify: bool = True,
     made_here: bool = False,
-    arrival: str = TRANSACTION,
+    arrival: Arrival = TRANSACTION,
 ) -> RoomEvent | None:
     """Index one timeline event (``room_id`` set); the message's index row, if a message.
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal
 
 from mautrix.util.async_db import Database, Scheme
 
@@ -38,9 +39,10 @@ ROOM_LOCK_CLASS = 0x5E01
 # Positions from here up are provisional: above every final one (module docstring).
 PROVISIONAL = 1 << 50
 # How an event reached the index, which decides its position.
-TRANSACTION = "transaction"  # the homeserver's transaction: final, places a provisional row
-BACKFILL = "backfill"  # the /messages walk after downtime: final for a new row
-SENT = "sent"  # the send path, or a page that met an event on its way: provisional
+Arrival = Literal["transaction", "backfill", "sent"]
+TRANSACTION: Arrival = "transaction"  # the homeserver's transaction: final, places a row
+BACKFILL: Arrival = "backfill"  # the /messages walk after downtime: final for a new row
+SENT: Arrival = "sent"  # the send path, or a page that met an event on its way: provisional
 
 # The next position: final ($offset 0) or provisional ($offset PROVISIONAL). PostgreSQL
 # draws it from a sequence, under the room's lock and in the order transactions are handled;
@@ -141,7 +143,7 @@ class RoomEventIndex:
         origin_ts: int,
         *,
         touch_preview: str | None = None,
-        arrival: str = TRANSACTION,
+        arrival: Arrival = TRANSACTION,
     ) -> tuple[RoomEvent, bool]:
         """Index an event; returns it and whether it was new. Safe to call twice.
 
