@@ -19,10 +19,15 @@ from ..db.project import Project
 from ..ids import message_id_for_event
 from ..matrix.relations import thread_root
 
-MESSAGE_TYPES = ("text", "file", "image", "link")
+MESSAGE_TYPES = ("text", "file", "image", "link", "voice")
 # Our own record of the seed fields, carried inside the Matrix event beside the standard ones.
 CRM_FIELD = "com.crm.message"
 _MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "file", "m.audio": "file"}
+# Element's voice messages: m.audio with this marker (MSC3245), duration in ms in info.
+VOICE_FIELD = "org.matrix.msc3245.voice"
+AUDIO_FIELD = "org.matrix.msc1767.audio"
+# Longest duration we take from a client or an event, in seconds (a day).
+MAX_DURATION = 86400.0
 
 
 def iso(ms: int | float | None) -> str | None:
@@ -119,28 +124,51 @@ def project_object(project: Project) -> dict[str, Any]:
 
 @dataclass
 class ReadState:
-    """Receipts of one room: who read up to which sequence number, and when."""
+    """Receipts of one room: who read up to which timeline position, and when."""
 
-    # reader id (CRM user id or mxid) -> (seq, origin_ts of the receipt's event, receipt ts)
+    # reader id (CRM user id or mxid) -> (pos, origin_ts of the receipt's event, receipt ts)
     readers: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    def add(self, reader: str, seq: int, event_ts: int, ts: int) -> None:
-        if reader not in self.readers or self.readers[reader][0] < seq:
-            self.readers[reader] = (seq, event_ts, ts)
+    def add(self, reader: str, pos: int, event_ts: int, ts: int) -> None:
+        if reader not in self.readers or self.readers[reader][0] < pos:
+            self.readers[reader] = (pos, event_ts, ts)
 
-    def read_by(self, sender_id: str, seq: int | None, origin_ts: int) -> list[dict[str, Any]]:
+    def read_by(self, sender_id: str, pos: int | None, origin_ts: int) -> list[dict[str, Any]]:
+        """The sender, and every reader whose receipt is at or after ``pos`` in the timeline
+        (by time when the message is not indexed)."""
         entries = [{"user": sender_id, "readAt": iso(origin_ts)}]
-        for reader, (read_seq, event_ts, ts) in self.readers.items():
+        for reader, (read_pos, event_ts, ts) in self.readers.items():
             if reader == sender_id:
                 continue
-            covered = read_seq >= seq if seq is not None else event_ts >= origin_ts
+            covered = read_pos >= pos if pos is not None else event_ts >= origin_ts
             if covered:
                 entries.append({"user": reader, "readAt": iso(max(ts, origin_ts))})
         return entries
 
 
+def duration_seconds(value: Any) -> float | None:
+    """A duration in seconds as the CRM reads it, or None when absent or not sensible."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_DURATION or value != value:
+        return None
+    return round(float(value), 3)
+
+
+def _event_duration(content: dict[str, Any]) -> float | None:
+    """A Matrix audio/video event's duration (``info.duration``, in ms) in seconds."""
+    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    ms = info.get("duration")
+    if ms is None and isinstance(audio := content.get(AUDIO_FIELD), dict):
+        ms = audio.get("duration")
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    return duration_seconds(ms / 1000)
+
+
 def attachments_of(content: dict[str, Any], trusted: bool = True) -> list[dict[str, Any]]:
     """Attachment objects of a Matrix message; URLs always come from the mxc URIs.
+    ``duration`` is in seconds (a float, as the CRM's page sends it), or null.
     ``trusted``: the sender is a CRM user, whose sends carry our own record (CRM_FIELD)."""
     crm = content.get(CRM_FIELD) if trusted else None
     listed = crm.get("attachments") if isinstance(crm, dict) else None
@@ -149,6 +177,14 @@ def attachments_of(content: dict[str, Any], trusted: bool = True) -> list[dict[s
         for item in listed[:10]:
             if not isinstance(item, dict) or not (url := media_url(item.get("mxc"))):
                 continue
+            ms = item.get("durationMs")
+            duration = (
+                None
+                if isinstance(ms, bool) or not isinstance(ms, int)
+                else (duration_seconds(ms / 1000))
+            )
+            if duration is None and not out:
+                duration = _event_duration(content)  # the first one is the event's own file
             out.append(
                 {
                     "filename": str(item.get("filename") or url.rsplit("/", 1)[-1]),
@@ -156,6 +192,7 @@ def attachments_of(content: dict[str, Any], trusted: bool = True) -> list[dict[s
                     "mimetype": str(item.get("mimetype") or "application/octet-stream"),
                     "size": item.get("size") if isinstance(item.get("size"), int) else 0,
                     "url": url,
+                    "duration": duration,
                 }
             )
         if out:
@@ -175,6 +212,7 @@ def attachments_of(content: dict[str, Any], trusted: bool = True) -> list[dict[s
             "mimetype": clean_mimetype(info.get("mimetype")),
             "size": size,
             "url": url,
+            "duration": _event_duration(content),
         }
     ]
 
@@ -186,6 +224,8 @@ def type_and_text(
     body = content.get("body") if isinstance(content.get("body"), str) else ""
     if event_type == "m.sticker":
         kind = "image"
+    elif content.get("msgtype") == "m.audio" and isinstance(content.get(VOICE_FIELD), dict):
+        kind = "voice"
     else:
         kind = _MEDIA_MSGTYPES.get(str(content.get("msgtype")), "text")
     text = body
@@ -204,8 +244,9 @@ def message_object(
     conversation_id: str,
     sender: dict[str, Any],
     read_state: ReadState,
-    seq: int | None,
+    pos: int | None,
 ) -> dict[str, Any]:
+    """``pos``: the message's timeline position (db/room_event.py), which ``readBy`` uses."""
     content = event.get("content")
     content = content if isinstance(content, dict) else {}
     # Our own record of the seed's fields is believed from CRM users' sends only; anyone
@@ -223,7 +264,7 @@ def message_object(
         "content": text,
         "type": kind,
         "attachments": attachments_of(content, trusted),
-        "readBy": read_state.read_by(sender["_id"], seq, ts),
+        "readBy": read_state.read_by(sender["_id"], pos, ts),
         "createdAt": iso(ts),
         "updatedAt": iso(ts),
         "matrixRoomId": event.get("room_id"),

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ..api import messaging
 from ..api.auth import user_for, verifier
+from ..chat.media_urls import media_signer
 from ..chat.service import CHAT
 from ..context import EVENT_INDEX
 from ..errors import (
@@ -234,7 +235,7 @@ def register(
             thread_id=data.get("threadId"),
         )
         await sio.emit("message_sent", message, to=sid)
-        return message
+        return media_signer(app).sign_tree(message, socket.user.crm_user_id)
 
     @sio.on("typing")
     @answered
@@ -269,8 +270,8 @@ def register(
 
 
 async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str | None:
-    """The newest of the given messages of this room (by arrival order), or None for "the
-    latest". Ids from other conversations are ignored."""
+    """The newest of the given messages of this room (in the timeline order), or None for
+    "the latest". Ids from other conversations are ignored."""
     if message_ids is None:
         return None
     if isinstance(message_ids, str):
@@ -287,7 +288,7 @@ async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str |
     }
     if not indexed:
         raise NotFound("Message not found")
-    newest = max(indexed.values(), key=lambda e: e.seq)
+    newest = max(indexed.values(), key=lambda e: e.pos)
     return message_id_for_event(newest.event_id)
 
 
