@@ -144,6 +144,15 @@ class RoomEventIndex:
         )  # fmt: skip
         return RoomEvent(**row) if row else None
 
+    async def at_or_before(self, room_id: str, seq: int) -> RoomEvent | None:
+        """The room's row at ``seq``, or the newest before it."""
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND seq <= $2 "
+            "ORDER BY seq DESC LIMIT 1",
+            room_id, seq,
+        )  # fmt: skip
+        return RoomEvent(**row) if row else None
+
     async def count(self, room_id: str) -> int:
         return await self.db.fetchval("SELECT COUNT(*) FROM room_event WHERE room_id=$1", room_id)
 
