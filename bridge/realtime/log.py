@@ -93,6 +93,7 @@ class DeliveryLog:
         self._due: dict[str, int] = {}  # marks to write
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._suspects: dict[str, int] = {}  # rooms the last look found behind
 
     # Publishing.
     async def published(self, room_id: str, seq: int) -> bool:
@@ -106,11 +107,17 @@ class DeliveryLog:
     ) -> bool:
         """Announce the room's log up to ``seq`` unless it was; ``fresh``: the caller just
         created the row, so nobody announced it yet. True when this call announced."""
-        if not fresh and await self.published(room_id, seq):
+        if fresh:
+            after = seq - 1
+        elif await self.published(room_id, seq):
             return False
+        else:
+            after = self.known.get(room_id, 0)
         failpoint("log.indexed")
         messages = {str(seq): message} if message is not None else {}
-        payload = {"kind": LOG_KIND, "room": room_id, "upto": seq, "messages": messages}
+        payload = {
+            "kind": LOG_KIND, "room": room_id, "after": after, "upto": seq, "messages": messages
+        }  # fmt: skip
         await self.sio.emit(CONTROL_EVENT, payload, to=CONTROL_ROOM)
         self._mark_later(room_id, seq)
         return True
@@ -155,10 +162,14 @@ class DeliveryLog:
         indexed row is past its mark and that nobody announced: each process then delivers
         those rows from the index. One heard announced here only has its mark written."""
         behind = await self.marks.behind(active_since)
+        # Found behind by two looks in a row: not a message whose announcement is on its way.
+        suspects, self._suspects = self._suspects, behind
         announced = 0
         for room_id, newest in behind.items():
             if self.known.get(room_id, -1) >= newest:
                 self._mark_later(room_id, newest)  # heard on the channel: every process has
+                continue
+            if active_since and suspects.get(room_id) != newest:
                 continue
             self.known.pop(room_id, None)
             announced += await self.publish(room_id, newest, None)
@@ -169,18 +180,19 @@ class DeliveryLog:
     # Delivering, in each process.
     async def arrived(self, payload: dict[str, Any]) -> None:
         """An announcement (ours or another process's): queued on the room's lane."""
-        room_id, upto = payload.get("room"), payload.get("upto")
+        room_id, after, upto = payload.get("room"), payload.get("after"), payload.get("upto")
         messages = payload.get("messages")
         if not isinstance(room_id, str) or not isinstance(upto, int) or upto < 0:
             return
         self.known.raise_to(room_id, upto)
         found = messages if isinstance(messages, dict) else {}
-        self.lanes.submit(room_id, lambda: self._deliver(room_id, upto, found))
+        start = after if isinstance(after, int) and 0 <= after < upto else upto - 1
+        self.lanes.submit(room_id, lambda: self._deliver(room_id, start, upto, found))
 
     def _has_sockets(self, room: str) -> bool:
         return next(iter(self.sio.manager.get_participants("/", room)), None) is not None
 
-    async def _deliver(self, room_id: str, upto: int, messages: dict[str, Any]) -> None:
+    async def _deliver(self, room_id: str, after: int, upto: int, messages: dict[str, Any]) -> None:
         done = self.delivered.get(room_id)
         if done is not None and upto <= done:
             return  # announced again: delivered already
@@ -190,10 +202,9 @@ class DeliveryLog:
             self.delivered.raise_to(room_id, upto)
             return
         if done is None:
-            # The first announcement this process delivers for the room: from its own
-            # messages on (a socket that connected earlier caught up through REST).
-            seqs = [int(s) for s in messages if s.isdigit()]
-            done = min(seqs) - 1 if seqs else upto
+            # The first announcement this process delivers for the room: what it announces
+            # (a socket that connected before caught up through REST, merging by _id).
+            done = after
         rows = await self.app[EVENT_INDEX].between(room_id, done, upto)
         if len(rows) > MAX_GAP:
             log.warning("%d messages of %s to fill from the index: resync", len(rows), room_id)
