@@ -87,6 +87,7 @@ class Lanes:
     def submit(self, key: str, job: Job) -> bool:
         """Queue ``job`` behind the key's earlier jobs; False if it was dropped."""
         if self._stopped:
+            log.warning("Real-time lane %s is stopped; dropped a job of %s", self.name, key)
             return False
         lane = self._lanes.get(key)
         full = (
