@@ -19,8 +19,8 @@
   back, every room whose newest row is past its mark (``recover``).
 
 A failure in a delivery lane (the database away) sends this process's sockets of that
-conversation ``resync`` and forgets where it was, so they refetch instead of missing a
-message in silence. Failpoints for crash tests: ``log.indexed`` (indexed, not announced),
+conversation ``resync`` (they refetch instead of missing a message in silence) and marks
+the process degraded for a while; the next announcement delivers from where it was. Failpoints for crash tests: ``log.indexed`` (indexed, not announced),
 ``log.published`` (announced, mark not written), ``log.lane`` (in the lane, before emit).
 """
 
@@ -42,6 +42,7 @@ from ..db.room_event import RoomEvent
 from ..failpoints import failpoint
 from ..ids import conversation_id_for_room
 from ..tasks import stop
+from .local import LocalSockets
 from .manager import CONTROL_EVENT, CONTROL_ROOM
 from .pump import Lanes
 from .rooms import conversation_room
@@ -54,6 +55,8 @@ LOG_KIND = "log"
 MAX_GAP = 200
 # Rooms remembered per map (LRU); a forgotten room starts again from its next announcement.
 REMEMBERED_ROOMS = 50_000
+# A process's first delivery in a room starts this long (ms) before its sockets connected.
+CONNECT_SLACK_MS = 5_000
 
 
 def conversation_update(conversation_id: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -83,9 +86,11 @@ class DeliveryLog:
         sio: socketio.AsyncServer,
         marks: PublishedMarkStore,
         lanes: Lanes,
+        sockets: LocalSockets,
     ) -> None:
         self.app = app
         self.sio = sio
+        self.sockets = sockets
         self.marks = marks
         self.lanes = lanes
         self.known = _Seqs()  # highest seq known to be announced, per room
@@ -107,17 +112,11 @@ class DeliveryLog:
     ) -> bool:
         """Announce the room's log up to ``seq`` unless it was; ``fresh``: the caller just
         created the row, so nobody announced it yet. True when this call announced."""
-        if fresh:
-            after = seq - 1
-        elif await self.published(room_id, seq):
+        if not fresh and await self.published(room_id, seq):
             return False
-        else:
-            after = self.known.get(room_id, 0)
         failpoint("log.indexed")
         messages = {str(seq): message} if message is not None else {}
-        payload = {
-            "kind": LOG_KIND, "room": room_id, "after": after, "upto": seq, "messages": messages
-        }  # fmt: skip
+        payload = {"kind": LOG_KIND, "room": room_id, "upto": seq, "messages": messages}
         await self.sio.emit(CONTROL_EVENT, payload, to=CONTROL_ROOM)
         self._mark_later(room_id, seq)
         return True
@@ -180,19 +179,25 @@ class DeliveryLog:
     # Delivering, in each process.
     async def arrived(self, payload: dict[str, Any]) -> None:
         """An announcement (ours or another process's): queued on the room's lane."""
-        room_id, after, upto = payload.get("room"), payload.get("after"), payload.get("upto")
+        room_id, upto = payload.get("room"), payload.get("upto")
         messages = payload.get("messages")
         if not isinstance(room_id, str) or not isinstance(upto, int) or upto < 0:
             return
         self.known.raise_to(room_id, upto)
         found = messages if isinstance(messages, dict) else {}
-        start = after if isinstance(after, int) and 0 <= after < upto else upto - 1
-        self.lanes.submit(room_id, lambda: self._deliver(room_id, start, upto, found))
+        self.lanes.submit(room_id, lambda: self._deliver(room_id, upto, found))
+
+    def _connected_ms(self, room: str) -> list[int]:
+        return [
+            socket.connected_ms
+            for sid, _ in self.sio.manager.get_participants("/", room)
+            if (socket := self.sockets.get(sid)) is not None
+        ]
 
     def _has_sockets(self, room: str) -> bool:
         return next(iter(self.sio.manager.get_participants("/", room)), None) is not None
 
-    async def _deliver(self, room_id: str, after: int, upto: int, messages: dict[str, Any]) -> None:
+    async def _deliver(self, room_id: str, upto: int, messages: dict[str, Any]) -> None:
         done = self.delivered.get(room_id)
         if done is not None and upto <= done:
             return  # announced again: delivered already
@@ -201,11 +206,14 @@ class DeliveryLog:
         if not self._has_sockets(room):
             self.delivered.raise_to(room_id, upto)
             return
+        index = self.app[EVENT_INDEX]
         if done is None:
-            # The first announcement this process delivers for the room: what it announces
-            # (a socket that connected before caught up through REST, merging by _id).
-            done = after
-        rows = await self.app[EVENT_INDEX].between(room_id, done, upto)
+            # The first announcement this process delivers for the room: every row since
+            # its sockets there connected (what they loaded then, they merge by _id).
+            since = min(self._connected_ms(room), default=0) - CONNECT_SLACK_MS
+            rows = await index.since(room_id, since, upto, MAX_GAP + 1)
+        else:
+            rows = await index.between(room_id, done, upto)
         if len(rows) > MAX_GAP:
             log.warning("%d messages of %s to fill from the index: resync", len(rows), room_id)
             self.delivered.raise_to(room_id, upto)
@@ -246,11 +254,12 @@ class DeliveryLog:
 
     async def resync(self, room_id: str, reason: str) -> None:
         """This process could not deliver a room's log (its lane dropped a job, or the
-        database failed): its sockets there refetch, and it starts again from the next
-        announcement."""
+        database failed): its sockets there refetch. Where it was stays: the next
+        announcement delivers from there, the rows that failed included, never twice."""
         if not room_id.startswith("!"):
             return
-        self.delivered.pop(room_id, None)
+        if reason != "overflow" and hasattr(self.sio.manager, "delivery_failed"):
+            self.sio.manager.delivery_failed()  # /health/ready says so for a while
         conversation_id = conversation_id_for_room(room_id)
         payload = {"conversationId": conversation_id, "reason": reason}
         await self.sio.emit(

@@ -29,8 +29,10 @@ log = logging.getLogger("bridge.realtime.manager")
 CONTROL_EVENT = "bridge:control"
 # No socket ever joins it: if a control message were delivered as an event, nobody gets it.
 CONTROL_ROOM = "bridge:control"
-# How long a database error in the listener keeps the process reported degraded.
+# How long a database error in delivery keeps the process reported degraded.
 DEGRADED_FOR = 30.0
+# The one event the gate lets through unchecked.
+UNGATED_EVENT = "resync"
 
 
 class Gate(Protocol):
@@ -54,10 +56,27 @@ class _Gated:
     gate: Gate | None = None
     # Control messages of other kinds than the gate's (the delivery log's ``log``).
     handlers: dict[str, ControlHandler]
+    # When a database error last kept this process from delivering an event (the gate in
+    # the listener, or the delivery log's lane): reported degraded for DEGRADED_FOR.
+    failed_at: float | None = None
 
-    async def _skip(self, namespace: str | None, room: Any, skip_sid: Any) -> Any:
+    def delivery_failed(self) -> None:
+        self.failed_at = time.monotonic()
+
+    @property
+    def degraded(self) -> bool:
+        at = self.failed_at
+        return at is not None and time.monotonic() - at < DEGRADED_FOR
+
+    async def _skip(
+        self, namespace: str | None, room: Any, skip_sid: Any, event: Any = None
+    ) -> Any:
         rooms = _rooms(room)
         if self.gate is None or not any(is_conversation_room(r) for r in rooms):
+            return skip_sid
+        if event == UNGATED_EVENT:
+            # Content-free ("refetch this conversation"), and sent when the database that
+            # the gate reads may be what failed.
             return skip_sid
         blocked = await self.gate.blocked(namespace or "/", rooms)
         if not blocked:
@@ -97,7 +116,7 @@ class GatedManager(_Gated, socketio.AsyncManager):
         room = to or room
         if event == CONTROL_EVENT:
             return await self._control(data)
-        skip_sid = await self._skip(namespace, room, skip_sid)
+        skip_sid = await self._skip(namespace, room, skip_sid, event)
         await super().emit(
             event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
         )
@@ -111,8 +130,6 @@ class GatedRedisManager(_Gated, BridgeRedisManager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handlers = {}
-        # Whether a database error made this process drop another process's event, and when.
-        self.listener_failed_at: float | None = None
 
     async def emit(
         self,
@@ -129,7 +146,7 @@ class GatedRedisManager(_Gated, BridgeRedisManager):
         if event == CONTROL_EVENT:
             await self._control(data)  # here, then to the other processes (CONTROL_ROOM)
         else:
-            skip_sid = await self._skip(namespace, room, skip_sid)
+            skip_sid = await self._skip(namespace, room, skip_sid, event)
         await super().emit(
             event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
         )
@@ -144,14 +161,16 @@ class GatedRedisManager(_Gated, BridgeRedisManager):
         if data.get("event") == CONTROL_EVENT:
             await self._control(data.get("data"))
             return None
-        skip = await self._skip(data.get("namespace"), data.get("room"), data.get("skip_sid"))
+        skip = await self._skip(
+            data.get("namespace"), data.get("room"), data.get("skip_sid"), data.get("event")
+        )
         return {**data, "skip_sid": skip}
 
     async def _listener_failed(self, data: Any, error: Exception) -> None:
         """The gate could not read the database (a failover): this process cannot tell
         which of its sockets may get the event, so none does, the conversation's sockets
         here hear ``resync``, and the process reports itself degraded for a while."""
-        self.listener_failed_at = time.monotonic()
+        self.delivery_failed()
         log.warning("Could not deliver another process's event here (%r): resync", error)
         if not isinstance(data, dict) or data.get("event") == CONTROL_EVENT:
             return
@@ -160,8 +179,3 @@ class GatedRedisManager(_Gated, BridgeRedisManager):
                 payload = {"conversationId": conversation_of_room(room), "reason": "failed"}
                 # This process's sockets only: no gate (it cannot read the database either).
                 await socketio.AsyncManager.emit(self, "resync", payload, "/", room=room)
-
-    @property
-    def degraded(self) -> bool:
-        at = self.listener_failed_at
-        return at is not None and time.monotonic() - at < DEGRADED_FOR

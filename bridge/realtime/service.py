@@ -128,7 +128,9 @@ def context(app: web.Application):
                 max_queued=int(config.get("realtime.queue_size", 20000)),
                 lookup_timeout=float(config.get("realtime.lookup_timeout", 2)),
             )
-            delivery_log = DeliveryLog(app, sio, PublishedMarkStore(app[DATABASE]), deliveries)
+            delivery_log = DeliveryLog(
+                app, sio, PublishedMarkStore(app[DATABASE]), deliveries, app[ACCESS].sockets
+            )
             deliveries.on_drop = delivery_log.resync
             sio.manager.handlers[LOG_KIND] = delivery_log.arrived
             if isinstance(sio.manager, BridgeRedisManager):

@@ -147,11 +147,10 @@ class BridgeRedisManager(AsyncPubSubManager):
                         data = self._parsed(message["data"])
                         try:
                             parsed = await self._arrived(data)
-                        except REDIS_ERRORS:
-                            raise
                         except Exception as e:
-                            # Not Redis: the gate's database (a failover). The process
-                            # says so and resyncs the sockets concerned; the listener lives.
+                            # Not Redis (``_arrived`` never calls it): the gate's database,
+                            # say a failover. The process says so and resyncs the sockets
+                            # concerned; the subscription and the listener live on.
                             await self._listener_failed(data, e)
                             continue
                         if parsed is not None:
