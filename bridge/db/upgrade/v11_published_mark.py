@@ -9,7 +9,7 @@ from .table import upgrade_table
 
 
 @upgrade_table.register(description="realtime: published mark per room (the delivery log)")
-async def upgrade_v10(conn: Connection) -> None:
+async def upgrade_v11(conn: Connection) -> None:
     await conn.execute(
         """CREATE TABLE published_mark (
             room_id TEXT PRIMARY KEY,
