@@ -11,6 +11,7 @@ from . import (
     v07_scale,
     v08_relations,
     v09_cleared,
+    v10_timeline,
     v11_published_mark,
 )
 from .table import upgrade_table
@@ -26,5 +27,6 @@ __all__ = [
     "v07_scale",
     "v08_relations",
     "v09_cleared",
+    "v10_timeline",
     "v11_published_mark",
 ]
