@@ -20,8 +20,9 @@
 
 A failure in a delivery lane (the database away) sends this process's sockets of that
 conversation ``resync`` (they refetch instead of missing a message in silence) and marks
-the process degraded for a while; the next announcement delivers from where it was. Failpoints for crash tests: ``log.indexed`` (indexed, not announced),
-``log.published`` (announced, mark not written), ``log.lane`` (in the lane, before emit).
+the process degraded for a while; the next announcement delivers from where it was.
+Failpoints for crash tests: ``log.indexed`` (indexed, not announced), ``log.published``
+(announced, mark not written), ``log.lane`` (in the lane, before emit).
 """
 
 from __future__ import annotations
