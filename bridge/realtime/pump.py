@@ -184,6 +184,10 @@ class Lanes:
         if self._reports:
             await asyncio.wait(set(self._reports))
 
+    def pending(self) -> list[str]:
+        """Keys with jobs queued or running (shutdown: what a drain left)."""
+        return list(self._lanes)
+
     async def stop(self) -> None:
         self._stopped = True
         lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]

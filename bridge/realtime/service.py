@@ -52,7 +52,10 @@ class Realtime:
         try:
             await asyncio.wait_for(self.live.drain(), timeout)
         except TimeoutError:
-            pass
+            # Never silence: those conversations' sockets (on every process) refetch.
+            for key in self.live.pending():
+                with contextlib.suppress(Exception):
+                    await self.fanout.resync(key, "timeout")
         await self.live.stop()
         await self.log.close(timeout=1.0)
         await self.slow.stop()
