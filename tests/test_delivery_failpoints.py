@@ -35,8 +35,10 @@ def contents(socket: Recorder, cid: str) -> list[str]:
     return [m["content"] for m in socket.of("new_message", lambda m: m["conversationId"] == cid)]
 
 
-async def burst_through_a_crash(fs: FaultStack, point: str, total: int, kill_at: int) -> None:
-    a, b = fs.facade("facade-a"), fs.facade("facade-b")
+async def burst_through_a_crash(
+    fs: FaultStack, point: str, total: int, kill_at: int, tag: str = ""
+) -> None:
+    a, b = fs.facade(f"facade-a{tag}"), fs.facade(f"facade-b{tag}")
     a.env = {ENV: f"{point}@{kill_at}"}
     await asyncio.gather(a.start(), b.start())
     try:
@@ -115,15 +117,19 @@ async def _burst(fs: FaultStack, a: Any, b: Any, point: str, total: int) -> None
         await sock.close()
 
 
-@pytest.mark.parametrize("point", ["log.indexed", "log.published", "log.lane"])
-async def test_kill_at_failpoint(tmp_path: Path, point: str) -> None:
+POINTS = ["log.indexed", "log.published", "log.lane"]
+
+
+async def test_kill_at_each_failpoint(tmp_path: Path) -> None:
+    """One stack, each failpoint in turn (fresh facades and conversation each time)."""
     async with fault_stack(tmp_path, redis="private", **LIMITS) as fs:
-        await burst_through_a_crash(fs, point, total=240, kill_at=30)
+        for n, point in enumerate(POINTS):
+            await burst_through_a_crash(fs, point, total=160, kill_at=20, tag=str(n))
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1500)
-@pytest.mark.parametrize("point", ["log.indexed", "log.published", "log.lane"])
+@pytest.mark.parametrize("point", POINTS)
 async def test_kill_at_failpoint_2000(tmp_path: Path, point: str) -> None:
     async with fault_stack(tmp_path, redis="private", **LIMITS) as fs:
         await burst_through_a_crash(fs, point, total=2000, kill_at=250)
