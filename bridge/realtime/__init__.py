@@ -23,18 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
+from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, RECEIVER, REDIS_STATE
 from ..matrix.dispatcher import Event
 from ..matrix.relations import Effect, is_timeline_message
 from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from ..redis_state import RedisState
-from ..tasks import stop
 from . import handlers
 from .access import Access
 from .fanout import is_conversation_change
@@ -134,20 +132,14 @@ def setup(app: web.Application) -> None:
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
     ensure_relations(app).listeners.append(on_relation)
-    if app[CONFIG]["appservice.receive_transactions"]:
-        app.cleanup_ctx.append(gap_announcer)
+    # While this process holds the receiver lock (matrix/receiver.py): from each takeover on.
+    app[RECEIVER].duty("delivery-gaps", lambda: announce_gaps(app))
 
 
-async def gap_announcer(app: web.Application) -> AsyncIterator[None]:
-    """The process that receives transactions announces what no one did: on start (a
-    process died between index and announcement, or a backfill indexed), after a Redis
-    outage and after a database error, then every ``GAP_INTERVAL`` seconds."""
-    task = asyncio.create_task(_announce_gaps(app), name="delivery-log-gaps")
-    yield
-    await stop(task)
-
-
-async def _announce_gaps(app: web.Application) -> None:
+async def announce_gaps(app: web.Application) -> None:
+    """The process that receives transactions announces what no one did: when it becomes
+    the receiver (a process died between index and announcement, a backfill indexed), after
+    a Redis outage and after a database error, then every ``GAP_INTERVAL`` seconds."""
     # Every conversation once (on start, after an outage), then those active lately.
     since = 0
     while True:
