@@ -16,6 +16,8 @@ routes = web.RouteTableDef()
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 512}
+# A log cursor ("s." and a seq, chat/cursor.py) or, deprecated, a message id.
+_CURSOR = {"type": "string", "pattern": "^(s\\.[0-9]{1,18}|[A-Za-z0-9_-]+)$", "maxLength": 512}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -373,7 +375,10 @@ PATHS: dict[str, Any] = {
             ("400", "404", "503"),
             description=(
                 "page=1 holds the newest `limit` messages; page 2 the ones before. "
-                "Alternatively `before` or `after` a message id; `nextCursor` continues."
+                "Alternatively `before` a message id, or `after` a cursor (a `new_message`'s "
+                "or a page's `nextCursor`, an opaque token of the conversation's log; a "
+                "message id is still accepted there for one release, deprecated); "
+                "`nextCursor` continues."
             ),
             params=[
                 {"name": "conversationId", "in": "path", "required": True, "schema": _ID},
@@ -384,7 +389,7 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                 },
                 {"name": "before", "in": "query", "schema": _ID},
-                {"name": "after", "in": "query", "schema": _ID},
+                {"name": "after", "in": "query", "schema": _CURSOR},
             ],
         )
     },
