@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import yaml
 
 from .synapse import SynapseProcess, _die_with_parent, free_port
@@ -332,3 +333,30 @@ def _wait(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+async def ensure_database(dsn: str, name: str) -> dict[str, Any]:
+    """Synapse's database on the server at ``dsn`` (created, UTF8 with C collation as Synapse
+    requires, if it does not exist yet), as Synapse's ``database`` setting."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' "
+            "TEMPLATE template0"
+        )
+    except asyncpg.DuplicateDatabaseError:
+        pass
+    finally:
+        await conn.close()
+    parts = urlsplit(dsn)
+    args: dict[str, Any] = {
+        "user": parts.username or "postgres",
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "database": name,
+        "cp_min": 1,
+        "cp_max": 5,
+    }
+    if parts.password:
+        args["password"] = parts.password
+    return {"name": "psycopg2", "args": args}
