@@ -196,7 +196,8 @@ async def stack(synapse_and_config: tuple[SynapseProcess, Path]) -> AsyncIterato
 @pytest.fixture(scope="session")
 async def workers_stack(stack_dir: Path) -> AsyncIterator[Stack]:
     """The same as ``stack``, against Synapse with workers (bridge/devstack/workers.py) on a
-    PostgreSQL database of its own: tests/test_synapse_workers.py runs the core tests on it."""
+    PostgreSQL database of its own, reads on a worker apart from sends (``readers=1``):
+    tests/test_synapse_workers.py runs the core tests on it."""
     port = free_port()
     config_path, registration_path = stack_config(port, stack_dir / "workers-bridge")
     data_dir = stack_dir / "workers-synapse"
@@ -208,7 +209,7 @@ async def workers_stack(stack_dir: Path) -> AsyncIterator[Stack]:
         }  # fmt: skip
         synapse = SynapseWorkers(
             data_dir, port=port, database=database, registration_files=[registration_path],
-            extra_config=with_lagging_sends(data_dir),
+            extra_config=with_lagging_sends(data_dir), readers=1,
         )  # fmt: skip
         synapse.start()
         try:

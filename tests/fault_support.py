@@ -264,7 +264,7 @@ async def fault_stack(
             assert database is not None
             synapse = SynapseWorkers(
                 root / "synapse", port=synapse_port, registration_files=[registration],
-                database=database, extra_config=synapse_config,
+                database=database, extra_config=synapse_config, readers=1,
             )  # fmt: skip
         else:
             synapse = SynapseProcess(

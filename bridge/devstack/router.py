@@ -108,6 +108,23 @@ GENERIC_WORKER_GET: tuple[str, ...] = (
 APPSERVICE_SENDER: tuple[str, ...] = (r"^/_matrix/client/v1/appservice/[^/]+/ping$",)
 
 
+# Reads that a deployment may serve from a client reader apart from the event creator, so a
+# read right after a send can reach a process that has not replicated it yet (with
+# ``readers``; every room's /messages still go to the one reader).
+READS: tuple[str, ...] = (
+    _C + r"/rooms/.*/messages$",
+    _C + r"/rooms/.*/context/.*$",
+    r"^/_matrix/client/(v1|unstable)/rooms/.*/relations/",
+    r"^/_matrix/client/v1/rooms/.*/threads$",
+    _C + r"/rooms/.*/joined_members$",
+    _C + r"/rooms/.*/members$",
+    _C + r"/rooms/.*/state$",
+    _C + r"/rooms/.*/event/",
+    _C + r"/search$",
+)
+READS_GET: tuple[str, ...] = (_C + r"/rooms/.*/state/",)
+
+
 @dataclass(frozen=True)
 class Route:
     pattern: re.Pattern[str]
@@ -115,9 +132,14 @@ class Route:
     get_only: bool = False
 
 
-def routes(generic: str, appservice: str) -> list[Route]:
+def routes(generic: str, appservice: str, reader: str | None = None) -> list[Route]:
+    reads = []
+    if reader:
+        reads = [Route(re.compile(p), reader) for p in READS]
+        reads += [Route(re.compile(p), reader, get_only=True) for p in READS_GET]
     return [
         *(Route(re.compile(p), appservice) for p in APPSERVICE_SENDER),
+        *reads,
         *(Route(re.compile(p), generic) for p in GENERIC_WORKER),
         *(Route(re.compile(p), generic, get_only=True) for p in GENERIC_WORKER_GET),
     ]
@@ -146,9 +168,13 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_HEADER = "X-Devstack-Upstream"
 
 
-def build_app(main: str, generic: str, appservice: str) -> web.Application:
-    table = routes(generic, appservice)
+def build_app(
+    main: str, generic: str, appservice: str, reader: str | None = None
+) -> web.Application:
+    table = routes(generic, appservice, reader)
     names = {main: "main", generic: "generic", appservice: "appservice"}
+    if reader:
+        names[reader] = "reader"
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         target = choose(table, main, request.method, request.path)
@@ -187,9 +213,9 @@ def build_app(main: str, generic: str, appservice: str) -> web.Application:
 
 def main(argv: list[str]) -> None:
     """``python -m bridge.devstack.router routes.json``: {"port", "main", "generic",
-    "appservice"} (URLs of each process's client listener)."""
+    "appservice", "reader" (optional)}: URLs of each process's client listener."""
     spec = json.loads(Path(argv[0]).read_text())
-    app = build_app(spec["main"], spec["generic"], spec["appservice"])
+    app = build_app(spec["main"], spec["generic"], spec["appservice"], spec.get("reader"))
     asyncio.run(_serve(app, spec["port"]))
 
 

@@ -9,6 +9,9 @@ deployment out, on PostgreSQL and Redis:
 - ``appservice1``: ``notify_appservices_from_worker``, sending the bridge its transactions;
 - ``generic1``: the client API (sends, /messages, /context, /relations, state, members,
   search, sync, media) and the ``typing``, ``receipts`` and ``presence`` stream writer;
+- with ``readers=1``, ``reader1``: a client reader for /messages, /context, /relations,
+  members, state and search, apart from the worker that creates events, so a read right
+  after a send can reach a process that has not replicated the event yet;
 - the router (bridge/devstack/router.py), the one URL clients and the bridge use.
 
 Replication runs over a Redis of its own (a ``redis-server`` on a free port), unless one is
@@ -39,6 +42,7 @@ from .synapse import SynapseProcess, _die_with_parent, free_port
 EVENT_PERSISTER = "event_persister1"
 APPSERVICE_SENDER = "appservice1"
 GENERIC_WORKER = "generic1"
+READER = "reader1"
 
 
 class RedisServer:
@@ -97,6 +101,8 @@ class SynapseWorkers:
         registration_files: list[Path] | None = None,
         redis_url: str | None = None,
         extra_config: dict[str, Any] | None = None,
+        readers: int = 0,
+        reader_lag_ms: int = 0,
     ) -> None:
         if database.get("name") != "psycopg2":
             raise ValueError("Synapse workers need PostgreSQL (database.name: psycopg2)")
@@ -111,6 +117,12 @@ class SynapseWorkers:
             APPSERVICE_SENDER: _Worker(APPSERVICE_SENDER, free_port(), None),
             GENERIC_WORKER: _Worker(GENERIC_WORKER, free_port(), free_port()),
         }
+        if readers:
+            self.workers[READER] = _Worker(READER, free_port(), None)
+        # The reader's replication through bridge/devstack/lag.py, held back this long.
+        self.reader_lag_ms = reader_lag_ms if readers else 0
+        self.lag_port = free_port() if self.reader_lag_ms else None
+        self.lag: subprocess.Popen[bytes] | None = None
         main = self.workers["main"]
         self.main = SynapseProcess(
             self.data_dir,
@@ -175,12 +187,14 @@ class SynapseWorkers:
             listeners.append(_listener(worker.replication_port, ["replication"]))
         path = self.data_dir / "workers" / f"{worker.name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        config = {
+        config: dict[str, Any] = {
             "worker_app": "synapse.app.generic_worker",
             "worker_name": worker.name,
             "worker_listeners": listeners,
             "worker_log_config": str(self._log_config(worker.name)),
         }
+        if worker.name == READER and self.lag_port:
+            config["redis"] = {"enabled": True, "host": "127.0.0.1", "port": self.lag_port}
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
@@ -200,6 +214,8 @@ class SynapseWorkers:
             "generic": f"http://127.0.0.1:{w[GENERIC_WORKER].client_port}",
             "appservice": f"http://127.0.0.1:{w[APPSERVICE_SENDER].client_port}",
         }
+        if READER in w:
+            spec["reader"] = f"http://127.0.0.1:{w[READER].client_port}"
         path = self.data_dir / "router.json"
         path.write_text(json.dumps(spec))
         return path
@@ -225,6 +241,11 @@ class SynapseWorkers:
         self.workers["main"].process = self.main.process
 
     def _start_workers(self) -> None:
+        if self.lag_port and (self.lag is None or self.lag.poll() is not None):
+            host, port = self._redis_host_port()
+            argv = [sys.executable, "-m", "bridge.devstack.lag", str(self.lag_port), host,
+                    str(port), str(self.reader_lag_ms)]  # fmt: skip
+            self.lag, self._lag_log = self._spawn(argv, "lag.stdout.log")
         for worker in self.workers.values():
             if worker.name == "main" or (worker.process and worker.process.poll() is None):
                 continue
@@ -262,7 +283,7 @@ class SynapseWorkers:
         """SIGTERM to every process at once, then wait for each (one by one would add up
         their shutdown times)."""
         others = [w.process for w in self.workers.values() if w.name != "main"]
-        others.append(self.router)
+        others += [self.router, self.lag]
         for process in [*others, self.main.process]:
             _signal(process, signal.SIGTERM)
         for process in others:
@@ -274,6 +295,9 @@ class SynapseWorkers:
         if self.router is not None:
             self._router_log.close()
             self.router = None
+        if self.lag is not None:
+            self._lag_log.close()
+            self.lag = None
         self.main.stop(timeout)
         if self.redis is not None:
             self.redis.stop()
