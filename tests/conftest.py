@@ -32,6 +32,9 @@ from bridge.startup import ping_until_ok
 
 POSTGRES_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Replication lag of the worker-mode stack's client reader (bridge/devstack/lag.py): 0 in
+# `make test`; docs/architecture.md, "Synapse with workers", says what fails above it.
+READER_LAG_MS = int(os.environ.get("TEST_SYNAPSE_READER_LAG_MS") or 0)
 
 
 def unique(prefix: str = "t") -> str:
@@ -209,7 +212,7 @@ async def workers_stack(stack_dir: Path) -> AsyncIterator[Stack]:
         }  # fmt: skip
         synapse = SynapseWorkers(
             data_dir, port=port, database=database, registration_files=[registration_path],
-            extra_config=with_lagging_sends(data_dir), readers=1,
+            extra_config=with_lagging_sends(data_dir), readers=1, reader_lag_ms=READER_LAG_MS,
         )  # fmt: skip
         synapse.start()
         try:
