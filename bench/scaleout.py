@@ -15,7 +15,9 @@ processes (``python -m bridge``, not receiving):
    from /proc/<pid>/stat before and after each burst: CPU ms per message, per process.
 2. Send → ``new_message`` latency beside send → appservice transaction (bench.realtime's
    interleaved measurement), on each mode.
-3. Failover time: a hook (``failover`` in the results) that the receiver-lock work fills in.
+
+The failover time (the receiver killed during a burst, a standby taking over) is
+bench/failover.py's.
 
 The load runs in a child process, as a frontend would, so the bridge's event loop serves
 requests instead of also generating them.
@@ -182,9 +184,6 @@ async def measure_mode(mode: str, args: argparse.Namespace, deadline: Deadline) 
                     session, stack.bridge_url, stack.config["admin_api.token"], 0
                 )
                 results["latency"] = await latency(stack, session, ids[0], ids[1], cid, args)
-        # Failover (the receiver lock, issue 21): measured here by the code that adds the
-        # standby, as results["failover"] = {"takeover_s": ..., "lost": ..., ...}; the
-        # report (bench/run.py, scaleout_section) shows it when present.
     print(json.dumps({"mode": mode, "throughput": results.get("throughput", {}).get(
         "msgs_per_s")}), flush=True)  # fmt: skip
     return results
