@@ -338,12 +338,14 @@ async def _page(
             service, conversation, user, "b", token, 0, limit + 1, event_id, point
         )
     else:
+        # From the newest: the messages still in flight go on top, then the page is cut,
+        # so page N counts them as page 1 did and a walk by page neither skips nor repeats.
         skip = (_page_number(query, limit) - 1) * limit
         events = await _collect(
-            service, conversation, user, "b", None, skip, limit + 1, None, point, first
+            service, conversation, user, "b", None, 0, skip + limit + 1, None, point, first
         )
-        if skip == 0:
-            events = await _in_flight(service, conversation, user, events, point, ahead) + events
+        events = await _in_flight(service, conversation, user, events, point, ahead) + events
+        events = events[skip:]
     events = await _not_deleted(service, events)
     has_more = len(events) > limit
     events = events[:limit]
