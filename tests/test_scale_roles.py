@@ -9,7 +9,9 @@ PostgreSQL schema, Redis and Synapse.
   its invalidation failed (then within the bus's retry);
 * a sync job's status is read through either process (test_crm_sync.py);
 * ``GET /api/chat/conversations`` on a facade process makes no homeserver call (counted
-  by the process itself, ``/metrics``).
+  by the process itself, ``/metrics``);
+* ``GET /api/users`` with 1,500 users the presence board has never seen asks Synapse for
+  no presence inside the request; the background refresh then asks at its bounded rate.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from bridge.context import (
     USERS,
 )
 from bridge.crm.engine_lock import advisory_key, deployment_of
+from bridge.db.crm_user import CrmUser
 from bridge.db.unread import UNREAD_CAP
 from bridge.devstack.synapse import free_port
 from bridge.matrix.homeserver import q
+from bridge.presence_board import RATE
 from tests.api_support import api_for, crm_user, project_chat
 from tests.conftest import POSTGRES_DSN, unique
 from tests.helpers import eventually
@@ -390,3 +394,52 @@ async def test_unread_count_is_capped_for_display(stack) -> None:
         if c["_id"] == chat.conversation_id
     )
     assert mine["unreadCount"] == 0
+
+
+def presence_asks(calls: dict[str, int]) -> int:
+    return sum(n for labels, n in calls.items() if "/presence/" in labels and "GET" in labels)
+
+
+async def test_the_user_directory_asks_no_presence_inside_the_request(
+    stack, facade_processes
+) -> None:
+    app, facade = stack.app, facade_processes[0]
+    tag = unique("dir")
+    # Directory rows the presence board has never seen: Synapse is asked about each in
+    # the end (it answers for users it does not know too), but never inside the request.
+    people = [
+        CrmUser(
+            crm_user_id=f"{tag}-{i}",
+            mxid=app[IDS].puppet_mxid(f"{tag}-{i}"),
+            name=f"Directory {i}",
+            email=f"{tag}-{i}@example.com",
+        )
+        for i in range(1500)
+    ]
+    for row in people:
+        await app[USERS].upsert(row)
+    reader = await crm_user(app, "Directory Reader")
+    try:
+        before = presence_asks(await homeserver_calls(facade))
+        started = asyncio.get_running_loop().time()
+        async with api_for(app, facade.url, reader) as api:
+            status, listed, _ = await api.get("/api/users")
+        took = asyncio.get_running_loop().time() - started
+        during = presence_asks(await homeserver_calls(facade)) - before
+        assert status == 200, listed
+        ids = {u["_id"] for u in listed}
+        assert {row.crm_user_id for row in people} <= ids
+        # Only what the refresh started beside the answer (a batch of 8, or two).
+        assert during <= 16, during
+        await asyncio.sleep(3.0)
+        elapsed = asyncio.get_running_loop().time() - started
+        later = presence_asks(await homeserver_calls(facade)) - before
+        print(
+            f"/api/users of {len(listed)} users: {took:.2f} s, presence asks {during} by "
+            f"the answer, {later} after {elapsed:.1f} s (rate {RATE}/s)"
+        )
+        assert 0 < later <= RATE * elapsed + 8, later
+    finally:
+        for row in people:
+            row.active = False
+            await app[USERS].upsert(row)
