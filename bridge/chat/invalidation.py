@@ -130,6 +130,8 @@ class InvalidationBus:
                 self.subscribed.set()
                 delay = _RETRY[0]
                 while not self._reconnect.is_set():
+                    if self._unsent or self._overflowed:
+                        await self._send_unsent()  # kept while the first send was on its way
                     message = await pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         data = message["data"]
