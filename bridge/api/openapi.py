@@ -16,6 +16,8 @@ routes = web.RouteTableDef()
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 512}
+# A log cursor ("s." and a seq, chat/cursor.py) or, deprecated, a message id.
+_CURSOR = {"type": "string", "pattern": "^(s\\.[0-9]{1,18}|[A-Za-z0-9_-]+)$", "maxLength": 512}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -127,17 +129,6 @@ SCHEMAS: dict[str, Any] = {
             },
         ]
     },
-    "Attachment": {
-        "type": "object",
-        "required": ["filename", "originalName", "mimetype", "size", "url"],
-        "properties": {
-            "filename": {"type": "string"},
-            "originalName": {"type": "string"},
-            "mimetype": {"type": "string"},
-            "size": {"type": "integer", "minimum": 0},
-            "url": {"type": "string", "description": "Authenticated download path"},
-        },
-    },
     "Message": {
         "type": "object",
         "required": [
@@ -161,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
             "conversationId": {"type": "string"},
             "sender": _ref("User"),
             "content": {"type": "string"},
-            "type": {"type": "string", "enum": ["text", "file", "image", "link"]},
+            "type": {"type": "string", "enum": ["text", "file", "image", "link", "voice"]},
             "attachments": {"type": "array", "items": _ref("Attachment")},
             "readBy": {
                 "type": "array",
@@ -219,19 +210,6 @@ SCHEMAS: dict[str, Any] = {
             "hasMore": {"type": "boolean"},
             "nextCursor": _NULLABLE_STR,
         },
-    },
-    "Upload": {
-        "allOf": [
-            _ref("Attachment"),
-            {
-                "type": "object",
-                "required": ["files", "attachments"],
-                "properties": {
-                    "files": {"type": "array", "items": _ref("Attachment")},
-                    "attachments": {"type": "array", "items": _ref("Attachment")},
-                },
-            },
-        ]
     },
 }
 
@@ -310,8 +288,14 @@ _SEND_BODY = {
     "properties": {
         "conversationId": {"type": "string"},
         "content": {"type": "string", "maxLength": 20000},
-        "type": {"type": "string", "enum": ["text", "file", "image", "link"], "default": "text"},
-        "attachments": {"type": "array", "maxItems": 10, "items": _ref("Attachment")},
+        "type": {
+            "type": "string",
+            "enum": ["text", "file", "image", "link", "voice"],
+            "default": "text",
+            "description": "voice: Matrix m.audio with MSC3245 (Element plays it as a voice "
+            "message); its first attachment is the audio, with duration in seconds",
+        },
+        "attachments": {"type": "array", "maxItems": 10, "items": _ref("AttachmentIn")},
         "clientMessageId": {"type": "string", "minLength": 1, "maxLength": 128},
         "replyTo": {"type": "string", "description": "The message id answered"},
         "mentions": {
@@ -391,7 +375,10 @@ PATHS: dict[str, Any] = {
             ("400", "404", "503"),
             description=(
                 "page=1 holds the newest `limit` messages; page 2 the ones before. "
-                "Alternatively `before` or `after` a message id; `nextCursor` continues."
+                "Alternatively `before` a message id, or `after` a cursor (a `new_message`'s "
+                "or a page's `nextCursor`, an opaque token of the conversation's log; a "
+                "message id is still accepted there for one release, deprecated); "
+                "`nextCursor` continues."
             ),
             params=[
                 {"name": "conversationId", "in": "path", "required": True, "schema": _ID},
@@ -402,7 +389,7 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                 },
                 {"name": "before", "in": "query", "schema": _ID},
-                {"name": "after", "in": "query", "schema": _ID},
+                {"name": "after", "in": "query", "schema": _CURSOR},
             ],
         )
     },
@@ -470,7 +457,8 @@ PATHS: dict[str, Any] = {
     "/api/chat/media/{server}/{mediaId}": {
         "get": {
             **_op(
-                "Download an attachment (Bearer header, or ?token= for <img src>)",
+                "Download an attachment: a signed URL as answers hand out (no token), or "
+                "the Bearer header (?token= is deprecated)",
                 {
                     "200": {
                         "description": "The file",
@@ -487,6 +475,20 @@ PATHS: dict[str, Any] = {
                         "schema": {"type": "string"},
                     },
                     {"name": "mediaId", "in": "path", "required": True, "schema": _ID},
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": desc,
+                        }
+                        for name, desc in (
+                            ("u", "Signed URL: the CRM user it was handed to"),
+                            ("exp", "Signed URL: expiry, epoch seconds (media.url_ttl)"),
+                            ("sig", "Signed URL: HMAC over the file, u and exp"),
+                            ("token", "Deprecated: the JWT (leaks into logs and Referer)"),
+                        )
+                    ),
                 ],
             ),
         }
@@ -565,6 +567,10 @@ SCHEMAS.update(
     UnreadCount=models.schema(models.UnreadCount),
     OnlineUser=models.schema(models.OnlineUser),
     ClearChatResult=models.schema(models.ClearChatResult),
+    Attachment=models.schema(models.Attachment),
+    AttachmentIn=models.schema(models.AttachmentIn),
+    Upload=models.schema(models.UploadResult),
+    UpdateDurationResult=models.schema(models.UpdateDurationResult),
     SearchPage={
         "type": "object",
         "required": ["messages", "hasMore", "nextCursor", "count"],
@@ -620,6 +626,13 @@ PATHS.update(
                 ),
             )
         },
+        "/api/chat/update-duration": _relation_op(
+            "Set a voice note's duration (seconds); only its sender may",
+            models.UpdateDurationBody,
+            _ok("200", _ref("UpdateDurationResult"), "The duration every later read shows"),
+            "Stored in Matrix as an m.replace edit of the message (info.duration in ms). "
+            "The same value again sends nothing. 403 for someone else's message.",
+        ),
         "/api/chat/upload/chat": {
             "post": {
                 **_op(

@@ -26,6 +26,7 @@ from aiohttp import web
 from ..api import messaging
 from ..api.auth import user_for, verifier
 from ..api.quota import count
+from ..chat.media_urls import media_signer
 from ..chat.service import CHAT
 from ..context import EVENT_INDEX
 from ..errors import (
@@ -238,7 +239,7 @@ def register(
             thread_id=data.get("threadId"),
         )
         await sio.emit("message_sent", message, to=sid)
-        return message
+        return media_signer(app).sign_tree(message, socket.user.crm_user_id)
 
     @sio.on("typing")
     @answered
@@ -296,7 +297,7 @@ async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str |
     return message_id_for_event(newest.event_id)
 
 
-async def close_all(sio: socketio.AsyncServer) -> None:
+async def close_all(sio: socketio.AsyncServer, timeout: float = 3.0) -> None:
     """Close every socket of this process (on shutdown), running their disconnect handlers."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(sio.eio.disconnect(), timeout=3)
+        await asyncio.wait_for(sio.eio.disconnect(), timeout=timeout)

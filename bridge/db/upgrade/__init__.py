@@ -12,7 +12,8 @@ from . import (
     v08_relations,
     v09_cleared,
     v10_timeline,
-    v11_sync_job,
+    v11_published_mark,
+    v12_sync_job,
 )
 from .table import upgrade_table
 
@@ -28,5 +29,6 @@ __all__ = [
     "v08_relations",
     "v09_cleared",
     "v10_timeline",
-    "v11_sync_job",
+    "v11_published_mark",
+    "v12_sync_job",
 ]

@@ -8,7 +8,7 @@ from .table import upgrade_table
 
 
 @upgrade_table.register(description="crm: sync job status shared by every process")
-async def upgrade_v11(conn: Connection) -> None:
+async def upgrade_v12(conn: Connection) -> None:
     # result: the sync's summary as JSON once done; message: why it failed. updated_at is
     # the runner's heartbeat, so a job whose process died reads as failed, not running.
     await conn.execute(
