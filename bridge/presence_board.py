@@ -66,6 +66,10 @@ class PresenceBoard:
             except REDIS_ERRORS as e:
                 log.debug("Cannot forget the presence of %s: %s", mxid, e)
 
+    async def known(self, mxids: list[str]) -> dict[str, dict[str, Any]]:
+        """What the board holds for these users, never asking the homeserver."""
+        return await self._read(mxids)
+
     async def _read(self, mxids: list[str]) -> dict[str, dict[str, Any]]:
         found = {m: self._memory[m] for m in mxids if m in self._memory}
         if (redis := self._redis()) is None or not mxids:

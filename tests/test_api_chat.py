@@ -50,7 +50,9 @@ async def test_project_chat_send_page_and_read(stack) -> None:
             assert status == 201, message
             assert set(message) >= MESSAGE_KEYS
             assert message["sender"] == {
-                "_id": alice.crm_user_id, "name": "Alice", "email": alice.email, "avatar": None
+                "_id": alice.crm_user_id, "name": "Alice", "email": alice.email, "avatar": None,
+                # The CRM messenger's fields (issue 19), beside the seed's four.
+                "firstName": "Alice", "lastName": "", "profileImage": None, "position": None,
             }  # fmt: skip
             assert message["conversationId"] == cid and message["type"] == "text"
             assert message["readBy"][0]["user"] == alice.crm_user_id

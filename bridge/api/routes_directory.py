@@ -46,6 +46,20 @@ async def with_sockets(app: web.Application) -> set[str]:
         return set()
 
 
+async def sockets_among(app: web.Application, crm_user_ids: list[str]) -> set[str]:
+    """Which of these CRM users have a socket open in any process (see with_sockets)."""
+    from ..realtime import REALTIME
+
+    realtime = app.get(REALTIME)
+    if realtime is None or not crm_user_ids:
+        return set()
+    try:
+        return set(await realtime.registry.connected_among(crm_user_ids))
+    except Exception as e:
+        log.debug("Socket registry unavailable for presence: %s", e)
+        return set()
+
+
 def directory_entry(
     user: CrmUser, presence: dict[str, Any], connected: bool = False
 ) -> dict[str, Any]:

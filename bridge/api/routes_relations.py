@@ -67,4 +67,5 @@ async def unpin_message(request: web.Request, user: CrmUser) -> web.Response:
 @authed("messages")
 async def pinned_messages(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
-    return json_response(await actions.pinned(request.app[CHAT], user, conversation_id))
+    pinned = await actions.pinned(request.app[CHAT], user, conversation_id)
+    return json_response({"success": True, "data": pinned})

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -83,9 +83,20 @@ class EventCache:
         self._events.clear()
 
 
+class OnlineSource(Protocol):
+    """Who is online: person id (CRM user id, or mxid) -> their accounts; answers
+    (online, last seen in ms) per person id. The facade provides it (api/online.py)."""
+
+    async def __call__(
+        self, people: dict[str, set[str]]
+    ) -> dict[str, tuple[bool, float | None]]: ...
+
+
 class ChatService:
     def __init__(self, app: web.Application) -> None:
         self.app = app
+        # Participants' isOnline/lastSeen; without one, everybody shows offline.
+        self.online: OnlineSource | None = None
         self.events = EventCache()
         self._profiles: dict[str, tuple[float, dict[str, Any]]] = {}
         self.fetch_limit = asyncio.Semaphore(8)
@@ -413,14 +424,23 @@ class ChatService:
             )
         out = []
         lasts: list[enrich.Item] = []
+        people: dict[str, set[str]] = {}
+        for mxids_in_room in joined.values():
+            for mxid in mxids_in_room:
+                people.setdefault(objects[mxid]["_id"], set()).add(mxid)
+        online = await self.online(people) if self.online is not None and people else {}
+        shown: dict[str, dict[str, Any]] = {}
+        for person_id, mxids_of in people.items():
+            obj = objects[next(iter(mxids_of))]
+            shown[person_id] = serialize.with_presence(obj, *online.get(person_id, (False, None)))
         for c in conversations:
             participants: list[dict[str, Any]] = []
             seen: set[str] = set()
             for mxid in joined.get(c.room_id, []):
-                obj = objects[mxid]
-                if obj["_id"] not in seen:
-                    seen.add(obj["_id"])
-                    participants.append(obj)
+                person_id = objects[mxid]["_id"]
+                if person_id not in seen:
+                    seen.add(person_id)
+                    participants.append(shown[person_id])
             last = None
             event = last_events.get(c.room_id)
             if event is not None:

@@ -26,7 +26,7 @@ from ..matrix.relations import Effect, is_timeline_message
 from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from ..redis_state import RedisState
-from . import handlers
+from . import crm_rooms, handlers
 from .access import Access
 from .fanout import is_conversation_change
 from .local import LocalSockets
@@ -51,6 +51,7 @@ def setup(app: web.Application) -> None:
     sio.manager.gate = access
     app[ACCESS] = access
     handlers.register(app, sio, sockets, access, PRESENCE, TYPING)
+    app.add_routes(crm_rooms.admin_routes(sio))
     app.cleanup_ctx.append(context(app))
 
     async def close_sockets(app: web.Application) -> None:
@@ -102,6 +103,9 @@ def setup(app: web.Application) -> None:
             realtime.live.submit(
                 room_id, lambda: fanout.messages_deleted(room_id, deleted, realtime.slow)
             )
+        if (effect.pinned or effect.unpinned) and effect.by:
+            pins = (list(effect.pinned), list(effect.unpinned), effect.by, effect.at)
+            realtime.live.submit(room_id, lambda: fanout.pins_changed(room_id, *pins))
         if effect.changed:
             changed = list(effect.changed)
             realtime.live.submit(
