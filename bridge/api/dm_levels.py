@@ -2,12 +2,13 @@
 messages.
 
 DMs used to be created with ``trusted_private_chat``, which gives the invitee the creator's
-level 100, so either could redact the other's messages. New DMs use ``private_chat`` (the
-invitee stays at 0) with pins open to everybody. Existing DMs are brought to that rule once,
-on start of the process that receives transactions: every member above the redact level
-other than the creator lowers itself (a user may always lower their own level). In room
-version 12 the creator's power is implicit and cannot be lowered; the facade's delete
-(``actions.delete``) refuses the other's messages in a DM whatever the levels say.
+power (level 100; in room version 12 Synapse makes the invitee an additional creator), so
+either could redact the other's messages. New DMs use ``private_chat`` (the invitee stays at
+0) with pins open to everybody. Existing DMs are brought to that rule once, on start of the
+process that receives transactions: every member above the redact level who is not a
+creator lowers itself (a user may always lower their own level). A creator's power in room
+version 12 is implicit and cannot be lowered: for those rooms, and always, the facade's
+delete (``actions.delete``) refuses the other's messages in a DM whatever the levels say.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, CONVERSATIONS, MATRIX
+from ..context import CONFIG, CONVERSATIONS, MATRIX, ROOM_MEMBERS
 from ..errors import HomeserverUnavailable
 from ..matrix.homeserver import MatrixError
 from ..tasks import stop
@@ -46,12 +47,20 @@ def creation_override() -> dict[str, Any]:
 async def fix_room(app: web.Application, room_id: str) -> bool:
     """Bring one DM to the rule; True when it now follows it (or cannot be read at all)."""
     matrix = app[MATRIX]
-    state = await matrix.get_state(room_id)  # type: ignore[arg-type]
+    members = await app[ROOM_MEMBERS].of_room(room_id)
+    ours = [m for m, membership in members.items() if membership == "join"]
+    if not ours:
+        return True  # nobody of ours left to act, nor to be wronged
+    # The bot is not in DMs: read as a member.
+    state = await matrix.get_state(room_id, as_user=ours[0])  # type: ignore[arg-type]
     creator, levels, joined = None, None, []
+    creators: set[str] = set()
     for event in state:
         kind, content = event.get("type"), event.get("content") or {}
         if kind == "m.room.create":
             creator = event.get("sender")
+            extra = content.get("additional_creators")
+            creators = {creator, *(extra if isinstance(extra, list) else [])}
         elif kind == "m.room.power_levels" and event.get("state_key") == "":
             levels = content
         elif kind == "m.room.member" and content.get("membership") == "join":
@@ -60,7 +69,7 @@ async def fix_room(app: web.Application, room_id: str) -> bool:
         return True
     redact = int(levels.get("redact", 50))
     users = dict(levels.get("users") or {})
-    too_high = [m for m, lvl in users.items() if m != creator and int(lvl) >= redact]
+    too_high = [m for m, lvl in users.items() if m not in creators and int(lvl) >= redact]
     events = dict(levels.get("events") or {})
     pins_closed = int(events.get(PINNED_EVENTS, levels.get("state_default", 50))) > 0
     if not too_high and not pins_closed:
