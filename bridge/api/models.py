@@ -181,6 +181,21 @@ class AddMemberBody(_Body):
     userId: str | int
 
 
+class DirectCreated(_Body):
+    """``POST /direct/create``: the conversation at the top level (the seed's shape), and
+    again in ``data`` (the CRM messenger's)."""
+
+    success: bool
+    data: dict[str, Any] = Field(description="The same conversation object")
+
+
+class PinResult(_Body):
+    success: bool
+    data: dict[str, Any] = Field(
+        description="The message, with pinnedBy/unpinnedBy (a user object) and the time"
+    )
+
+
 class DirectoryPullResult(_Body):
     success: bool
     message: str
