@@ -4,6 +4,7 @@ Element. Real Synapse, PostgreSQL and Redis."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -278,3 +279,32 @@ async def test_crm_messenger_contract(stack) -> None:
         await page.close()
         await a_sock.close()
         await element.close()
+
+
+async def test_ensure_project_chats_repairs_only_what_the_directory_decided(stack) -> None:
+    from bridge.context import PROJECTS, ROOM_MEMBERS
+    from tests.api_support import crm_user, project_chat
+
+    app, url = stack.app, stack.bridge_url
+    alice, bob, eve = await asyncio.gather(
+        crm_user(app, "Alice Ens"), crm_user(app, "Bob Ens"), crm_user(app, "Eve Ens")
+    )
+    conv = await project_chat(app, [alice], name="Ensured")
+    # The directory has Bob in the project, but his join was lost (an outage, say).
+    project = await app[PROJECTS].get(conv.project_id or "")
+    assert project is not None
+    project.members = [alice.crm_user_id, bob.crm_user_id]
+    await app[PROJECTS].upsert(project)
+    async with api_for(app, url, bob) as b, api_for(app, url, eve) as e:
+        before = ok(*(await b.get("/api/chat/conversations"))[:2])
+        assert conv.conversation_id not in {c["_id"] for c in before}
+        ensured = ok(*(await b.post("/api/chat/ensure-project-chats"))[:2])
+        assert ensured == {"success": True, "conversations": 1, "repaired": 1}
+        assert await app[ROOM_MEMBERS].get(conv.room_id, bob.mxid) == "join"
+        after = ok(*(await b.get("/api/chat/conversations"))[:2])
+        assert conv.conversation_id in {c["_id"] for c in after}
+        again = ok(*(await b.post("/api/chat/ensure-project-chats"))[:2])
+        assert again == {"success": True, "conversations": 1, "repaired": 0}
+        # Nobody is joined to a project the directory did not give them.
+        assert ok(*(await e.post("/api/chat/ensure-project-chats"))[:2])["conversations"] == 0
+        assert await app[ROOM_MEMBERS].get(conv.room_id, eve.mxid) is None

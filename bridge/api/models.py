@@ -51,6 +51,11 @@ class EditBody(MessageRef):
 class ReactBody(MessageRef):
     key: str = Field(min_length=1, max_length=100, description="The reaction, usually an emoji")
 
+    @field_validator("key")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        return _without_nul(value)
+
 
 class ClearChatResult(_Body):
     message: str
@@ -84,6 +89,13 @@ class SearchQuery(_Query):
         if not value.strip():
             raise ValueError("must not be blank")
         return value.strip()
+
+
+def _without_nul(value: str) -> str:
+    # No database stores it in text, and no person types it.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 def parse(model: type[M], data: Any) -> M:
@@ -159,6 +171,11 @@ class EmployeesQuery(_Query):
     )
     limit: int = Field(default=500, ge=1, le=2000)
 
+    @field_validator("q")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return None if value is None else _without_nul(value)
+
 
 class EnsureProjectChatsResult(_Body):
     success: bool
@@ -174,6 +191,11 @@ class ProjectGroups(_Body):
 class DirectCreateBody(_Body):
     userId: str | int | None = Field(default=None, description="The other CRM user")
     participantId: str | int | None = Field(default=None, description="Seed-era name of userId")
+
+    @field_validator("userId", "participantId")
+    @classmethod
+    def _no_nul(cls, value: str | int | None) -> str | int | None:
+        return _without_nul(value) if isinstance(value, str) else value
 
 
 class AddMemberBody(_Body):

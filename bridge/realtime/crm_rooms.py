@@ -87,7 +87,8 @@ def admin_routes(sio: socketio.AsyncServer) -> web.RouteTableDef:
         room = target_room(req)
         # Through the manager: every process's sockets in that room, over Redis.
         await sio.emit(req.event, req.data, to=room)
-        result = AdminEventResult(success=True, room=room.removeprefix("crm:"))
+        label = room.removeprefix("crm:").replace(user_room(""), USER_PREFIX, 1)
+        result = AdminEventResult(success=True, room=label)
         return web.json_response(result.model_dump())
 
     return routes

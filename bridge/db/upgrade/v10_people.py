@@ -15,8 +15,10 @@ async def upgrade_v10(conn: Connection) -> None:
     for column in ("first_name", "last_name", "position", "profile_image", "company_id"):
         await conn.execute(f"ALTER TABLE crm_user ADD COLUMN {column} TEXT")
     # GET /api/chat/employees: (a company's) users in name order, read until the limit.
-    await conn.execute("CREATE INDEX crm_user_company_name ON crm_user (company_id, name)")
-    await conn.execute("CREATE INDEX crm_user_name ON crm_user (name)")
+    await conn.execute(
+        "CREATE INDEX crm_user_company_name ON crm_user (company_id, name, crm_user_id)"
+    )
+    await conn.execute("CREATE INDEX crm_user_name ON crm_user (name, crm_user_id)")
     # DMs whose power levels follow the current rule (api/dm_levels.py): 0 = not checked.
     await conn.execute(
         "ALTER TABLE conversation ADD COLUMN levels_version INTEGER NOT NULL DEFAULT 0"
