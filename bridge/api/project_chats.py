@@ -21,7 +21,13 @@ from ..db.crm_user import CrmUser
 from ..errors import Conflict, Forbidden
 from ..matrix.homeserver import MatrixError
 from ..tasks import stop
-from .models import AddMemberBody, parse
+from .models import (
+    AddMemberBody,
+    DirectoryPullResult,
+    EnsureProjectChatsResult,
+    ProjectGroups,
+    parse,
+)
 
 if TYPE_CHECKING:
     from ..chat.service import ChatService
@@ -58,11 +64,10 @@ async def ensure_project_chats(service: ChatService, user: CrmUser) -> dict[str,
         repaired += 1
     joined = await app[ROOM_MEMBERS].joined_rooms(user.mxid)
     rooms = {p.room_id for p in projects}
-    return {
-        "success": True,
-        "conversations": sum(1 for r in joined if r in rooms),
-        "repaired": repaired,
-    }
+    counted = sum(1 for r in joined if r in rooms)
+    return EnsureProjectChatsResult(
+        success=True, conversations=counted, repaired=repaired
+    ).model_dump()
 
 
 async def _join(service: ChatService, room_id: str, mxid: str) -> None:
@@ -79,7 +84,8 @@ async def _join(service: ChatService, room_id: str, mxid: str) -> None:
 
 
 async def project_groups(service: ChatService, user: CrmUser) -> dict[str, Any]:
-    return {"success": True, "conversations": await service.conversations_for(user, kind=PROJECT)}
+    listed = await service.conversations_for(user, kind=PROJECT)
+    return ProjectGroups(success=True, conversations=listed).model_dump()
 
 
 # The pull a request started in this process, if any (stopped with the app).
@@ -107,11 +113,11 @@ async def request_pull(
         task = asyncio.create_task(pull_once(app, url, app[CONFIG].get("sync.pull_token")))
         task.add_done_callback(_log_pull)
         pulls["task"] = task
-    return {
-        "success": True,
-        "message": "The CRM directory is being pulled; membership follows from it",
-        "projectId": project_id,
-    }
+    return DirectoryPullResult(
+        success=True,
+        message="The CRM directory is being pulled; membership follows from it",
+        projectId=project_id,
+    ).model_dump()
 
 
 def _log_pull(task: asyncio.Task[Any]) -> None:

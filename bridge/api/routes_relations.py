@@ -10,6 +10,7 @@ from aiohttp import web
 from ..chat.service import CHAT
 from ..db.crm_user import CrmUser
 from . import actions
+from .models import PinnedMessages
 from .plumbing import authed, json_object, json_response
 
 routes = web.RouteTableDef()
@@ -68,4 +69,4 @@ async def unpin_message(request: web.Request, user: CrmUser) -> web.Response:
 async def pinned_messages(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
     pinned = await actions.pinned(request.app[CHAT], user, conversation_id)
-    return json_response({"success": True, "data": pinned})
+    return json_response(PinnedMessages(success=True, data=pinned).model_dump())

@@ -10,6 +10,8 @@
 * presence.py  first socket → online, last socket + grace → offline
 * registry.py  every user's sockets across processes; local.py, this process's
 * pump.py      lanes: ordered per conversation, bounded, a dropped job → ``resync``
+* crm_rooms.py the CRM's own rooms (join_room/leave_room) and POST /api/admin/v1/events
+* emit.py      events the facade's service functions send themselves (chat_cleared)
 * dedup.py, rooms.py helpers
 * manager.py   Socket.IO managers: gated delivery and control messages; over Redis,
                resubscribing and resyncing after an outage (../redis_state.py tells
