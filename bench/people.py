@@ -10,6 +10,8 @@ homeserver call: the yardstick of the same run):
 
 * ``employees``: the picker as the CRM page opens it (no ``q``, the default limit), and a
   search (``q``) that matches a handful;
+* ``unread_count``: ``GET /unread-count``, the facade's fixed cost (auth, rate limit, one
+  indexed query), to tell the picker's own cost from the machine's load;
 * ``conversations``: the list, every participant with firstName/lastName/profileImage/
   position/isOnline/lastSeen.
 
@@ -121,6 +123,10 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 async with aiohttp.ClientSession() as session:
                     base = facade.url + "/api/chat"
+                    # The facade's fixed cost (auth, rate limit, one indexed query), for scale.
+                    results["unread_count"] = await _measure(
+                        session, base + "/unread-count", headers, whoami, args.requests
+                    )
                     results["employees"] = await _measure(
                         session, base + "/employees", headers, whoami, args.requests
                     )
@@ -135,7 +141,7 @@ async def main(args: argparse.Namespace) -> None:
                         )
             finally:
                 stop_process(facade.proc)
-    for key in ("employees", "employees_search", "conversations"):
+    for key in ("unread_count", "employees", "employees_search", "conversations"):
         if key in results:
             print(f"{key}: p95 {results[key]['facade']['p95_ms']} ms", flush=True)
     report("People: /employees and /conversations on a facade process", results, args.json)
