@@ -308,3 +308,55 @@ async def test_ensure_project_chats_repairs_only_what_the_directory_decided(stac
         # Nobody is joined to a project the directory did not give them.
         assert ok(*(await e.post("/api/chat/ensure-project-chats"))[:2])["conversations"] == 0
         assert await app[ROOM_MEMBERS].get(conv.room_id, eve.mxid) is None
+
+
+async def test_admin_tools_pull_the_directory_where_pull_mode_is_configured(stack) -> None:
+    """sync-projects / sync-project / add-member: a CRM admin or manager starts a pull of the
+    CRM (here a CRM that answers a snapshot nobody could apply, so nothing changes)."""
+    from aiohttp import web
+
+    from bridge.devstack.synapse import free_port
+    from tests.api_support import crm_user, second_facade
+
+    app = stack.app
+    asked: list[str] = []
+
+    async def snapshot(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("Authorization", ""))
+        return web.json_response({"users": "not a list", "projects": []})
+
+    crm = web.Application()
+    crm.router.add_get("/snapshot", snapshot)
+    runner = web.AppRunner(crm)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    manager = await crm_user(app, "Mia Manager")
+    manager.role = "manager"
+    from bridge.context import USERS
+
+    await app[USERS].upsert(manager)
+    overrides = {"sync.pull_url": f"http://127.0.0.1:{port}/snapshot", "sync.pull_token": "k3y"}
+    try:
+        async with second_facade(stack.config, **overrides) as facade:
+            base = facade.config["appservice.address"]
+            async with api_for(app, base, manager) as m:
+                for path, body in (
+                    ("/api/chat/conversations/sync-projects", None),
+                    ("/api/chat/conversations/sync-project/p1", None),
+                    ("/api/chat/conversations/add-member", {"projectId": "p1", "userId": "u2"}),
+                ):
+                    status, answer, _ = await m.post(path, body)
+                    assert status == 202 and answer["success"] is True, answer
+                    await eventually(lambda: _true(len(asked) >= 1))
+                status, answer, _ = await m.post(
+                    "/api/chat/conversations/add-member", {"projectId": 1}
+                )
+                assert status == 400 and answer["errcode"] == "M_INVALID_PARAM", answer
+        assert asked and all(a == "Bearer k3y" for a in asked)
+    finally:
+        await runner.cleanup()
+
+
+async def _true(value: bool) -> bool:
+    return value
