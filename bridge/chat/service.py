@@ -40,6 +40,7 @@ from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS, rel_type_of
+from ..tasks import drop
 from . import enrich, preview, serialize
 from .prefetch import PagePrefetch
 from .serialize import ReadState
@@ -428,11 +429,16 @@ class ChatService:
         for mxids_in_room in joined.values():
             for mxid in mxids_in_room:
                 people.setdefault(objects[mxid]["_id"], set()).add(mxid)
-        online = await self.online(people) if self.online is not None and people else {}
+        # Who is online is asked while the rest is built and decorated; each participant's
+        # object (one per person, shared by their conversations) is completed at the end.
+        asking = (
+            asyncio.ensure_future(self.online(people))
+            if self.online is not None and people
+            else None
+        )
         shown: dict[str, dict[str, Any]] = {}
         for person_id, mxids_of in people.items():
-            obj = objects[next(iter(mxids_of))]
-            shown[person_id] = serialize.with_presence(obj, *online.get(person_id, (False, None)))
+            shown[person_id] = serialize.with_presence(objects[next(iter(mxids_of))], False, None)
         for c in conversations:
             participants: list[dict[str, Any]] = []
             seen: set[str] = set()
@@ -460,7 +466,15 @@ class ChatService:
                 )
             )
         # Pins the bridge never saw are not asked of Synapse for a listing (one call a room).
-        await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
+        try:
+            await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
+            online = await asking if asking is not None else {}
+        finally:
+            if asking is not None and not asking.done():
+                drop(asking)
+        for person_id, (is_online, seen_ms) in online.items():
+            if person_id in shown:
+                shown[person_id].update(serialize.with_presence({}, is_online, seen_ms))
         return out
 
     async def _fill_preview(self, c: Conversation, reader: str) -> dict[str, Any] | None:
