@@ -11,7 +11,8 @@ from . import (
     v07_scale,
     v08_relations,
     v09_cleared,
-    v10_people,
+    v10_timeline,
+    v11_people,
 )
 from .table import upgrade_table
 
@@ -26,5 +27,6 @@ __all__ = [
     "v07_scale",
     "v08_relations",
     "v09_cleared",
-    "v10_people",
+    "v10_timeline",
+    "v11_people",
 ]

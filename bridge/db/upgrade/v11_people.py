@@ -9,7 +9,7 @@ from .table import upgrade_table
 
 
 @upgrade_table.register(description="people: name parts, position, picture, company; DM levels")
-async def upgrade_v10(conn: Connection) -> None:
+async def upgrade_v11(conn: Connection) -> None:
     # The CRM messenger names people by firstName + lastName and pictures them by
     # profileImage; the employee picker filters on position and a company's users.
     for column in ("first_name", "last_name", "position", "profile_image", "company_id"):
