@@ -116,7 +116,7 @@ async def main(args: argparse.Namespace) -> None:
             {"Authorization": f"Bearer {stack.as_token}"},
         )
         results: dict[str, Any] = {
-            "users": args.users, "conversations": args.conversations, "setup_s": setup_s,
+            "users": args.users, "conversation_count": args.conversations, "setup_s": setup_s,
         }  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="bench-people-") as tmp:
             facade = await spawn_facade(stack.config, Path(tmp), "people")

@@ -305,7 +305,8 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         "the 200-conversation target above)",
         wide,
         None,
-        f" ms at {people.get('conversations')} ({_get(people, 'conversations', 'p95_ratio')}× "
+        f" ms at {people.get('conversation_count')} conversations "
+        f"({_get(people, 'conversations', 'p95_ratio')}× "
         "whoami)",
     )
     rel = _get(r.get("relations"), "p50_ratio_same_page")
