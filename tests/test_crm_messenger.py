@@ -62,7 +62,7 @@ async def test_crm_messenger_contract(stack) -> None:
     page = await CrmPage(url, token(app, b_user)).start()
     a_sock = await Recorder("alice").connect(url, token(app, a_user))
     try:
-        assert page.lines[-1]["event"] == "connected"
+        assert "connected" in {line["event"] for line in page.lines}, page.lines
         async with api_for(app, url, a_user) as a, api_for(app, url, b_user) as b:
             # ensure-project-chats: 2xx, the caller's project conversations counted.
             ensured = ok(*(await b.post("/api/chat/ensure-project-chats"))[:2])

@@ -1,13 +1,13 @@
 // The CRM messenger's socket, as its page opens it, driven by tests/test_crm_messenger.py.
 // Env: BRIDGE_URL, TOKEN. Prints {"event":"connected"} (or "connect_error"), then every event
 // the page listens for as one JSON line. Each stdin line is {"id", "emit", "data"}: emitted
-// with an ack, answered as {"event":"ack","id","data"}. Exits on stdin's end, or after 90 s.
+// with an ack, answered as {"event":"ack","id","data"}. Exits on stdin's end, or after 300 s.
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 
 const { BRIDGE_URL, TOKEN } = process.env;
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
-setTimeout(() => out({ event: "failed", why: "timeout" }) || process.exit(1), 90000).unref();
+setTimeout(() => out({ event: "failed", why: "timeout" }) || process.exit(1), 300000).unref();
 
 const socket = io(BRIDGE_URL, {
   auth: { token: TOKEN },
