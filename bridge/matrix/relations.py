@@ -10,6 +10,7 @@ repeats an idempotent update.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -66,6 +67,18 @@ class Relations:
         self.app = app
         self.listeners: list[Listener] = []
         self._pins: dict[str, list[str]] = {}
+        self._room_locks: dict[str, asyncio.Lock] = {}
+
+    def room_lock(self, room_id: str) -> asyncio.Lock:
+        """Serialises, in this process, the two ways one redaction or pin change is applied
+        (the facade's own send and the transaction): each reads what the other writes, so
+        interleaved, the second would see the change done without its record and tell the
+        listeners nothing (a lost message_pinned or message_deleted)."""
+        locks = self._room_locks
+        if len(locks) > 10000:
+            for key in [k for k, lock in locks.items() if not lock.locked()]:
+                del locks[key]
+        return locks.setdefault(room_id, asyncio.Lock())
 
     @property
     def store(self) -> RelationStore:
@@ -184,10 +197,12 @@ async def apply(app: web.Application, event: dict[str, Any]) -> Effect | None:
     kind = event.get("type")
     room_id = event["room_id"]
     if kind == "m.room.redaction":
-        return await _redact(app, event)
+        async with app[RELATIONS].room_lock(room_id):
+            return await _redact(app, event)
     if "state_key" in event:
         if kind == PINNED and event.get("state_key") == "":
-            return await _pinned(app, event)
+            async with app[RELATIONS].room_lock(room_id):
+                return await _pinned(app, event)
         return None
     found = relations_in(event)
     if not found:
