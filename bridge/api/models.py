@@ -57,6 +57,65 @@ class ReactBody(MessageRef):
         return _without_nul(value)
 
 
+class UpdateDurationBody(MessageRef):
+    """``POST /api/chat/update-duration``: the CRM's page, after a voice note played."""
+
+    attachmentIndex: int = Field(default=0, ge=0, lt=10, description="Which attachment")
+    duration: float = Field(ge=0, le=86400, description="Seconds (a float)", allow_inf_nan=False)
+
+
+class UpdateDurationResult(_Body):
+    success: bool
+    messageId: str
+    attachmentIndex: int
+    duration: float = Field(description="Seconds, as every later read of the message shows")
+    changed: bool = Field(description="False when the message already had this duration")
+
+
+class Attachment(_Body):
+    """An attachment as messages carry it (``GET /messages``, ``new_message``)."""
+
+    url: str = Field(description="Absolute, signed for the reader (loads as a bare <img src>)")
+    filename: str = Field(description="The stored name (media id and extension)")
+    originalName: str
+    mimetype: str = Field(description="The type found in the bytes")
+    size: int = Field(ge=0)
+    duration: float | None = Field(
+        default=None, description="Seconds (audio and video), null when not known"
+    )
+
+
+class AttachmentIn(_Body):
+    """An attachment in a send: a file from ``/api/chat/upload`` (its ``url`` or ``fileUrl``
+    as answered), or a URL under ``attachments.import_from``, fetched by the bridge."""
+
+    url: str = Field(min_length=1, max_length=4096)
+    filename: str | None = Field(default=None, max_length=1024)
+    originalName: str | None = Field(
+        default=None, max_length=1024, description="The name shown for an imported file"
+    )
+    mimetype: Any = Field(default=None, description="Ignored: the bytes decide")
+    size: Any = Field(default=None, description="Ignored: the bytes decide")
+    duration: float | None = Field(
+        default=None, ge=0, le=86400, allow_inf_nan=False, description="Seconds"
+    )
+
+
+class UploadResult(_Body):
+    """``POST /api/chat/upload``: the first file at the top level, in the bridge's own
+    fields and in the CRM upload's (``fileUrl``, ``originalName``, ``mimeType``)."""
+
+    fileUrl: str = Field(description="Absolute signed URL; send it back as an attachment url")
+    originalName: str
+    mimeType: str
+    url: str
+    filename: str
+    mimetype: str
+    size: int
+    files: list[Attachment]
+    attachments: list[Attachment]
+
+
 class ClearChatResult(_Body):
     message: str
     conversationId: str

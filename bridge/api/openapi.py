@@ -127,17 +127,6 @@ SCHEMAS: dict[str, Any] = {
             },
         ]
     },
-    "Attachment": {
-        "type": "object",
-        "required": ["filename", "originalName", "mimetype", "size", "url"],
-        "properties": {
-            "filename": {"type": "string"},
-            "originalName": {"type": "string"},
-            "mimetype": {"type": "string"},
-            "size": {"type": "integer", "minimum": 0},
-            "url": {"type": "string", "description": "Authenticated download path"},
-        },
-    },
     "Message": {
         "type": "object",
         "required": [
@@ -161,7 +150,7 @@ SCHEMAS: dict[str, Any] = {
             "conversationId": {"type": "string"},
             "sender": _ref("User"),
             "content": {"type": "string"},
-            "type": {"type": "string", "enum": ["text", "file", "image", "link"]},
+            "type": {"type": "string", "enum": ["text", "file", "image", "link", "voice"]},
             "attachments": {"type": "array", "items": _ref("Attachment")},
             "readBy": {
                 "type": "array",
@@ -219,19 +208,6 @@ SCHEMAS: dict[str, Any] = {
             "hasMore": {"type": "boolean"},
             "nextCursor": _NULLABLE_STR,
         },
-    },
-    "Upload": {
-        "allOf": [
-            _ref("Attachment"),
-            {
-                "type": "object",
-                "required": ["files", "attachments"],
-                "properties": {
-                    "files": {"type": "array", "items": _ref("Attachment")},
-                    "attachments": {"type": "array", "items": _ref("Attachment")},
-                },
-            },
-        ]
     },
 }
 
@@ -313,8 +289,14 @@ _SEND_BODY = {
     "properties": {
         "conversationId": {"type": "string"},
         "content": {"type": "string", "maxLength": 20000},
-        "type": {"type": "string", "enum": ["text", "file", "image", "link"], "default": "text"},
-        "attachments": {"type": "array", "maxItems": 10, "items": _ref("Attachment")},
+        "type": {
+            "type": "string",
+            "enum": ["text", "file", "image", "link", "voice"],
+            "default": "text",
+            "description": "voice: Matrix m.audio with MSC3245 (Element plays it as a voice "
+            "message); its first attachment is the audio, with duration in seconds",
+        },
+        "attachments": {"type": "array", "maxItems": 10, "items": _ref("AttachmentIn")},
         "clientMessageId": {"type": "string", "minLength": 1, "maxLength": 128},
         "replyTo": {"type": "string", "description": "The message id answered"},
         "mentions": {
@@ -464,7 +446,8 @@ PATHS: dict[str, Any] = {
     "/api/chat/media/{server}/{mediaId}": {
         "get": {
             **_op(
-                "Download an attachment (Bearer header, or ?token= for <img src>)",
+                "Download an attachment: a signed URL as answers hand out (no token), or "
+                "the Bearer header (?token= is deprecated)",
                 {
                     "200": {
                         "description": "The file",
@@ -481,6 +464,20 @@ PATHS: dict[str, Any] = {
                         "schema": {"type": "string"},
                     },
                     {"name": "mediaId", "in": "path", "required": True, "schema": _ID},
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": desc,
+                        }
+                        for name, desc in (
+                            ("u", "Signed URL: the CRM user it was handed to"),
+                            ("exp", "Signed URL: expiry, epoch seconds (media.url_ttl)"),
+                            ("sig", "Signed URL: HMAC over the file, u and exp"),
+                            ("token", "Deprecated: the JWT (leaks into logs and Referer)"),
+                        )
+                    ),
                 ],
             ),
         }
@@ -583,6 +580,10 @@ SCHEMAS.update(
     UnreadCount=models.schema(models.UnreadCount),
     OnlineUser=models.schema(models.OnlineUser),
     ClearChatResult=models.schema(models.ClearChatResult),
+    Attachment=models.schema(models.Attachment),
+    AttachmentIn=models.schema(models.AttachmentIn),
+    Upload=models.schema(models.UploadResult),
+    UpdateDurationResult=models.schema(models.UpdateDurationResult),
     SearchPage={
         "type": "object",
         "required": ["messages", "hasMore", "nextCursor", "count"],
@@ -686,6 +687,13 @@ PATHS.update(
                 ),
             )
         },
+        "/api/chat/update-duration": _relation_op(
+            "Set a voice note's duration (seconds); only its sender may",
+            models.UpdateDurationBody,
+            _ok("200", _ref("UpdateDurationResult"), "The duration every later read shows"),
+            "Stored in Matrix as an m.replace edit of the message (info.duration in ms). "
+            "The same value again sends nothing. 403 for someone else's message.",
+        ),
         "/api/chat/upload/chat": {
             "post": {
                 **_op(

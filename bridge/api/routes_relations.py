@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..chat.service import CHAT
 from ..db.crm_user import CrmUser
-from . import actions
+from . import actions, voice
 from .models import PinnedMessages
 from .plumbing import authed, json_object, json_response
 
@@ -62,6 +62,12 @@ async def pin_message(request: web.Request, user: CrmUser) -> web.Response:
 @authed(None)
 async def unpin_message(request: web.Request, user: CrmUser) -> web.Response:
     return await _run(request, user, actions.unpin)
+
+
+@routes.post("/api/chat/update-duration")
+@authed(None)
+async def update_duration(request: web.Request, user: CrmUser) -> web.Response:
+    return await _run(request, user, voice.update_duration)
 
 
 @routes.get("/api/chat/pinned-messages/{conversationId}")
