@@ -51,6 +51,11 @@ class EditBody(MessageRef):
 class ReactBody(MessageRef):
     key: str = Field(min_length=1, max_length=100, description="The reaction, usually an emoji")
 
+    @field_validator("key")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        return _without_nul(value)
+
 
 class UpdateDurationBody(MessageRef):
     """``POST /api/chat/update-duration``: the CRM's page, after a voice note played."""
@@ -145,6 +150,13 @@ class SearchQuery(_Query):
         return value.strip()
 
 
+def _without_nul(value: str) -> str:
+    # No database stores it in text, and no person types it.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def parse(model: type[M], data: Any) -> M:
     """The validated model, or InvalidParam naming the first field that is wrong."""
     if issubclass(model, _Body) and not isinstance(data, dict):
@@ -187,3 +199,140 @@ def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
         {"name": name, "in": "query", "required": name in required, "schema": _not_null(prop)}
         for name, prop in out["properties"].items()
     ]
+
+
+# The CRM messenger's routes and events (docs/frontend-guide.md, "Porting a frontend...").
+class UserObject(_Body):
+    """Every person the facade or the socket names (senders, participants, typers...)."""
+
+    id: str = Field(alias="_id", description="CRM user id, or the mxid of a Matrix-only user")
+    name: str
+    firstName: str
+    lastName: str = Field(description='"" when unknown (a Matrix-only user)')
+    email: str | None
+    avatar: str | None
+    profileImage: str | None = Field(description="The CRM's picture URL (else the avatar)")
+    position: str | None = Field(description="Job title, from the CRM directory")
+    isGuest: bool | None = Field(
+        default=None,
+        description="Matrix-only users: true for a guest from another homeserver "
+        "(docs/directory.md, 'Guests from other homeservers'); absent for CRM users",
+    )
+    homeserver: str | None = Field(
+        default=None, description="Matrix-only users: the server of their Matrix id"
+    )
+
+
+class Participant(UserObject):
+    isOnline: bool = Field(description="A socket open, or online on Matrix")
+    lastSeen: str | None
+
+
+class Employee(Participant):
+    pass
+
+
+class EmployeesQuery(_Query):
+    q: str | None = Field(
+        default=None, max_length=MAX_QUERY, description="Words the name, email or position has"
+    )
+    limit: int = Field(default=500, ge=1, le=2000)
+
+    @field_validator("q")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return None if value is None else _without_nul(value)
+
+
+class EnsureProjectChatsResult(_Body):
+    success: bool
+    conversations: int = Field(ge=0, description="The caller's project conversations")
+    repaired: int = Field(ge=0, description="Of which the caller was just joined to")
+
+
+class ProjectGroups(_Body):
+    success: bool
+    conversations: list[dict[str, Any]] = Field(description="Conversation objects")
+
+
+class DirectCreateBody(_Body):
+    userId: str | int | None = Field(default=None, description="The other CRM user")
+    participantId: str | int | None = Field(default=None, description="Seed-era name of userId")
+
+    @field_validator("userId", "participantId")
+    @classmethod
+    def _no_nul(cls, value: str | int | None) -> str | int | None:
+        return _without_nul(value) if isinstance(value, str) else value
+
+
+class AddMemberBody(_Body):
+    projectId: str | int
+    userId: str | int
+
+
+class DirectCreated(_Body):
+    """``POST /direct/create``: the conversation at the top level (the seed's shape), and
+    again in ``data`` (the CRM messenger's)."""
+
+    success: bool
+    data: dict[str, Any] = Field(description="The same conversation object")
+
+
+class PinResult(_Body):
+    success: bool
+    data: dict[str, Any] = Field(
+        description="The message, with pinnedBy/unpinnedBy (a user object) and the time"
+    )
+
+
+class DirectoryPullResult(_Body):
+    success: bool
+    message: str
+    projectId: str | None = None
+
+
+class PinnedMessages(_Body):
+    success: bool
+    data: list[dict[str, Any]] = Field(description="Message objects, newest pin first")
+
+
+class RoomName(_Query):
+    """``join_room``/``leave_room``: a bare string, or ``{room}``."""
+
+    room: str = Field(min_length=1, max_length=200, pattern="^(user|company)_[^\\s]+$")
+
+
+class AdminEvent(_Body):
+    """``POST /api/admin/v1/events``: the CRM backend's own event, to the sockets of one
+    user, one company, or a room the CRM named (``user_<id>`` / ``company_<id>``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+    event: str = Field(min_length=1, max_length=100, pattern="^[A-Za-z][A-Za-z0-9_:.-]*$")
+    data: Any = None
+    room: str | None = Field(default=None, min_length=1, max_length=200)
+    userId: str | int | None = None
+    companyId: str | int | None = None
+
+
+class AdminEventResult(_Body):
+    success: bool
+    room: str
+
+
+class MessagePinned(_Body):
+    conversationId: str
+    messageId: str
+    pinnedBy: UserObject
+    pinnedAt: str
+
+
+class MessageUnpinned(_Body):
+    conversationId: str
+    messageId: str
+    unpinnedBy: UserObject
+
+
+class ChatCleared(_Body):
+    conversationId: str
+    clearedBy: str = Field(description="The CRM user id who cleared it")

@@ -16,6 +16,8 @@ routes = web.RouteTableDef()
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 512}
+# A log cursor ("s." and a seq, chat/cursor.py) or, deprecated, a message id.
+_CURSOR = {"type": "string", "pattern": "^(s\\.[0-9]{1,18}|[A-Za-z0-9_-]+)$", "maxLength": 512}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -185,7 +187,7 @@ SCHEMAS: dict[str, Any] = {
             "_id": {"type": "string"},
             "type": {"type": "string", "enum": ["direct", "project"]},
             "name": _NULLABLE_STR,
-            "participants": {"type": "array", "items": _ref("User")},
+            "participants": {"type": "array", "items": _ref("Participant")},
             "project": {"oneOf": [_ref("ProjectRef"), {"type": "null"}]},
             "lastMessage": {"oneOf": [_ref("Message"), {"type": "null"}]},
             "lastActivity": _NULLABLE_STR,
@@ -222,8 +224,11 @@ _RATE_HEADERS = {
 
 _ERRORS = {
     "400": "Malformed request (M_BAD_JSON, M_NOT_JSON, M_INVALID_PARAM)",
-    "401": "Missing, invalid or expired token, or unknown user (M_MISSING_TOKEN, M_UNKNOWN_TOKEN)",
-    "403": "Deactivated user, or not allowed (M_USER_DEACTIVATED, M_FORBIDDEN)",
+    "401": "Missing, malformed, expired or forged token (M_MISSING_TOKEN, M_UNKNOWN_TOKEN)",
+    "403": (
+        "A good token whose user the directory does not know yet or deactivated "
+        "(M_USER_NOT_SYNCED, M_USER_DEACTIVATED), or not allowed (M_FORBIDDEN)"
+    ),
     "404": "Not found, or not a participant (M_NOT_FOUND)",
     "409": "Conflict (M_CONFLICT)",
     "413": "Body or file too large (M_TOO_LARGE)",
@@ -310,15 +315,6 @@ _MARK_READ_BODY = {
     "required": ["conversationId"],
     "properties": {"conversationId": {"type": "string"}, "messageId": {"type": "string"}},
 }
-_DIRECT_BODY = {
-    "type": "object",
-    "anyOf": [{"required": ["userId"]}, {"required": ["participantId"]}],
-    "properties": {
-        "userId": {"type": "string", "description": "The other CRM user"},
-        "participantId": {"type": "string", "description": "Same as userId"},
-    },
-}
-
 _DELETED = {
     "type": "object",
     "required": ["message", "conversationId", "messageId"],
@@ -373,7 +369,10 @@ PATHS: dict[str, Any] = {
             ("400", "404", "503"),
             description=(
                 "page=1 holds the newest `limit` messages; page 2 the ones before. "
-                "Alternatively `before` or `after` a message id; `nextCursor` continues."
+                "Alternatively `before` a message id, or `after` a cursor (a `new_message`'s "
+                "or a page's `nextCursor`, an opaque token of the conversation's log; a "
+                "message id is still accepted there for one release, deprecated); "
+                "`nextCursor` continues."
             ),
             params=[
                 {"name": "conversationId", "in": "path", "required": True, "schema": _ID},
@@ -384,7 +383,7 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                 },
                 {"name": "before", "in": "query", "schema": _ID},
-                {"name": "after", "in": "query", "schema": _ID},
+                {"name": "after", "in": "query", "schema": _CURSOR},
             ],
         )
     },
@@ -420,11 +419,11 @@ PATHS: dict[str, Any] = {
         "post": _op(
             "The direct conversation with another user, created if missing",
             {
-                **_ok("200", _ref("Conversation"), "The existing conversation"),
-                **_ok("201", _ref("Conversation"), "A new conversation"),
+                **_ok("200", _ref("DirectCreated"), "The existing conversation"),
+                **_ok("201", _ref("DirectCreated"), "A new conversation"),
             },
             ("400", "404", "413", "503"),
-            body=_DIRECT_BODY,
+            body=models.schema(models.DirectCreateBody),
         )
     },
     "/api/chat/upload": {
@@ -498,8 +497,8 @@ PATHS: dict[str, Any] = {
         "Delete a message (a redaction)",
         models.MessageRef,
         _ok("200", _DELETED, "Deleted"),
-        "Your own, or any message where your power level allows redactions (project "
-        "admins and managers); else 403.",
+        "Your own, or in a project any message where your power level allows redactions "
+        "(project admins and managers); in a DM only your own; else 403.",
     ),
     "/api/chat/react": _relation_op(
         "React to a message (m.annotation); a second time changes nothing",
@@ -516,19 +515,21 @@ PATHS: dict[str, Any] = {
     "/api/chat/pin-message": _relation_op(
         "Pin a message (m.room.pinned_events)",
         models.MessageRef,
-        _UPDATED,
-        "Who may pin follows the room's power levels (403 otherwise).",
+        _ok("200", _ref("PinResult"), "The message, and data with pinnedBy"),
+        "Any member of a project or DM may pin; the room's power levels decide (403 "
+        "otherwise). Sockets hear message_pinned.",
     ),
     "/api/chat/unpin-message": _relation_op(
         "Unpin a message",
         models.MessageRef,
-        _UPDATED,
-        "Who may unpin follows the room's power levels (403 otherwise).",
+        _ok("200", _ref("PinResult"), "The message, and data with unpinnedBy"),
+        "Who may unpin follows the room's power levels (403 otherwise). Sockets hear "
+        "message_unpinned.",
     ),
     "/api/chat/pinned-messages/{conversationId}": {
         "get": _op(
             "The conversation's pinned messages, newest pin first",
-            _ok("200", {"type": "array", "items": _ref("Message")}, "Full message objects"),
+            _ok("200", _ref("PinnedMessages"), "{success, data: full message objects}"),
             ("404", "503"),
             params=[{"name": "conversationId", "in": "path", "required": True, "schema": _ID}],
         )
@@ -559,6 +560,28 @@ PATHS: dict[str, Any] = {
 
 # Routes whose bodies and answers come from pydantic models (bridge/api/models.py).
 SCHEMAS.update(
+    # Every user object; participants and employees add presence (issue 19).
+    User=models.schema(models.UserObject),
+    Participant=models.schema(models.Participant),
+    Employee=models.schema(models.Employee),
+    EnsureProjectChatsResult=models.schema(models.EnsureProjectChatsResult),
+    DirectoryPullResult=models.schema(models.DirectoryPullResult),
+    ProjectGroups={
+        **models.schema(models.ProjectGroups),
+        "properties": {
+            "success": {"type": "boolean"},
+            "conversations": {"type": "array", "items": _ref("Conversation")},
+        },
+    },
+    PinnedMessages={
+        **models.schema(models.PinnedMessages),
+        "properties": {
+            "success": {"type": "boolean"},
+            "data": {"type": "array", "items": _ref("Message")},
+        },
+    },
+    PinResult={"allOf": [_ref("Message"), models.schema(models.PinResult)]},
+    DirectCreated={"allOf": [_ref("Conversation"), models.schema(models.DirectCreated)]},
     UnreadCount=models.schema(models.UnreadCount),
     OnlineUser=models.schema(models.OnlineUser),
     ClearChatResult=models.schema(models.ClearChatResult),
@@ -607,6 +630,54 @@ PATHS.update(
                 _ok("200", _ref("SearchPage"), "Matches, newest first"),
                 ("400", "404", "503"),
                 params=models.query_params(models.SearchQuery),
+            )
+        },
+        "/api/chat/employees": {
+            "get": _op(
+                "The people the user may start a chat with: active users of their company",
+                _ok("200", {"type": "array", "items": _ref("Employee")}, "A bare array"),
+                ("400", "503"),
+                params=models.query_params(models.EmployeesQuery),
+                description="Answered from the index; the caller is not listed.",
+            )
+        },
+        "/api/chat/ensure-project-chats": {
+            "post": _op(
+                "Make sure the caller is in every project conversation the CRM gave them",
+                _ok("200", _ref("EnsureProjectChatsResult"), "Counted after any repair"),
+                ("503",),
+                description="Never creates a project; membership comes from the CRM directory.",
+            )
+        },
+        "/api/chat/project-groups": {
+            "get": _op(
+                "The caller's project conversations",
+                _ok("200", _ref("ProjectGroups"), "{success, conversations}"),
+                ("503",),
+            )
+        },
+        "/api/chat/conversations/sync-projects": {
+            "post": _op(
+                "CRM admin/manager: pull the CRM directory again (pull mode only)",
+                _ok("202", _ref("DirectoryPullResult"), "A pull was started"),
+                ("409", "503"),
+                description="409 when no pull is configured: membership comes from the CRM.",
+            )
+        },
+        "/api/chat/conversations/sync-project/{projectId}": {
+            "post": _op(
+                "CRM admin/manager: pull the CRM directory again for this project",
+                _ok("202", _ref("DirectoryPullResult"), "A pull was started"),
+                ("409", "503"),
+                params=[{"name": "projectId", "in": "path", "required": True, "schema": _ID}],
+            )
+        },
+        "/api/chat/conversations/add-member": {
+            "post": _op(
+                "CRM admin/manager: ask the directory for a member (never changed here)",
+                _ok("202", _ref("DirectoryPullResult"), "A pull was started"),
+                ("400", "409", "413", "503"),
+                body=models.schema(models.AddMemberBody),
             )
         },
         "/api/chat/clear-chat": {

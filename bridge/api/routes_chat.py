@@ -9,12 +9,14 @@ from ..db.conversation import DIRECT, PROJECT
 from ..db.crm_user import CrmUser
 from .clear import clear_chat as clear_for
 from .direct import open_direct
+from .employees import employees as employees_of
 from .history import page_of
 from .messaging import mark_read as mark_read_for
 from .messaging import send as send_for
-from .models import UnreadCount
+from .models import DirectCreateBody, UnreadCount, parse
 from .people import online_users as online_users_of
 from .plumbing import authed, json_object, json_response
+from .project_chats import ensure_project_chats, project_groups, request_pull
 from .search import search as search_for
 
 routes = web.RouteTableDef()
@@ -85,10 +87,12 @@ async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
 @routes.post("/api/chat/direct/create")
 @authed("direct-create")
 async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
-    body = await json_object(request)
-    other = body.get("userId", body.get("participantId"))
+    req = parse(DirectCreateBody, await json_object(request))
+    other = req.userId if req.userId is not None else req.participantId
     conversation, created = await open_direct(request.app[CHAT], user, other)
-    return json_response(conversation, status=201 if created else 200)
+    # The seed reads the conversation at the top level, the CRM messenger in ``data``.
+    body = {**conversation, "success": True, "data": conversation}
+    return json_response(body, status=201 if created else 200)
 
 
 @routes.get("/api/chat/conversations/conversation/{conversationId}")
@@ -126,3 +130,41 @@ async def clear_chat(request: web.Request, user: CrmUser) -> web.Response:
     response = json_response(result)
     response.headers.update(quota)
     return response
+
+
+@routes.get("/api/chat/employees")
+@authed("employees")
+async def employees(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await employees_of(request.app[CHAT], user, request.query))
+
+
+@routes.post("/api/chat/ensure-project-chats")
+@authed("ensure-project-chats")
+async def ensure_chats(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await ensure_project_chats(request.app[CHAT], user))
+
+
+@routes.get("/api/chat/project-groups")
+@authed("conversations")
+async def groups(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await project_groups(request.app[CHAT], user))
+
+
+@routes.post("/api/chat/conversations/sync-projects")
+@authed("directory-pull")
+async def sync_projects(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await request_pull(request.app[CHAT], user), status=202)
+
+
+@routes.post("/api/chat/conversations/sync-project/{projectId}")
+@authed("directory-pull")
+async def sync_project(request: web.Request, user: CrmUser) -> web.Response:
+    project_id = request.match_info["projectId"]
+    return json_response(await request_pull(request.app[CHAT], user, project_id), status=202)
+
+
+@routes.post("/api/chat/conversations/add-member")
+@authed("directory-pull")
+async def add_member(request: web.Request, user: CrmUser) -> web.Response:
+    body = await json_object(request)
+    return json_response(await request_pull(request.app[CHAT], user, body=body), status=202)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from ..context import CONFIG, CONVERSATIONS, DISPATCHER, PROJECTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..presence_board import PRESENCE_BOARD, PresenceBoard
+from ..tasks import stop
 from .plumbing import RATE_LIMITER, authed, json_response
 
 log = logging.getLogger("bridge.api.directory")
@@ -22,7 +24,8 @@ routes = web.RouteTableDef()
 
 
 async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[str, Any]]:
-    """Matrix presence per mxid: pushed m.presence first, asked only when unseen."""
+    """Matrix presence per mxid, from the shared board only: no homeserver call inside a
+    request (presence_board.py refreshes unseen users in the background)."""
     return await app[PRESENCE_BOARD].get_many(mxids)
 
 
@@ -41,6 +44,27 @@ async def with_sockets(app: web.Application) -> set[str]:
         return set()
     try:
         return set(await realtime.registry.online())
+    except Exception as e:
+        log.debug("Socket registry unavailable for presence: %s", e)
+        return set()
+
+
+# Up to this many people, each one's sockets are looked up; beyond, the online set is read.
+_ASK_EACH = 20
+
+
+async def sockets_among(app: web.Application, crm_user_ids: list[str]) -> set[str]:
+    """Which of these CRM users have a socket open in any process (see with_sockets)."""
+    from ..realtime import REALTIME
+
+    realtime = app.get(REALTIME)
+    if realtime is None or not crm_user_ids:
+        return set()
+    try:
+        if len(crm_user_ids) > _ASK_EACH:
+            # One call for the deployment's online set, not one lookup per person.
+            return set(crm_user_ids) & set(await realtime.registry.online())
+        return set(await realtime.registry.connected_among(crm_user_ids))
     except Exception as e:
         log.debug("Socket registry unavailable for presence: %s", e)
         return set()
@@ -113,6 +137,13 @@ def setup(app: web.Application) -> None:
     app[PRESENCE_BOARD] = PresenceBoard(
         app, redis_prefix(app[CONFIG]), lambda: app[RATE_LIMITER].redis
     )
+
+    async def refresh_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(app[PRESENCE_BOARD].refresh(), name="presence-refresh")
+        yield
+        await stop(task)
+
+    app.cleanup_ctx.append(refresh_ctx)
 
     async def on_presence(event: dict[str, Any]) -> None:
         if event.get("type") != "m.presence" or not isinstance(event.get("content"), dict):

@@ -10,6 +10,7 @@ from aiohttp import web
 from ..chat.service import CHAT
 from ..db.crm_user import CrmUser
 from . import actions, voice
+from .models import PinnedMessages
 from .plumbing import authed, json_object, json_response
 
 routes = web.RouteTableDef()
@@ -73,4 +74,5 @@ async def update_duration(request: web.Request, user: CrmUser) -> web.Response:
 @authed("messages")
 async def pinned_messages(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
-    return json_response(await actions.pinned(request.app[CHAT], user, conversation_id))
+    pinned = await actions.pinned(request.app[CHAT], user, conversation_id)
+    return json_response(PinnedMessages(success=True, data=pinned).model_dump())

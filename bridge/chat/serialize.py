@@ -91,8 +91,35 @@ def clean_mimetype(value: Any) -> str:
     return "application/octet-stream"
 
 
+# Every user object the facade and the socket send is built by one of the two functions
+# below, with these keys (the seed's four, and the CRM messenger's name parts and picture).
+USER_FIELDS = (
+    "_id",
+    "name",
+    "firstName",
+    "lastName",
+    "email",
+    "avatar",
+    "profileImage",
+    "position",
+)
+
+
 def user_object(user: CrmUser) -> dict[str, Any]:
-    return {"_id": user.crm_user_id, "name": user.name, "email": user.email, "avatar": user.avatar}
+    first, last = user.first_name, user.last_name
+    if first is None and last is None:  # recorded before the directory had name parts
+        first, _, last = user.name.strip().partition(" ")
+    picture = user.profile_image or user.avatar
+    return {
+        "_id": user.crm_user_id,
+        "name": user.name,
+        "firstName": first or "",
+        "lastName": (last or "").strip(),
+        "email": user.email,
+        "avatar": user.avatar or picture,
+        "profileImage": picture,
+        "position": user.position,
+    }
 
 
 def matrix_user_object(
@@ -103,14 +130,24 @@ def matrix_user_object(
     ``home_server``: this bridge's server, to tell guests from other servers apart."""
     server = mxid.partition(":")[2]
     name = clean_text(profile.get("displayname"), clean_text(mxid.removeprefix("@").split(":")[0]))
+    avatar = media_url(profile.get("avatar_url"))
     return {
         "_id": mxid,
         "name": name,
+        "firstName": name,
+        "lastName": "",
         "email": None,
-        "avatar": media_url(profile.get("avatar_url")),
+        "avatar": avatar,
+        "profileImage": avatar,
+        "position": None,
         "isGuest": home_server is not None and server != home_server,
         "homeserver": server,
     }
+
+
+def with_presence(user: dict[str, Any], online: bool, last_seen_ms: float | None) -> dict[str, Any]:
+    """A participant: the user object, and whether they are online and since when."""
+    return {**user, "isOnline": online, "lastSeen": iso(last_seen_ms)}
 
 
 def project_object(project: Project) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from .rooms import (
     create_room_body,
     creators_have_implicit_power,
     desired_room,
+    member_level,
     power_levels,
     read_room,
 )
@@ -299,7 +300,12 @@ class Directory:
             levels.pop(ids.bot_mxid, None)
             remote = any(m.guest or policy.is_remote(x) for x, m in desired.members.items())
             desired.power_levels = power_levels(
-                levels, spec.archived, ids.bot_mxid, implicit, guest_level if remote else None
+                levels,
+                spec.archived,
+                ids.bot_mxid,
+                implicit,
+                member_level(self.role_levels),
+                guest_level if remote else None,
             )
         change = ProjectChange(
             spec=spec, row=row, desired=desired, alias=alias, room_id=room_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from ..db.crm_user import CrmUser
@@ -17,10 +18,13 @@ class Socket:
     expiry: asyncio.TimerHandle | None = None
     # Set when access ended while the socket was still connecting: the connect is refused.
     refused: dict[str, str] | None = None
+    # When it connected (ms): the delivery log's first delivery in a room starts there.
+    connected_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 class LocalSockets:
     def __init__(self) -> None:
+        # Open sockets only: an entry leaves on disconnect (a user's when their last goes).
         self._by_sid: dict[str, Socket] = {}
         self._by_user: dict[str, set[str]] = {}
 

@@ -69,12 +69,15 @@ class Lanes:
         self.lookup_timeout = lookup_timeout
         self.on_drop = on_drop
         self._workers = asyncio.Semaphore(workers)
+        # Key -> its lane, only while the lane has jobs (an emptied lane is deleted).
         self._lanes: dict[str, _Lane] = {}
         self._queued = 0  # jobs submitted and not finished, in all lanes
         self._idle = asyncio.Event()
         self._idle.set()
         self._reports: set[asyncio.Task[None]] = set()
-        # When drops of a key were last reported, and the keys with a report due.
+        # When drops of a key were last reported, and the keys with a report due: past
+        # 10,000 keys the reports older than REPORT_INTERVAL are pruned; a due key leaves
+        # when its report is sent.
         self._reported_at: dict[str, float] = {}
         self._due: set[str] = set()
         self._stopped = False
@@ -87,6 +90,7 @@ class Lanes:
     def submit(self, key: str, job: Job) -> bool:
         """Queue ``job`` behind the key's earlier jobs; False if it was dropped."""
         if self._stopped:
+            log.warning("Real-time lane %s is stopped; dropped a job of %s", self.name, key)
             return False
         lane = self._lanes.get(key)
         full = (
@@ -182,6 +186,10 @@ class Lanes:
         await self._idle.wait()
         if self._reports:
             await asyncio.wait(set(self._reports))
+
+    def pending(self) -> list[str]:
+        """Keys with jobs queued or running (shutdown: what a drain left)."""
+        return list(self._lanes)
 
     async def stop(self) -> None:
         self._stopped = True

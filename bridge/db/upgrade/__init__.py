@@ -12,7 +12,10 @@ from . import (
     v08_relations,
     v09_cleared,
     v10_timeline,
-    v11_guests,
+    v11_published_mark,
+    v12_sync_job,
+    v13_people,
+    v14_guests,
 )
 from .table import upgrade_table
 
@@ -28,5 +31,8 @@ __all__ = [
     "v08_relations",
     "v09_cleared",
     "v10_timeline",
-    "v11_guests",
+    "v11_published_mark",
+    "v12_sync_job",
+    "v13_people",
+    "v14_guests",
 ]
