@@ -83,10 +83,12 @@ class FederationPolicy:
         return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.allowed_servers)
 
     def guest_level(self, role_levels: Mapping[str, int]) -> int:
-        """Below every CRM role: guests may post, but never pin, invite or redact others."""
+        """Below every CRM role: guests may post, but never pin, invite or redact others.
+        A configured level is honoured up to one below the lowest role."""
+        below_every_role = min(role_levels.values(), default=0) - 1
         if self.guest_level_setting is not None:
-            return self.guest_level_setting
-        return min(role_levels.values(), default=0) - 1
+            return min(self.guest_level_setting, below_every_role)
+        return below_every_role
 
     def server_acl(self) -> dict[str, Any]:
         """The room's ACL: this server and the allowed ones; IP literals only when named.
@@ -101,6 +103,14 @@ class FederationPolicy:
             "deny": [],
             "allow_ip_literals": any(is_ip_literal(host_of(h)) for h in allow),
         }
+
+    def direct_acl(self) -> dict[str, Any]:
+        """A new DM's ACL: this server alone, unless ``direct_with_guests`` lets the allowed
+        servers in too."""
+        if self.direct_with_guests:
+            return self.server_acl()
+        own = self.own_server.strip().lower()
+        return {"allow": sorted({own, host_of(own)}), "deny": [], "allow_ip_literals": False}
 
     def listed_guests(self, guests: Iterable[str]) -> list[str]:
         """The guests the directory should invite: listed, remote, and on an allowed server."""

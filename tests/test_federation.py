@@ -97,11 +97,14 @@ async def membership(fed: Federation, room_id: str, mxid: str) -> str:
     return event.get(room_id, {}).get(mxid, "leave")
 
 
-async def state_event(fed: Federation, room_id: str, kind: str, key: str = "") -> dict:
+async def state_event(
+    fed: Federation, room_id: str, kind: str, key: str = "", as_user: str | None = None
+) -> dict:
     async with aiohttp.ClientSession() as session:
         url = f"{fed.ours.url}/_matrix/client/v3/rooms/{room_id}/state/{kind}/{key}"
         headers = {"Authorization": f"Bearer {fed.config['appservice.as_token']}"}
-        async with session.get(url, headers=headers) as resp:
+        params = {"user_id": as_user} if as_user else {}
+        async with session.get(url, headers=headers, params=params) as resp:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
@@ -191,7 +194,10 @@ async def test_listed_guest_joins_and_talks_with_the_crm(fed: Federation) -> Non
             status, conversations, _ = await api.get("/api/chat/conversations")
             mine = next(c for c in conversations if c["_id"] == cid)
             guests = [p for p in mine["participants"] if p["_id"] == guest.user_id]
-            assert guests and guests[0]["isGuest"] is True
+            assert guests and guests[0]["isGuest"] is True and "isOnline" in guests[0]
+            assert guests[0]["firstName"] and guests[0]["lastName"] == ""
+            status, employees, _ = await api.get("/api/chat/employees")
+            assert status == 200 and not [e for e in employees if e["_id"].startswith("@")]
             status, reply, _ = await api.post(
                 "/api/chat/send", {"conversationId": cid, "content": "welcome, partner"}
             )
@@ -480,3 +486,15 @@ async def test_what_a_guest_server_receives_holds_no_crm_internals(fed: Federati
         assert "m.room.server_acl" in kinds
     finally:
         await guest.close()
+
+
+async def test_direct_chats_stay_on_this_homeserver(fed: Federation) -> None:
+    crm, app, url = Crm(fed), fed.app, fed.bridge_url
+    alice_id, bob_id = await crm.user("Alice Dm"), await crm.user("Bob Dm")
+    alice = await app[USERS].get(alice_id)
+    async with api_for(app, url, alice) as api:
+        status, created, _ = await api.post("/api/chat/direct/create", {"userId": bob_id})
+        assert status in (200, 201), created
+    acl = await state_event(fed, created["matrixRoomId"], "m.room.server_acl", as_user=alice.mxid)
+    domain = fed.config["homeserver.domain"]
+    assert acl == {"allow": sorted([domain, "localhost"]), "deny": [], "allow_ip_literals": False}
