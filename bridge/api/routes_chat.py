@@ -8,11 +8,28 @@ from ..chat.service import CHAT
 from ..db.conversation import DIRECT, PROJECT
 from ..db.crm_user import CrmUser
 from .clear import clear_chat as clear_for
+from .contract import CONVERSATIONS, MESSAGES, PEOPLE, declare
 from .direct import open_direct
 from .history import page_of
 from .messaging import mark_read as mark_read_for
 from .messaging import send as send_for
-from .models import UnreadCount
+from .models import (
+    ClearChatResult,
+    Conversation,
+    ConversationPath,
+    ConversationRef,
+    DirectBody,
+    HistoryQuery,
+    MarkReadBody,
+    MarkReadResult,
+    Message,
+    MessagePage,
+    OnlineUser,
+    SearchPage,
+    SearchQuery,
+    SendBody,
+    UnreadCount,
+)
 from .people import online_users as online_users_of
 from .plumbing import authed, json_object, json_response
 from .search import search as search_for
@@ -21,24 +38,54 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/api/chat/conversations")
+@declare(
+    "All conversations of the user, most recent activity first",
+    tags=CONVERSATIONS,
+    ok={200: (list[Conversation], "A bare array of conversations")},
+    errors=(503,),
+)
 @authed("conversations")
 async def conversations(request: web.Request, user: CrmUser) -> web.Response:
     return json_response(await request.app[CHAT].conversations_for(user))
 
 
 @routes.get("/api/chat/project")
+@declare(
+    "The user's project conversations",
+    tags=CONVERSATIONS,
+    ok={200: (list[Conversation], "A bare array of project conversations")},
+    errors=(503,),
+)
 @authed("conversations")
 async def project_conversations(request: web.Request, user: CrmUser) -> web.Response:
     return json_response(await request.app[CHAT].conversations_for(user, kind=PROJECT))
 
 
 @routes.get("/api/chat/direct")
+@declare(
+    "The user's direct conversations",
+    tags=CONVERSATIONS,
+    ok={200: (list[Conversation], "A bare array of direct conversations")},
+    errors=(503,),
+)
 @authed("conversations")
 async def direct_conversations(request: web.Request, user: CrmUser) -> web.Response:
     return json_response(await request.app[CHAT].conversations_for(user, kind=DIRECT))
 
 
 @routes.get("/api/chat/messages/{conversationId}")
+@declare(
+    "A page of messages, served from the homeserver",
+    tags=MESSAGES,
+    path=ConversationPath,
+    query=HistoryQuery,
+    ok={200: (MessagePage, "Messages oldest to newest within the page")},
+    errors=(400, 404, 503),
+    description=(
+        "page=1 holds the newest `limit` messages; page 2 the ones before. "
+        "Alternatively `before` or `after` a message id; `nextCursor` continues."
+    ),
+)
 @authed("messages")
 async def messages(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
@@ -47,6 +94,14 @@ async def messages(request: web.Request, user: CrmUser) -> web.Response:
 
 # Sends and read markers are counted by the service functions, the same for REST and sockets.
 @routes.post("/api/chat/send")
+@declare(
+    "Send a message as the user",
+    tags=MESSAGES,
+    body=SendBody,
+    ok={201: (Message, "The message, with conversationId and cursor")},
+    errors=(400, 404, 409, 413, 503),
+    description="clientMessageId makes a retry idempotent: one message, same response.",
+)
 @authed(None)
 async def send(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
@@ -70,6 +125,13 @@ async def send(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.post("/api/chat/mark-read")
+@declare(
+    "Mark messages read up to messageId (or the latest)",
+    tags=MESSAGES,
+    body=MarkReadBody,
+    ok={200: (MarkReadResult, "Messages marked as read")},
+    errors=(400, 404, 413, 503),
+)
 @authed(None)
 async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
@@ -83,6 +145,13 @@ async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.post("/api/chat/direct/create")
+@declare(
+    "The direct conversation with another user, created if missing",
+    tags=CONVERSATIONS,
+    body=DirectBody,
+    ok={200: (Conversation, "The existing conversation"), 201: (Conversation, "A new one")},
+    errors=(400, 404, 413, 503),
+)
 @authed("direct-create")
 async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
@@ -92,6 +161,13 @@ async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/chat/conversations/conversation/{conversationId}")
+@declare(
+    "One conversation, in the same shape as in the list",
+    tags=CONVERSATIONS,
+    path=ConversationPath,
+    ok={200: (Conversation, "The conversation")},
+    errors=(404, 503),
+)
 @authed("conversations")
 async def conversation(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
@@ -99,6 +175,12 @@ async def conversation(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/chat/unread-count")
+@declare(
+    "Unread messages over all the user's conversations (from the index)",
+    tags=CONVERSATIONS,
+    ok={200: (UnreadCount, "The sum of the list's unreadCount")},
+    errors=(503,),
+)
 @authed("unread-count")
 async def unread_count(request: web.Request, user: CrmUser) -> web.Response:
     count = await request.app[CHAT].unread_count(user)
@@ -106,18 +188,42 @@ async def unread_count(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/chat/online-users")
+@declare(
+    "Participants of the user's conversations who are online now",
+    tags=PEOPLE,
+    ok={200: (list[OnlineUser], "Online people")},
+    errors=(503,),
+)
 @authed("online-users")
 async def online_users(request: web.Request, user: CrmUser) -> web.Response:
     return json_response(await online_users_of(request.app[CHAT], user))
 
 
 @routes.get("/api/chat/search")
+@declare(
+    "Messages matching q in the user's conversations (the homeserver's /search)",
+    tags=MESSAGES,
+    query=SearchQuery,
+    ok={200: (SearchPage, "Matches, newest first")},
+    errors=(400, 404, 503),
+)
 @authed("search")
 async def search(request: web.Request, user: CrmUser) -> web.Response:
     return json_response(await search_for(request.app[CHAT], user, request.query))
 
 
 @routes.post("/api/chat/clear-chat")
+@declare(
+    "Hide the conversation's history up to now, for the calling user only",
+    tags=CONVERSATIONS,
+    body=ConversationRef,
+    ok={200: (ClearChatResult, "The point up to which history is hidden")},
+    errors=(400, 404, 413, 503),
+    description=(
+        "Stored as the user's Matrix room account data (com.crm.cleared); "
+        "other members and Matrix clients keep the history."
+    ),
+)
 @authed(None)
 async def clear_chat(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)

@@ -15,7 +15,9 @@ from ..db.crm_user import CrmUser
 from ..errors import NotFound
 from ..matrix.homeserver import MatrixError
 from . import messaging
+from .contract import FILES, declare
 from .files import check_files, read_form, sanitize_filename, sniff, store_files
+from .models import MediaPath, Message, Upload, UploadChatForm, UploadForm
 from .plumbing import authed, json_response
 
 routes = web.RouteTableDef()
@@ -25,6 +27,14 @@ _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 @routes.post("/api/chat/upload")
+@declare(
+    "Upload files to the Matrix media repository",
+    tags=FILES,
+    form=UploadForm,
+    ok={201: (Upload, "Attachment objects for /api/chat/send")},
+    errors=(400, 413, 415, 503),
+    description="Types are checked by content against api.upload_types.",
+)
 @authed("upload")
 async def upload(request: web.Request, user: CrmUser) -> web.Response:
     files, _ = await read_form(request)
@@ -33,6 +43,14 @@ async def upload(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.post("/api/chat/upload/chat")
+@declare(
+    "Upload files and post them as one message",
+    tags=FILES,
+    form=UploadChatForm,
+    ok={201: (Message, "The message, as /api/chat/send answers")},
+    errors=(400, 404, 413, 415, 503),
+    description="Send's rate limit and checks; types are checked by content.",
+)
 @authed(None)
 async def upload_chat(request: web.Request, user: CrmUser) -> web.Response:
     """Upload and post in one call: the same rate limit and checks as /send (the service)."""
@@ -52,6 +70,13 @@ async def upload_chat(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/chat/media/{server}/{mediaId}")
+@declare(
+    "Download an attachment (Bearer header, or ?token= for <img src>)",
+    tags=FILES,
+    path=MediaPath,
+    ok={200: (bytes, "The file")},
+    errors=(404, 503),
+)
 @authed("media", allow_query_token=True)
 async def download(request: web.Request, user: CrmUser) -> web.Response:
     server, media_id = request.match_info["server"], request.match_info["mediaId"]

@@ -1,0 +1,205 @@
+"""Messages, pages of them, and what a user sends or does to them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .base import Body, Query, Shape, absent, id_field
+from .people import User
+
+MessageType = Literal["text", "file", "image", "link"]
+
+MAX_QUERY = 256
+MAX_SEARCH_LIMIT = 50
+MAX_PAGE_LIMIT = 100
+
+
+class Attachment(Shape):
+    filename: str
+    originalName: str
+    mimetype: str
+    size: int = Field(ge=0)
+    url: str = Field(description="Authenticated download path")
+
+
+class Upload(Attachment):
+    """``/api/chat/upload``: the first file's fields at the top level, and every file."""
+
+    files: list[Attachment]
+    attachments: list[Attachment]
+
+
+class ReadMark(Shape):
+    user: str
+    readAt: str | None
+
+
+class Quote(Shape):
+    """The message a reply answers (enough to show it)."""
+
+    id: str = Field(alias="_id")
+    content: str | None
+    sender: User | None
+
+
+class Reaction(Shape):
+    key: str
+    count: int = Field(ge=1)
+    users: list[str]
+    me: bool
+
+
+class Message(Shape):
+    """``serialize.message_object`` with the relations of ``chat/enrich.py``; also the
+    payload of the socket's ``new_message``, ``message_sent`` and ``message_update``."""
+
+    id: str = Field(alias="_id")
+    conversation: str
+    conversationId: str
+    sender: User
+    content: str
+    type: MessageType
+    attachments: list[Attachment]
+    readBy: list[ReadMark]
+    createdAt: str | None
+    updatedAt: str | None
+    matrixRoomId: str | None
+    eventId: str
+    cursor: str = absent()
+    edited: bool
+    editedAt: str | None
+    replyTo: Quote | None
+    mentions: list[str]
+    reactions: list[Reaction]
+    threadId: str | None
+    threadCount: int = Field(ge=0)
+    threadLastReplyAt: str | None
+    isPinned: bool
+
+
+class MessagePage(Shape):
+    messages: list[Message]
+    hasMore: bool
+    nextCursor: str | None
+
+
+class SearchPage(Shape):
+    messages: list[Message]
+    hasMore: bool
+    nextCursor: str | None = Field(description="Pass as cursor for the next page")
+    count: int = Field(ge=0, description="Synapse's estimate")
+
+
+class MarkReadResult(Shape):
+    message: str
+    messageIds: list[str] = absent()
+
+
+class Deleted(Shape):
+    message: str
+    conversationId: str
+    messageId: str
+
+
+class ClearChatResult(Shape):
+    message: str
+    conversationId: str
+    clearedAt: str = Field(description="When the cleared point's message was sent (or now)")
+    messageId: str | None = Field(description="The last hidden message, null if none")
+
+
+class UnreadCount(Shape):
+    count: int = Field(ge=0, description="Sum of unreadCount over the user's conversations")
+
+
+# Requests.
+
+
+class ConversationPath(Query):
+    conversationId: str = id_field()
+
+
+class MediaPath(Query):
+    server: str
+    mediaId: str = id_field()
+
+
+class HistoryQuery(Query):
+    """Checked by ``history.page_of`` itself (the hot path), with these bounds."""
+
+    page: int = absent(ge=1)
+    limit: int = absent(ge=1, le=MAX_PAGE_LIMIT)
+    before: str = id_field(default=None)
+    after: str = id_field(default=None)
+
+
+class ConversationRef(Body):
+    conversationId: str = Field(min_length=1, max_length=512)
+
+
+class AttachmentRef(Body):
+    """A file that ``/api/chat/upload`` returned; its other fields may be sent back as they
+    came, and are ignored: the bridge trusts its own record of the file."""
+
+    url: str = Field(description="The url that /api/chat/upload answered")
+
+
+class SendBody(Body):
+    conversationId: str
+    content: str = Field(max_length=20000)
+    type: MessageType = "text"
+    attachments: list[AttachmentRef] = absent(max_length=10)
+    clientMessageId: str = absent(min_length=1, max_length=128)
+    replyTo: str = absent(description="The message id answered")
+    mentions: list[str] = absent(max_length=50, description="CRM user ids of participants")
+    threadId: str = absent(description="The thread root's message id")
+
+
+class MarkReadBody(Body):
+    conversationId: str
+    messageId: str = absent()
+
+
+class UploadChatForm(Body):
+    """``/api/chat/upload/chat``: multipart/form-data, one or more ``file`` parts."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
+    conversationId: str
+    content: str = absent(max_length=20000)
+
+
+class UploadForm(Body):
+    file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
+
+
+class MessageRef(Body):
+    """A message; ``conversationId``, when given, must be the message's conversation."""
+
+    messageId: str = id_field()
+    conversationId: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class EditBody(MessageRef):
+    content: str = Field(max_length=20000, description="The new text; not empty")
+
+
+class ReactBody(MessageRef):
+    key: str = Field(min_length=1, max_length=100, description="The reaction, usually an emoji")
+
+
+class SearchQuery(Query):
+    q: str = Field(min_length=1, max_length=MAX_QUERY, description="Words to find")
+    conversationId: str | None = Field(default=None, min_length=1, max_length=512)
+    limit: int = Field(default=20, ge=1, le=MAX_SEARCH_LIMIT)
+    cursor: str | None = Field(
+        default=None, min_length=1, max_length=2048, description="nextCursor of the last page"
+    )
+
+    @field_validator("q")
+    @classmethod
+    def _words(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("q must not be blank")
+        return value.strip()
