@@ -29,6 +29,7 @@ from .models import (
     SearchQuery,
     SendBody,
     UnreadCount,
+    parse,
 )
 from .people import online_users as online_users_of
 from .plumbing import authed, json_object, json_response
@@ -106,19 +107,7 @@ async def messages(request: web.Request, user: CrmUser) -> web.Response:
 async def send(request: web.Request, user: CrmUser) -> web.Response:
     body = await json_object(request)
     quota: dict[str, str] = {}
-    message = await send_for(
-        request.app[CHAT],
-        user,
-        body.get("conversationId"),
-        body.get("content", ""),
-        body.get("type", "text"),
-        body.get("attachments"),
-        body.get("clientMessageId"),
-        reply_to=body.get("replyTo"),
-        mentions=body.get("mentions"),
-        thread_id=body.get("threadId"),
-        quota=quota,
-    )
+    message = await send_for(request.app[CHAT], user, body, quota=quota)
     response = json_response(message, status=201)
     response.headers.update(quota)
     return response
@@ -154,8 +143,7 @@ async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
 )
 @authed("direct-create")
 async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
-    body = await json_object(request)
-    other = body.get("userId", body.get("participantId"))
+    other = parse(DirectBody, await json_object(request)).other
     conversation, created = await open_direct(request.app[CHAT], user, other)
     return json_response(conversation, status=201 if created else 200)
 

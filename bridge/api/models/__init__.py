@@ -14,6 +14,9 @@ from __future__ import annotations
 from .base import Body, Error, Query, Shape, absent, id_field, parse
 from .conversations import Conversation, DirectBody
 from .messages import (
+    MAX_ATTACHMENTS,
+    MAX_CONTENT,
+    MAX_CONTENT_BYTES,
     MAX_QUERY,
     MAX_SEARCH_LIMIT,
     Attachment,
@@ -42,6 +45,9 @@ from .messages import (
 from .people import DirectoryUser, OnlineUser, Project, ProjectRef, User
 
 __all__ = [
+    "MAX_ATTACHMENTS",
+    "MAX_CONTENT",
+    "MAX_CONTENT_BYTES",
     "MAX_QUERY",
     "MAX_SEARCH_LIMIT",
     "Attachment",

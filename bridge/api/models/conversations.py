@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import Body, Shape, absent, tidy
+from .base import Body, Shape, tidy
 from .messages import Message
 from .people import ProjectRef, User
 
@@ -40,8 +40,8 @@ class DirectBody(Body):
 
     model_config = {**Body.model_config, "json_schema_extra": _either_id}
 
-    userId: str | int = absent(description="The other CRM user")
-    participantId: str | int = absent(description="Same as userId")
+    userId: str | int | None = Field(default=None, description="The other CRM user")
+    participantId: str | int | None = Field(default=None, description="Same as userId")
 
     @model_validator(mode="after")
     def _one(self) -> DirectBody:

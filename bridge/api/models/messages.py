@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from ...chat.serialize import MESSAGE_TYPES
 from .base import Body, Query, Shape, absent, id_field
 from .people import User
 
-MessageType = Literal["text", "file", "image", "link"]
+MessageType = Literal[MESSAGE_TYPES]  # type: ignore[valid-type]
 
 MAX_QUERY = 256
 MAX_SEARCH_LIMIT = 50
 MAX_PAGE_LIMIT = 100
+MAX_CONTENT = 20000
+# The text is stored twice in the event (body and the CRM field), and Synapse refuses events
+# over 64 KiB: keep the UTF-8 size well under half of that.
+MAX_CONTENT_BYTES = 24 * 1024
+MAX_ATTACHMENTS = 10
+MAX_CLIENT_MESSAGE_ID = 128
+MAX_MENTIONS = 50
+
+
+def _fits(text: str) -> str:
+    if len(text.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise ValueError(
+            f"content is too long (at most {MAX_CONTENT} characters and "
+            f"{MAX_CONTENT_BYTES // 1024} KiB)"
+        )
+    return text
 
 
 class Attachment(Shape):
@@ -147,19 +164,36 @@ class AttachmentRef(Body):
 
 
 class SendBody(Body):
-    conversationId: str
-    content: str = Field(max_length=20000)
+    """REST ``/api/chat/send`` and the socket's ``send_message``: one model, one check."""
+
+    conversationId: str = Field(min_length=1)
+    content: str = Field(default="", max_length=MAX_CONTENT, description="Empty only with files")
     type: MessageType = "text"
-    attachments: list[AttachmentRef] = absent(max_length=10)
-    clientMessageId: str = absent(min_length=1, max_length=128)
-    replyTo: str = absent(description="The message id answered")
-    mentions: list[str] = absent(max_length=50, description="CRM user ids of participants")
-    threadId: str = absent(description="The thread root's message id")
+    # null is "not given", as the seed's backend read it.
+    attachments: list[AttachmentRef] | None = Field(default=None, max_length=MAX_ATTACHMENTS)
+    clientMessageId: str | None = Field(
+        default=None, min_length=1, max_length=MAX_CLIENT_MESSAGE_ID
+    )
+    replyTo: str | None = Field(default=None, min_length=1, description="The message answered")
+    mentions: list[str] | None = Field(
+        default=None, max_length=MAX_MENTIONS, description="CRM user ids of participants"
+    )
+    threadId: str | None = Field(
+        default=None, min_length=1, description="The thread root's message id"
+    )
+
+    _content = field_validator("content")(_fits)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SendBody:
+        if not self.content.strip() and not self.attachments:
+            raise ValueError("content must not be empty")
+        return self
 
 
 class MarkReadBody(Body):
-    conversationId: str
-    messageId: str = absent()
+    conversationId: str = Field(min_length=1)
+    messageId: str | None = Field(default=None, description="The latest message if not given")
 
 
 class UploadChatForm(Body):
@@ -167,7 +201,7 @@ class UploadChatForm(Body):
 
     file: bytes = Field(json_schema_extra={"format": "binary", "type": "string"})
     conversationId: str
-    content: str = absent(max_length=20000)
+    content: str = absent(max_length=MAX_CONTENT)
 
 
 class UploadForm(Body):
@@ -182,7 +216,16 @@ class MessageRef(Body):
 
 
 class EditBody(MessageRef):
-    content: str = Field(max_length=20000, description="The new text; not empty")
+    content: str = Field(max_length=MAX_CONTENT, description="The new text; not empty")
+
+    _content = field_validator("content")(_fits)
+
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("content must not be empty")
+        return value
 
 
 class ReactBody(MessageRef):
