@@ -84,7 +84,10 @@ class Message(Shape):
     updatedAt: str | None
     matrixRoomId: str | None
     eventId: str
-    cursor: str = absent()
+    cursor: str | None = Field(
+        default=None,
+        description="A cursor for after=; in a socket new_message, null when not known yet",
+    )
     edited: bool
     editedAt: str | None
     replyTo: Quote | None
