@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from pydantic import TypeAdapter
 
-from bridge.api.contract import Contract, contract_of
+from bridge.api.contract import SOCKET_EVENTS, Contract, contract_of
 from bridge.api.models import DirectBody, Error, Message, SendBody, parse
 from bridge.api.openapi import facade_routes
 from bridge.errors import InvalidParam
@@ -160,12 +160,22 @@ async def test_every_answer_matches_its_declared_model(stack) -> None:
                 {"conversationId": cid, "messageId": with_file["_id"]},
             )  # fmt: skip
             assert status == 200
+            await socket.wait("message_deleted", lambda d: d["messageId"] == with_file["_id"])
             status, _ = await call(b, "post", "/api/chat/clear-chat", {"conversationId": cid})
             assert status == 200
             status, _ = await call(
                 b, "get", "/api/chat/messages/{conversationId}", path="/api/chat/messages/nope"
             )
             assert status == 404
+            # Every event the socket got that carries a model matches it.
+            models = {e.name: e.payload for e in SOCKET_EVENTS if e.direction.startswith("server")}
+            seen = set()
+            for name, data in socket.events:
+                if name in models:
+                    TypeAdapter(models[name]).validate_python(data, strict=True)
+                    seen.add(name)
+            assert seen >= {"new_message", "message_sent", "message_update", "message_deleted"}
+            assert "error" in seen
     finally:
         await socket.close()
 

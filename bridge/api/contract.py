@@ -20,6 +20,10 @@ How to declare a route (the decorator goes between the route table's and ``authe
 * ``errors`` lists the other statuses; each answers ``models.Error``.
 * A route that is no part of the API (the document itself) says ``@undocumented(why)``.
 
+Socket.IO events whose payloads are these models are listed in ``SOCKET_EVENTS`` (the
+document shows them under ``x-socket-events``); the socket handlers parse incoming ones
+through the same service functions as REST.
+
 ``openapi.spec`` walks the app's router and builds the document from these; a test checks
 that every ``/api/`` route carries a declaration and that every declared handler is routed.
 
@@ -35,9 +39,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
+
+from .models import Error, MarkAsRead, Message, MessageDeleted, Resync, SendBody
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,3 +120,27 @@ def undocumented(why: str) -> Callable[[F], F]:
 def contract_of(handler: Any) -> Contract | None:
     found = getattr(handler, ATTR, None)
     return found if isinstance(found, Contract) else None
+
+
+@dataclass(frozen=True)
+class SocketEvent:
+    name: str
+    direction: Literal["client to server", "server to client"]
+    payload: type[BaseModel]
+    description: str
+
+
+_IN: Literal["client to server"] = "client to server"
+_OUT: Literal["server to client"] = "server to client"
+
+# The socket events that carry the facade's models (docs/realtime.md lists every event).
+SOCKET_EVENTS: tuple[SocketEvent, ...] = (
+    SocketEvent("send_message", _IN, SendBody, "As POST /api/chat/send; acked with a Message"),
+    SocketEvent("mark_as_read", _IN, MarkAsRead, "As POST /api/chat/mark-read"),
+    SocketEvent("new_message", _OUT, Message, "A message in a joined conversation"),
+    SocketEvent("message_sent", _OUT, Message, "To the sender: the message it sent"),
+    SocketEvent("message_update", _OUT, Message, "A message after an edit, reaction or pin"),
+    SocketEvent("message_deleted", _OUT, MessageDeleted, "A message was redacted"),
+    SocketEvent("resync", _OUT, Resync, "An event was dropped: refetch the conversation"),
+    SocketEvent("error", _OUT, Error, "A failed operation (also its ack)"),
+)

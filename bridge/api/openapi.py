@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .contract import Contract, Reply, contract_of, undocumented
+from .contract import SOCKET_EVENTS, Contract, Reply, SocketEvent, contract_of, undocumented
 from .models import Error
 
 routes = web.RouteTableDef()
@@ -151,6 +151,16 @@ def _operation(
     return op
 
 
+def _socket_event(
+    event: SocketEvent, refs: dict[type[BaseModel], dict[str, str]]
+) -> dict[str, Any]:
+    return {
+        "direction": event.direction,
+        "description": event.description,
+        "payload": refs[event.payload],
+    }
+
+
 def _placeholders(path: str) -> set[str]:
     return {part[1:-1] for part in path.split("/") if part.startswith("{")}
 
@@ -161,7 +171,7 @@ def spec(router: web.UrlDispatcher) -> dict[str, Any]:
         for method, path, route in facade_routes(router)
         if (c := contract_of(route.handler)) is not None and c.documented
     ]
-    models: list[type[BaseModel]] = [Error]
+    models: list[type[BaseModel]] = [Error, *(e.payload for e in SOCKET_EVENTS)]
     for _, _, c, _ in declared:
         shapes = [reply.shape for reply in c.ok.values()]
         for m in (c.body, c.form, *(m for s in shapes for m in _models_of(s))):
@@ -185,6 +195,14 @@ def spec(router: web.UrlDispatcher) -> dict[str, Any]:
         },
         "tags": [{"name": t} for t in tags],
         "paths": paths,
+        "x-socket-events": {
+            e.name: {
+                "direction": e.direction,
+                "description": e.description,
+                "payload": refs[e.payload],
+            }
+            for e in SOCKET_EVENTS
+        },
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {

@@ -123,6 +123,20 @@ class Deleted(Shape):
     messageId: str
 
 
+class MessageDeleted(Shape):
+    """The socket's ``message_deleted``."""
+
+    conversationId: str
+    messageId: str
+
+
+class Resync(Shape):
+    """The socket's ``resync``: an event of this conversation was dropped; refetch it."""
+
+    conversationId: str
+    reason: Literal["overflow", "failed", "timeout"]
+
+
 class ClearChatResult(Shape):
     message: str
     conversationId: str
@@ -192,6 +206,15 @@ class SendBody(Body):
         if not self.content.strip() and not self.attachments:
             raise ValueError("content must not be empty")
         return self
+
+
+class MarkAsRead(Query):
+    """The socket's ``mark_as_read`` (a bare conversation id is accepted too)."""
+
+    conversationId: str
+    messageIds: list[str] | str | None = Field(
+        default=None, description="Read up to the newest of these; the latest if none"
+    )
 
 
 class MarkReadBody(Body):
