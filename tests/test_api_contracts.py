@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 from pydantic import TypeAdapter
 
+from bridge.api import history
 from bridge.api.contract import SOCKET_EVENTS, Contract, contract_of
-from bridge.api.models import DirectBody, Error, Message, SendBody, parse
+from bridge.api.models import DirectBody, Error, HistoryQuery, Message, SendBody, parse
 from bridge.api.openapi import facade_routes
 from bridge.errors import InvalidParam
 from tests.api_support import api_for, crm_user, png, project_chat, token
@@ -46,6 +47,13 @@ def test_direct_body_takes_either_name() -> None:
     assert parse(DirectBody, {"participantId": 7}).other == "7"
     with pytest.raises(InvalidParam, match="userId is required"):
         parse(DirectBody, {})
+
+
+def test_history_bounds_are_the_handlers() -> None:
+    """History checks its query itself (the hot path); the model says the same bounds."""
+    schema = HistoryQuery.model_json_schema()["properties"]
+    assert schema["limit"]["maximum"] == history.MAX_LIMIT
+    assert schema["page"]["maximum"] == history.MAX_PAGE_DEPTH
 
 
 def _contract(app: Any, method: str, path: str) -> Contract:

@@ -14,7 +14,8 @@ MessageType = Literal[MESSAGE_TYPES]  # type: ignore[valid-type]
 
 MAX_QUERY = 256
 MAX_SEARCH_LIMIT = 50
-MAX_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 100  # history.MAX_LIMIT, checked by tests/test_api_contracts.py
+MAX_PAGE_DEPTH = 5000  # history.MAX_PAGE_DEPTH, likewise
 MAX_CONTENT = 20000
 # The text is stored twice in the event (body and the CRM field), and Synapse refuses events
 # over 64 KiB: keep the UTF-8 size well under half of that.
@@ -163,7 +164,7 @@ class MediaPath(Query):
 class HistoryQuery(Query):
     """Checked by ``history.page_of`` itself (the hot path), with these bounds."""
 
-    page: int = absent(ge=1)
+    page: int = absent(ge=1, le=MAX_PAGE_DEPTH)
     limit: int = absent(ge=1, le=MAX_PAGE_LIMIT)
     before: str = id_field(default=None)
     after: str = id_field(default=None)
