@@ -69,6 +69,14 @@ class Error(Shape):
     retryAfter: int = absent(description="429: seconds to wait")
 
 
+# pydantic names the member of a union it tried ("userId.str"): not a field of the request.
+_UNION_TAGS = frozenset(("str", "int", "float", "bool", "bytes", "list", "dict", "none"))
+
+
+def _field_path(loc: tuple[Any, ...]) -> list[str]:
+    return [str(p) for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
+
+
 def parse(model: type[M], data: Any) -> M:
     """The validated model, or InvalidParam naming the first field that is wrong.
 
@@ -79,7 +87,7 @@ def parse(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        field = ".".join(_field_path(first.get("loc", ()))) or "body"
         if first.get("type") == "missing":
             raise InvalidParam(f"{field} is required") from e
         if first.get("type") == "value_error" and "error" in first.get("ctx", {}):
