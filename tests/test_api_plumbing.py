@@ -10,7 +10,9 @@ import time
 
 import aiohttp
 import pytest
+from jsonschema import Draft202012Validator
 from redis.asyncio import Redis
+from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 import bridge.api
 from bridge.api.contract import contract_of
@@ -178,6 +180,10 @@ async def test_openapi_matches_the_router(stack) -> None:
     }
     assert {p for m, p, r in routed if not contract_of(r.handler).documented} == META_ROUTES
     document = spec(stack.app.router)
+    # Valid OpenAPI 3.1 (the 3.1 meta-schema), and every schema valid JSON Schema 2020-12.
+    assert [e.message for e in Draft202012Validator(OPENAPI_31).iter_errors(document)] == []
+    for schema in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
     described = {(method, path) for path, item in document["paths"].items() for method in item}
     assert served == described
     handlers = {route.handler for _, _, route in routed}
