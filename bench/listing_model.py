@@ -82,7 +82,7 @@ async def _fill(app: web.Application, lister: CrmUser, n: int) -> None:
             event["event_id"], room, partner.mxid, "m.room.message", "m.text", 1_000_000 + i
         )
         await app[CONVERSATIONS].touch(room, event["event_id"], 1_000_000 + i, preview_of(event))
-        await app[RECEIPTS].advance(room, partner.mxid, event["event_id"], row.seq, 1_000_000 + i)
+        await app[RECEIPTS].advance(room, partner.mxid, event["event_id"], row.pos, 1_000_000 + i)
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -214,9 +214,10 @@ async def fault_stack(
     **overrides: Any,
 ) -> AsyncIterator[FaultStack]:
     """Synapse on ``synapse_db`` ("sqlite" or "postgres"; ``synapse_config`` on top of the
-    devstack's), the bridge as a child process on PostgreSQL: ``bridge_db`` "shared" (a
+    devstack's), the bridge as a child process on ``bridge_db``: PostgreSQL "shared" (a
     schema on the machine's server) or "private" (a cluster of its own, restartable:
-    ``fs.postgres``), and Redis: "private" (stoppable), "shared" (the machine's) or None."""
+    ``fs.postgres``), or "sqlite" (a file beside its config), and Redis: "private"
+    (stoppable), "shared" (the machine's) or None."""
     synapse_port, bridge_port = free_port(), free_port()
     config_path, registration = generate_config(
         root / "bridge",
@@ -238,6 +239,8 @@ async def fault_stack(
             stack.callback(postgres.close)
             await postgres.start()
             bridge_dsn, bridge_args = postgres.dsn, {"min_size": 1, "max_size": 10}
+        elif bridge_db == "sqlite":
+            bridge_dsn, bridge_args = f"sqlite:{root / 'bridge' / 'bridge.db'}", {}
         else:
             schema = await create_schema()
             stack.push_async_callback(drop_schema, schema)

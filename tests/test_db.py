@@ -200,3 +200,100 @@ async def test_upgrade_to_digests_keeps_old_ids_from_looking_like_replays(
     finally:
         if schema:
             await drop_schema(schema)
+
+
+async def test_timeline_positions_follow_the_homeserver_order(db) -> None:
+    """The send path's rows sit after every placed one until their transaction places them;
+    receipts at them move along; a transaction handled again changes nothing."""
+    from bridge.db.announced_receipt import AnnouncedReceiptStore
+    from bridge.db.receipt import ReceiptStore
+    from bridge.db.room_event import BACKFILL, PROVISIONAL, SENT
+
+    index, receipts = RoomEventIndex(db), ReceiptStore(db)
+    first, _ = await index.add("$t1", "!r", "@a:x", "m.room.message", "m.text", 1)
+    sent, _ = await index.add("$s1", "!r", "@b:x", "m.room.message", "m.text", 2, arrival=SENT)
+    later, _ = await index.add("$s2", "!r", "@b:x", "m.room.message", "m.text", 3, arrival=SENT)
+    assert first.placed and not sent.placed and not later.placed
+    assert first.pos < sent.pos < later.pos and sent.pos >= PROVISIONAL
+    # Read up to $s1 while only the send path knows it, and announced so far.
+    assert await receipts.advance("!r", "@c:x", "$s1", sent.pos, 10)
+    announced = AnnouncedReceiptStore(db)
+    assert await announced.advance("!r", "@c:x", "$s1", sent.pos) == 0
+    # Synapse's stream had $t2 and $s2 before $s1: their transactions come first.
+    t2, _ = await index.add("$t2", "!r", "@a:x", "m.room.message", "m.text", 4)
+    s2, new = await index.add("$s2", "!r", "@b:x", "m.room.message", "m.text", 3)
+    s1, _ = await index.add("$s1", "!r", "@b:x", "m.room.message", "m.text", 2)
+    assert not new and s2.seq == later.seq  # the live order (seq) stays
+    assert first.pos < t2.pos < s2.pos < s1.pos < PROVISIONAL
+    # The same transaction again: nothing moves.
+    again, _ = await index.add("$s1", "!r", "@b:x", "m.room.message", "m.text", 2)
+    assert again == s1
+    # The receipt is at $s1's placed position: $t2 and $s2 are read, as on Matrix.
+    receipt = await receipts.get("!r", "@c:x")
+    assert receipt is not None and receipt.pos == s1.pos
+    assert [m.pos for m in await receipts.marks(["!r"])] == [s1.pos]
+    assert [e.event_id for e in await index.read_between("!r", 0, receipt.pos)] == [
+        "$t1",
+        "$t2",
+        "$s2",
+        "$s1",
+    ]
+    # Receipts only move forward in the timeline order (not by live order).
+    assert not await receipts.advance("!r", "@c:x", "$s2", s2.pos, 11)
+    assert (await receipts.get("!r", "@c:x")).event_id == "$s1"
+    assert await announced.advance("!r", "@c:x", "$s2", s2.pos) is None
+    t3, _ = await index.add("$t3", "!r", "@a:x", "m.room.message", "m.text", 5)
+    assert await announced.advance("!r", "@c:x", "$t3", t3.pos) == s1.pos
+    assert (await index.last_read_point("!r")).event_id == "$t3"
+    # A backfilled row is placed at once; a redacted one leaves its position to receipts.
+    b1, _ = await index.add("$b1", "!r", "@a:x", "m.room.message", "m.text", 6, arrival=BACKFILL)
+    assert b1.placed and b1.pos > t3.pos
+    assert await receipts.advance("!r", "@d:x", "$b1", b1.pos, 12)
+    await index.remove("$b1")
+    assert (await receipts.get("!r", "@d:x")).pos == b1.pos
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_upgrade_to_positions_keeps_the_order_used_so_far(
+    engine: str, tmp_path: Path
+) -> None:
+    """A database at v9: indexed rows take their seq as position, receipts keep theirs, and
+    new rows come after them (PostgreSQL's sequence starts past the old seqs)."""
+    from bridge.db.receipt import ReceiptStore
+
+    schema = await create_schema() if engine == "postgres" else None
+    url = POSTGRES_DSN if schema else f"sqlite:{tmp_path / 'bridge.db'}"
+    args = postgres_args(schema) if schema else {}
+    try:
+        before = UpgradeTable(version_table_name="bridge_version", database_name="bridge")
+        before.upgrades = upgrade_table.upgrades[:9]
+        old = Database.create(
+            url, upgrade_table=before, db_args=dict(args), owner_name="crm-bridge"
+        )
+        await old.start()
+        for n in range(3):
+            await old.execute(
+                "INSERT INTO room_event (event_id, room_id, sender, event_type, origin_ts) "
+                "VALUES ($1, '!r', '@a:x', 'm.room.message', 1)",
+                f"$old{n}",
+            )
+        await old.execute(
+            "INSERT INTO receipt (room_id, mxid, event_id, seq, ts) "
+            "SELECT '!r', '@b:x', event_id, seq, 1 FROM room_event WHERE event_id = '$old1'"
+        )
+        await old.stop()
+
+        db = create_database(url, args)
+        await db.start()
+        try:
+            index = RoomEventIndex(db)
+            rows = await index.get_many([f"$old{n}" for n in range(3)])
+            assert all(row.pos == row.seq for row in rows.values())
+            assert (await ReceiptStore(db).get("!r", "@b:x")).pos == rows["$old1"].seq
+            new, _ = await index.add("$new", "!r", "@a:x", "m.room.message", None, 2)
+            assert new.placed and new.pos > max(row.pos for row in rows.values())
+        finally:
+            await db.stop()
+    finally:
+        if schema:
+            await drop_schema(schema)

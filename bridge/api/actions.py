@@ -21,6 +21,7 @@ from ..context import MATRIX
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.relation import ANNOTATION, REPLACE
+from ..db.room_event import SENT
 from ..errors import Forbidden, NotFound
 from ..ids import conversation_id_for_room, event_id_for_message, message_id_for_event
 from ..matrix import relations
@@ -70,7 +71,7 @@ def _forbidden_or_raise(e: MatrixError, message: str) -> None:
 
 async def _sent(service: ChatService, event: dict[str, Any]) -> None:
     """Index an event we just sent, so the answer already shows it."""
-    await index_event(service.app, event, notify=False, made_here=True)
+    await index_event(service.app, event, notify=False, made_here=True, arrival=SENT)
 
 
 def _event(

@@ -38,14 +38,14 @@ async def clear_chat(
     conversation = await service.conversation_for(user, ref.conversationId)
     room_id = conversation.room_id
     now = int(time.time() * 1000)
-    latest = await service.app[EVENT_INDEX].latest(room_id)
-    event_id, seq, ts = (
-        (latest.event_id, latest.seq, latest.origin_ts) if latest else (None, 0, now)
+    latest = await service.app[EVENT_INDEX].last_read_point(room_id)
+    event_id, pos, ts = (
+        (latest.event_id, latest.pos, latest.origin_ts) if latest else (None, 0, now)
     )
     await service.app[MATRIX].set_room_account_data(
         user.mxid, room_id, CLEARED_TYPE, {"event_id": event_id, "ts": ts, "cleared_at": now}
     )
-    await service.cleared.put(ClearPoint(room_id, user.mxid, event_id, seq, ts))
+    await service.cleared.put(ClearPoint(room_id, user.mxid, event_id, pos, ts))
     service.clear_checked.add((user.mxid, room_id))
     result = ClearChatResult(
         message="Chat cleared",
@@ -87,19 +87,20 @@ async def _from_account_data(
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
     indexed = await service.app[EVENT_INDEX].get(event_id) if event_id else None
     if indexed is not None and indexed.room_id == room_id:
-        seq = indexed.seq
+        pos = indexed.pos
     else:
-        seq = await service.app[EVENT_INDEX].seq_at(room_id, ts)
-    return ClearPoint(room_id, user.mxid, event_id, int(seq or 0), ts)
+        pos = await service.app[EVENT_INDEX].pos_at(room_id, ts)
+    return ClearPoint(room_id, user.mxid, event_id, int(pos or 0), ts)
 
 
 async def hidden(service: ChatService, point: ClearPoint | None, event: dict[str, Any]) -> bool:
-    """Whether the user cleared this event away (index order decides only on a tie in time)."""
+    """Whether the user cleared this event away (timeline order decides only on a tie in
+    time)."""
     if point is None:
         return False
     ts = int(event.get("origin_server_ts") or 0)
-    seq = None
+    pos = None
     if ts == point.ts and event["event_id"] != point.event_id:
         indexed = await service.app[EVENT_INDEX].get(event["event_id"])
-        seq = indexed.seq if indexed else None
-    return point.hides(event["event_id"], ts, seq)
+        pos = indexed.pos if indexed else None
+    return point.hides(event["event_id"], ts, pos)

@@ -26,7 +26,7 @@ from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.relation import REPLACE, THREAD
-from ..db.room_event import RoomEvent
+from ..db.room_event import SENT, RoomEvent
 from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
@@ -201,7 +201,9 @@ async def _indexed(
         return None
     if not is_timeline_message(event) or not isinstance(event.get("sender"), str):
         return None
-    return await index_event(service.app, {**event, "room_id": conversation.room_id}, notify=False)
+    return await index_event(
+        service.app, {**event, "room_id": conversation.room_id}, notify=False, arrival=SENT
+    )
 
 
 async def _after(

@@ -13,6 +13,7 @@ from ..chat.serialize import CRM_FIELD, ReadState
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
+from ..db.room_event import SENT
 from ..errors import Conflict, Forbidden, InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
@@ -279,7 +280,9 @@ async def _post(
     }
     # Indexed now, as the transaction will (idempotent): every listing, history page,
     # receipt and process sees it from here on.
-    indexed = await index_event(service.app, event, notify=False, made_here=echoed is None)
+    indexed = await index_event(
+        service.app, event, notify=False, made_here=echoed is None, arrival=SENT
+    )
     # Just made, and not seen back from the homeserver: nothing relates to it or pins it
     # yet, so the relations index is not asked (one database round trip less before the
     # answer). Not with a clientMessageId (the homeserver may have answered with an event
@@ -294,7 +297,7 @@ async def _post(
         conversation.conversation_id,
         serialize.user_object(user),
         ReadState(),
-        indexed.seq if indexed else None,
+        indexed.pos if indexed else None,
     )
     message["cursor"] = message["_id"]
     await enrich.decorate(
@@ -346,18 +349,20 @@ async def mark_read(
         if target is None or target.room_id != conversation.room_id:
             raise NotFound("Message not found")
     else:
-        target = await index.latest(conversation.room_id)
+        target = await index.last_read_point(conversation.room_id)
         if target is None:
             return []
+    # Everything compares by timeline position (docs/api.md, "Order"), as Synapse compares
+    # receipts by stream order.
     previous = await service.app[RECEIPTS].get(conversation.room_id, user.mxid)
-    if previous is not None and previous.seq >= target.seq:
+    if previous is not None and previous.pos >= target.pos:
         return []
     await service.app[MATRIX].set_read_markers(conversation.room_id, target.event_id, user.mxid)
     now = int(time.time() * 1000)
     await service.app[RECEIPTS].advance(
-        conversation.room_id, user.mxid, target.event_id, target.seq, now
+        conversation.room_id, user.mxid, target.event_id, target.pos, now
     )
-    after = previous.seq if previous else 0
-    newly = await index.between(conversation.room_id, after, target.seq)
+    after = previous.pos if previous else 0
+    newly = await index.read_between(conversation.room_id, after, target.pos)
     own = {user.mxid, user.matrix_id}
     return [message_id_for_event(e.event_id) for e in newly if e.sender not in own]

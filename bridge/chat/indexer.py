@@ -6,12 +6,14 @@ event still on its way, and the backfill after downtime. It is idempotent, so th
 transaction that brings back a message the facade already indexed changes nothing but the
 timestamps the homeserver decided.
 
-* a message of the timeline: its order (``seq``), the conversation's last message and
-  preview, its body in the process's cache, the media it posted;
+* a message of the timeline: its live order (``seq``) and its timeline position (``pos``,
+  final when a transaction or backfill brought it, provisional from the send path), the
+  conversation's last message and preview, its body in the process's cache, the media it
+  posted;
 * an edit or a thread reply: its body in the cache, its relations;
 * a redaction: the relations index, the preview, every process's body cache;
-* ``m.receipt``: a receipt at E means everything up to E is read, stored with E's sequence
-  number so unread counts are one indexed query.
+* ``m.receipt``: a receipt at E means everything up to E is read in the room's timeline,
+  stored with E's position so unread counts are one indexed query.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..context import (
     ROOM_MEMBERS,
 )
 from ..db.relation import REPLACE, THREAD
-from ..db.room_event import RoomEvent
+from ..db.room_event import BACKFILL, TRANSACTION, Arrival, RoomEvent
 from ..matrix import relations
 from ..matrix.dispatcher import Event
 from ..matrix.relations import (
@@ -75,14 +77,21 @@ def _is_related_message(event: Event) -> bool:
 
 
 async def index_event(
-    app: web.Application, event: Event, *, notify: bool = True, made_here: bool = False
+    app: web.Application,
+    event: Event,
+    *,
+    notify: bool = True,
+    made_here: bool = False,
+    arrival: Arrival = TRANSACTION,
 ) -> RoomEvent | None:
     """Index one timeline event (``room_id`` set); the message's index row, if a message.
 
     ``notify``: tell the relation listeners (the real-time fan-out) what changed; only the
     transaction's call does, so a change is announced once, when the homeserver has it.
     ``made_here``: the send path's own copy of the event, which must not replace the
-    homeserver's in the body cache should the transaction bring it back meanwhile."""
+    homeserver's in the body cache should the transaction bring it back meanwhile.
+    ``arrival``: TRANSACTION, BACKFILL or SENT (db/room_event.py), its timeline position:
+    final from the homeserver's order, provisional from anywhere else."""
     effect = await relations.apply(app, event)
     indexed: RoomEvent | None = None
     room_id = event["room_id"]
@@ -98,7 +107,7 @@ async def index_event(
         preview = preview_of(event)
         indexed, new = await app[EVENT_INDEX].add(
             event["event_id"], room_id, event["sender"], event["type"], msgtype_of(content), ts,
-            touch_preview=preview,
+            touch_preview=preview, arrival=arrival,
         )  # fmt: skip
         await _keep_body(app, event, made_here)
         if not new:  # a new row touched its conversation as it was written
@@ -136,7 +145,7 @@ async def store_receipts(app: web.Application, room_id: str, content: dict[str, 
         if indexed is None:
             continue
         ts = receipt.ts if receipt.ts is not None else int(time.time() * 1000)
-        if await app[RECEIPTS].advance(room_id, receipt.mxid, indexed.event_id, indexed.seq, ts):
+        if await app[RECEIPTS].advance(room_id, receipt.mxid, indexed.event_id, indexed.pos, ts):
             moved += 1
     return moved
 
@@ -217,7 +226,7 @@ async def backfill_room(app: web.Application, room_id: str, limit: int = BACKFIL
         if not chunk or not token:
             break
     for event in reversed(missed):
-        await index_event(app, {**event, "room_id": room_id}, notify=False)
+        await index_event(app, {**event, "room_id": room_id}, notify=False, arrival=BACKFILL)
     return messages
 
 

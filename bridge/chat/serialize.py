@@ -84,21 +84,23 @@ def project_object(project: Project) -> dict[str, Any]:
 
 @dataclass
 class ReadState:
-    """Receipts of one room: who read up to which sequence number, and when."""
+    """Receipts of one room: who read up to which timeline position, and when."""
 
-    # reader id (CRM user id or mxid) -> (seq, origin_ts of the receipt's event, receipt ts)
+    # reader id (CRM user id or mxid) -> (pos, origin_ts of the receipt's event, receipt ts)
     readers: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    def add(self, reader: str, seq: int, event_ts: int, ts: int) -> None:
-        if reader not in self.readers or self.readers[reader][0] < seq:
-            self.readers[reader] = (seq, event_ts, ts)
+    def add(self, reader: str, pos: int, event_ts: int, ts: int) -> None:
+        if reader not in self.readers or self.readers[reader][0] < pos:
+            self.readers[reader] = (pos, event_ts, ts)
 
-    def read_by(self, sender_id: str, seq: int | None, origin_ts: int) -> list[dict[str, Any]]:
+    def read_by(self, sender_id: str, pos: int | None, origin_ts: int) -> list[dict[str, Any]]:
+        """The sender, and every reader whose receipt is at or after ``pos`` in the timeline
+        (by time when the message is not indexed)."""
         entries = [{"user": sender_id, "readAt": iso(origin_ts)}]
-        for reader, (read_seq, event_ts, ts) in self.readers.items():
+        for reader, (read_pos, event_ts, ts) in self.readers.items():
             if reader == sender_id:
                 continue
-            covered = read_seq >= seq if seq is not None else event_ts >= origin_ts
+            covered = read_pos >= pos if pos is not None else event_ts >= origin_ts
             if covered:
                 entries.append({"user": reader, "readAt": iso(max(ts, origin_ts))})
         return entries
@@ -163,8 +165,9 @@ def message_object(
     conversation_id: str,
     sender: dict[str, Any],
     read_state: ReadState,
-    seq: int | None,
+    pos: int | None,
 ) -> dict[str, Any]:
+    """``pos``: the message's timeline position (db/room_event.py), which ``readBy`` uses."""
     content = event.get("content") or {}
     kind, text = type_and_text(event.get("type", ""), content)
     ts = int(event.get("origin_server_ts") or 0)
@@ -177,7 +180,7 @@ def message_object(
         "content": text,
         "type": kind,
         "attachments": attachments_of(content),
-        "readBy": read_state.read_by(sender["_id"], seq, ts),
+        "readBy": read_state.read_by(sender["_id"], pos, ts),
         "createdAt": iso(ts),
         "updatedAt": iso(ts),
         "matrixRoomId": event.get("room_id"),

@@ -208,7 +208,7 @@ class ChatService:
         states: dict[str, ReadState] = {room_id: ReadState() for room_id in room_ids}
         for r in rows:
             reader = users[r.mxid].crm_user_id if r.mxid in users else r.mxid
-            states[r.room_id].add(reader, r.seq, r.event_ts, r.ts)
+            states[r.room_id].add(reader, r.pos, r.event_ts, r.ts)
         return states
 
     async def read_states(
@@ -254,14 +254,14 @@ class ChatService:
             # What the prefetch missed, looked up in turn: usually nothing, and then no task
             # is made and no loop turn is waited for.
             asked = ahead.asked
-            seqs = await self.app[EVENT_INDEX].positions(event_ids)
+            rows_of = await self.app[EVENT_INDEX].positions(event_ids)
             users = {**ahead.users, **await self.app[USERS].get_by_mxids(sorted(senders - asked))}
             found = await enrich.indexed(self, pairs, prefetch=ahead)
             rows = ahead.marks
         else:
             # One round of lookups for the page: positions, receipts, senders and relations.
             asked = frozenset()
-            seqs, rows, users, found = await asyncio.gather(
+            rows_of, rows, users, found = await asyncio.gather(
                 self.app[EVENT_INDEX].positions(event_ids),
                 self.room_marks(conversation.room_id),
                 self.app[USERS].get_by_mxids(sorted(senders)),
@@ -277,7 +277,7 @@ class ChatService:
                 conversation.conversation_id,
                 objects[event["sender"]],
                 state,
-                seqs[event["event_id"]].seq if event["event_id"] in seqs else None,
+                rows_of[event["event_id"]].pos if event["event_id"] in rows_of else None,
             )
             for event in events
         ]
@@ -354,13 +354,13 @@ class ChatService:
         filled in once, from the body cache or the homeserver, eight at a time).
         """
         own = user.matrix_id or user.mxid
-        # One statement: the rows, their last messages' seqs and unread counts.
+        # One statement: the rows, their last messages' positions and unread counts.
         listed = await ConversationList(self.app[DATABASE]).of_user(user.mxid, own, kind, room_id)
         if not listed:
             return []
         conversations = [item.conversation for item in listed]
         unread_counts = {item.conversation.room_id: item.unread for item in listed}
-        seqs = {item.conversation.room_id: item.last_seq for item in listed}
+        positions = {item.conversation.room_id: item.last_pos for item in listed}
         room_ids = [c.room_id for c in conversations]
         # All the user's rooms by a subquery, or the few a filter left.
         everything = not (kind or room_id)
@@ -424,13 +424,13 @@ class ChatService:
             last = None
             event = last_events.get(c.room_id)
             if event is not None:
-                seq = seqs[c.room_id]
+                pos = positions[c.room_id]
                 ts = int(event.get("origin_server_ts") or 0)
                 point = cleared.get(c.room_id)
                 # Cleared by this user with nothing newer yet: no lastMessage for them.
-                if point is None or not point.hides(event["event_id"], ts, seq):
+                if point is None or not point.hides(event["event_id"], ts, pos):
                     last = serialize.message_object(
-                        event, c.conversation_id, objects[event["sender"]], states[c.room_id], seq
+                        event, c.conversation_id, objects[event["sender"]], states[c.room_id], pos
                     )
                     lasts.append((c.room_id, event, last))
             project = projects.get(c.project_id) if c.project_id else None

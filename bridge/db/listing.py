@@ -1,4 +1,5 @@
-"""The conversation list in one statement: each row, its last message's seq, its unread count.
+"""The conversation list in one statement: each row, its last message's timeline position,
+its unread count.
 
 ``GET /conversations`` is the hottest read; what the list needs per conversation is asked
 together, so the cost is one round trip whatever the number of conversations.
@@ -19,8 +20,9 @@ _C_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 @dataclass
 class Listed:
     conversation: Conversation
-    # The live order of the last message (None: no last message, or not indexed).
-    last_seq: int | None
+    # The timeline position of the last message, for its readBy (None: no last message, or
+    # not indexed).
+    last_pos: int | None
     unread: int
 
 
@@ -42,7 +44,7 @@ class ConversationList:
             extra += f" AND c.room_id=${len(args)}"
         rows = await self.db.fetch(
             f"SELECT {_C_COLUMNS}, "
-            "(SELECT l.seq FROM room_event l WHERE l.event_id = c.last_event_id) AS last_seq, "
+            "(SELECT l.pos FROM room_event l WHERE l.event_id = c.last_event_id) AS last_pos, "
             f"{unread_of('c.room_id')} AS unread FROM conversation c "
             "WHERE c.room_id IN (SELECT room_id FROM room_member WHERE mxid=$1 "
             f"AND membership='join'){extra} ORDER BY c.last_activity DESC",
@@ -51,6 +53,6 @@ class ConversationList:
         out = []
         for row in rows:
             values = dict(row)
-            last_seq, unread = values.pop("last_seq"), values.pop("unread")
-            out.append(Listed(Conversation(**values), last_seq, int(unread or 0)))
+            last_pos, unread = values.pop("last_pos"), values.pop("unread")
+            out.append(Listed(Conversation(**values), last_pos, int(unread or 0)))
         return out

@@ -1,40 +1,71 @@
 """The timeline index (table ``room_event``): ids, senders, types and order, never bodies.
 
-``seq`` is the conversation's live order (docs/api.md, "Order"): the order in which the
-bridge indexed the events of a room, which is the homeserver's stream order for everything
-that came by appservice transaction. Readers page it with ``seq > cursor``, so within a
-room a seq must never become visible before a smaller one: on PostgreSQL concurrent writers
-(intake, mark-read's ``_index_sent``, backfill; several processes) take a per-room
-transaction lock before the INSERT draws its seq, and commit before releasing it. SQLite
-has one writer at a time anyway (the seq is drawn and committed under its write lock).
+Two orders (docs/api.md, "Order"):
+
+* ``seq`` is the conversation's live order: the order in which the bridge indexed the events
+  of a room. Readers page it with ``seq > cursor``, so within a room a seq must never become
+  visible before a smaller one: on PostgreSQL concurrent writers (intake, the send path,
+  backfill; several processes) take a per-room transaction lock before the INSERT draws its
+  seq, and commit before releasing it. SQLite has one writer at a time anyway (the seq is
+  drawn and committed under its write lock).
+* ``pos`` is the event's position in the homeserver's timeline (Synapse's stream order),
+  which unread counts, ``readBy``, ``messages_read`` and mark-read follow. Synapse sends an
+  appservice one transaction at a time, each room's events in stream order, so the events
+  that came by transaction are a prefix of the room's timeline, in arrival order: the first
+  transaction that brings an event gives it the next final position. An event only the
+  send path has indexed is not in that prefix yet, so it comes after every final position:
+  its provisional position is ``PROVISIONAL`` plus a counter (the order its sends
+  completed in), until its transaction places it. A backfilled event (the ``/messages``
+  walk after downtime) gets the next final position when it is new to the index, and keeps
+  it. A placed position never changes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal
 
 from mautrix.util.async_db import Database, Scheme
 
 from .conversation import TOUCH
 
-COLUMNS = "seq, event_id, room_id, sender, event_type, msgtype, origin_ts"
+COLUMNS = "seq, event_id, room_id, sender, event_type, msgtype, origin_ts, pos"
 # Events a history walk shows (the index also counts m.room.encrypted, which it cannot show).
 SHOWN_TYPES = ("m.room.message", "m.sticker")
 # First key of the advisory lock: this table's per-room write lock, apart from other users.
 ROOM_LOCK_CLASS = 0x5E01
 
+# Positions from here up are provisional: above every final one (module docstring).
+PROVISIONAL = 1 << 50
+# How an event reached the index, which decides its position.
+Arrival = Literal["transaction", "backfill", "sent"]
+TRANSACTION: Arrival = "transaction"  # the homeserver's transaction: final, places a row
+BACKFILL: Arrival = "backfill"  # the /messages walk after downtime: final for a new row
+SENT: Arrival = "sent"  # the send path, or a page that met an event on its way: provisional
+
+# The next position: final ($offset 0) or provisional ($offset PROVISIONAL). PostgreSQL
+# draws it from a sequence, under the room's lock and in the order transactions are handled;
+# SQLite from the room's rows, under its single writer.
+_PG_POS = "{offset}::bigint + nextval('room_event_pos')"
+_SQLITE_POS = (
+    "(SELECT COALESCE(MAX(pos), {offset}) + 1 FROM room_event "
+    "WHERE room_id = $2 AND pos >= {offset} AND pos < {offset} + {span})"
+)
+
 INSERT = (
-    "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
-    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+    "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts, pos) "
+    f"VALUES ($1, $2, $3, $4, $5, $6, {_SQLITE_POS.format(offset='$7', span=PROVISIONAL)}) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING seq, pos"
 )
 # One statement, so one round trip: the CTE takes the room's lock before the row (and its
 # nextval) exists, and the lock lasts until the statement's transaction has committed.
 INSERT_SERIALIZED = (
     "WITH room_lock AS (SELECT pg_advisory_xact_lock($7::int4, hashtext($2::text))) "
-    "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
-    "SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint FROM room_lock "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+    "INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts, pos) "
+    "SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint, "
+    f"{_PG_POS.format(offset='$8')} FROM room_lock "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING seq, pos"
 )
 
 # The same, and on a new row its conversation's last message and activity ($8: the preview)
@@ -43,14 +74,30 @@ INSERT_SERIALIZED = (
 # ``ConversationStore.touch`` would decide by comparing seqs.
 INSERT_SERIALIZED_TOUCHING = (
     "WITH room_lock AS (SELECT pg_advisory_xact_lock($7::int4, hashtext($2::text))), "
-    "new AS (INSERT INTO room_event (event_id, room_id, sender, event_type, msgtype, origin_ts) "
-    "SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint FROM room_lock "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING seq), "
+    "new AS (INSERT INTO room_event "
+    "(event_id, room_id, sender, event_type, msgtype, origin_ts, pos) "
+    "SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint, "
+    f"{_PG_POS.format(offset='$9')} FROM room_lock "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING seq, pos), "
     "touched AS (UPDATE conversation SET last_event_id=$1::text, last_preview=$8::text, "
     "last_activity=CASE WHEN last_activity < $6::bigint THEN $6::bigint ELSE last_activity END "
     "WHERE room_id=$2::text AND EXISTS (SELECT 1 FROM new)) "
-    "SELECT seq FROM new"
+    "SELECT seq, pos FROM new"
 )
+
+# A transaction brought an event only the send path had indexed: it takes the next final
+# position. A placed event keeps its own (a transaction handled again changes nothing).
+PLACE = {
+    "postgres": "UPDATE room_event SET pos = nextval('room_event_pos') "
+    f"WHERE event_id = $1 AND pos >= {PROVISIONAL} RETURNING {COLUMNS}",
+    "sqlite": f"UPDATE room_event SET pos = {_SQLITE_POS.format(offset=0, span=PROVISIONAL)} "
+    f"WHERE event_id = $1 AND pos >= {PROVISIONAL} RETURNING {COLUMNS}",
+}
+# Rows that point at an event by id keep its last position when it leaves the index.
+_KEEP_POSITION = [
+    f"UPDATE {table} SET pos = $3 WHERE room_id = $2 AND event_id = $1"
+    for table in ("receipt", "announced_receipt", "cleared_history")
+]
 
 
 @dataclass
@@ -62,17 +109,26 @@ class RoomEvent:
     event_type: str
     msgtype: str | None
     origin_ts: int
+    # Position in the homeserver's timeline (final below PROVISIONAL).
+    pos: int
+
+    @property
+    def placed(self) -> bool:
+        """Whether the homeserver's order placed this event (its position is final)."""
+        return self.pos < PROVISIONAL
 
 
 class RoomEventIndex:
     def __init__(self, db: Database, remembered: int = 100_000) -> None:
         self.db = db
-        # A row never changes once written (a redaction removes it): the positions of the
-        # messages pages show are kept here, so a page asks only for those it never saw.
+        # A placed row never changes (a redaction removes it): the rows of the messages
+        # pages show are kept here, so a page asks only for those it never saw.
         self._rows: OrderedDict[str, RoomEvent] = OrderedDict()
         self._remembered = remembered
 
     def _remember(self, row: RoomEvent) -> None:
+        if not row.placed:
+            return
         self._rows[row.event_id] = row
         if len(self._rows) > self._remembered:
             self._rows.popitem(last=False)
@@ -87,32 +143,51 @@ class RoomEventIndex:
         origin_ts: int,
         *,
         touch_preview: str | None = None,
+        arrival: Arrival = TRANSACTION,
     ) -> tuple[RoomEvent, bool]:
         """Index an event; returns it and whether it was new. Safe to call twice.
 
         ``touch_preview``: a new row also becomes its conversation's last message with this
         preview, as ``ConversationStore.touch`` would make it; an event indexed before is
-        left to the caller to touch.
+        left to the caller to touch. ``arrival``: how it came (TRANSACTION, BACKFILL or SENT),
+        which decides its timeline position (module docstring).
         """
         args: tuple[object, ...] = (event_id, room_id, sender, event_type, msgtype, origin_ts)
+        offset = PROVISIONAL if arrival == SENT else 0
         touching = touch_preview is not None
         if self.db.scheme == Scheme.POSTGRES and touching:
-            seq = await self.db.fetchval(
-                INSERT_SERIALIZED_TOUCHING, *args, ROOM_LOCK_CLASS, touch_preview
+            row = await self.db.fetchrow(
+                INSERT_SERIALIZED_TOUCHING, *args, ROOM_LOCK_CLASS, touch_preview, offset
             )
         elif self.db.scheme == Scheme.POSTGRES:
-            seq = await self.db.fetchval(INSERT_SERIALIZED, *args, ROOM_LOCK_CLASS)
+            row = await self.db.fetchrow(INSERT_SERIALIZED, *args, ROOM_LOCK_CLASS, offset)
         else:
-            seq = await self.db.fetchval(INSERT, *args)
-            if seq is not None and touching:
+            row = await self.db.fetchrow(INSERT, *args, offset)
+            if row is not None and touching:
                 await self.db.execute(TOUCH, room_id, event_id, origin_ts, touch_preview)
-        if seq is None:
-            existing = await self.get(event_id)
+        if row is None:
+            existing = await self._place(event_id, room_id) if arrival == TRANSACTION else None
+            existing = existing or await self.get(event_id)
             assert existing is not None
             return existing, False
-        row = RoomEvent(seq, event_id, room_id, sender, event_type, msgtype, origin_ts)
-        self._remember(row)
-        return row, True
+        indexed = RoomEvent(
+            row["seq"], event_id, room_id, sender, event_type, msgtype, origin_ts, row["pos"]
+        )
+        self._remember(indexed)
+        return indexed, True
+
+    async def _place(self, event_id: str, room_id: str) -> RoomEvent | None:
+        """The transaction of an event the send path indexed: the next final position is its
+        own. None when it was placed already."""
+        if self.db.scheme == Scheme.POSTGRES:
+            row = await self.db.fetchrow(PLACE["postgres"], event_id)
+        else:
+            row = await self.db.fetchrow(PLACE["sqlite"], event_id, room_id)
+        if row is None:
+            return None
+        placed = RoomEvent(**row)
+        self._remember(placed)
+        return placed
 
     async def get(self, event_id: str) -> RoomEvent | None:
         row = await self.db.fetchrow(
@@ -127,19 +202,27 @@ class RoomEventIndex:
         )
         return RoomEvent(**row) if row else None
 
-    async def seq_at(self, room_id: str, ts: int) -> int:
-        """The newest seq of the room's events from no later than ``ts`` (0: none)."""
-        seq = await self.db.fetchval(
-            "SELECT COALESCE(MAX(seq), 0) FROM room_event WHERE room_id=$1 AND origin_ts <= $2",
+    async def last_read_point(self, room_id: str) -> RoomEvent | None:
+        """The room's newest event in the timeline order (mark-read without a message)."""
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 ORDER BY pos DESC LIMIT 1",
+            room_id,
+        )
+        return RoomEvent(**row) if row else None
+
+    async def pos_at(self, room_id: str, ts: int) -> int:
+        """The newest timeline position of the room's events from no later than ``ts``."""
+        pos = await self.db.fetchval(
+            "SELECT COALESCE(MAX(pos), 0) FROM room_event WHERE room_id=$1 AND origin_ts <= $2",
             room_id, ts,
         )  # fmt: skip
-        return int(seq or 0)
+        return int(pos or 0)
 
     async def newest_until(self, room_id: str, ts: int) -> RoomEvent | None:
-        """The room's newest event (in the live order) from no later than ``ts``."""
+        """The room's newest event (in the timeline order) from no later than ``ts``."""
         row = await self.db.fetchrow(
             f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND origin_ts <= $2 "
-            "ORDER BY seq DESC LIMIT 1",
+            "ORDER BY pos DESC LIMIT 1",
             room_id, ts,
         )  # fmt: skip
         return RoomEvent(**row) if row else None
@@ -179,11 +262,21 @@ class RoomEventIndex:
         return found
 
     async def between(self, room_id: str, after_seq: int, upto_seq: int) -> list[RoomEvent]:
-        """Events of a room with after_seq < seq <= upto_seq, oldest first."""
+        """Events of a room with after_seq < seq <= upto_seq, oldest first (live order)."""
         rows = await self.db.fetch(
             f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND seq > $2 AND seq <= $3 "
             "ORDER BY seq",
             room_id, after_seq, upto_seq,
+        )  # fmt: skip
+        return [RoomEvent(**row) for row in rows]
+
+    async def read_between(self, room_id: str, after_pos: int, upto_pos: int) -> list[RoomEvent]:
+        """Events of a room with after_pos < pos <= upto_pos, in the timeline order: what a
+        receipt moved from one position to the other newly reads."""
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND pos > $2 AND pos <= $3 "
+            "ORDER BY pos",
+            room_id, after_pos, upto_pos,
         )  # fmt: skip
         return [RoomEvent(**row) for row in rows]
 
@@ -197,9 +290,12 @@ class RoomEventIndex:
         return [RoomEvent(**row) for row in rows]
 
     async def remove(self, event_id: str) -> RoomEvent | None:
-        """A redacted message leaves the index (unread counts, lastMessage, cursors)."""
+        """A redacted message leaves the index (unread counts, lastMessage, cursors). Receipts
+        and clear points at it keep its last position."""
         existing = await self.get(event_id)
         self._rows.pop(event_id, None)
         if existing is not None:
+            for statement in _KEEP_POSITION:
+                await self.db.execute(statement, event_id, existing.room_id, existing.pos)
             await self.db.execute("DELETE FROM room_event WHERE event_id=$1", event_id)
         return existing

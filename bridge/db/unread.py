@@ -1,6 +1,7 @@
 """Unread counts: the one SQL definition, for the list's ``unreadCount`` and ``/unread-count``.
 
-Messages from others after the user's newest receipt and after their clear point, from the
+Messages from others after the user's newest receipt and after their clear point, in the
+homeserver's timeline order (``room_event.pos``, as Synapse counts by stream order), from the
 index alone (``room_event``, ``receipt``, ``cleared_history``): no homeserver call.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from mautrix.util.async_db import Database
 
 from .conversation import MY_CONVERSATION_ROOMS
+from .receipt import position_of
 
 # Unread messages are counted up to this many per room ("99+" in a badge): a long backlog
 # then costs no scan of the whole index.
@@ -21,9 +23,9 @@ def unread_of(room: str) -> str:
     ``$1`` is the puppet, ``$2`` the linked Matrix account (or the puppet again)."""
     return (
         "(SELECT COUNT(*) FROM (SELECT 1 FROM room_event e "
-        f"WHERE e.room_id = {room} AND e.seq > COALESCE((SELECT MAX(r.seq) "
+        f"WHERE e.room_id = {room} AND e.pos > COALESCE((SELECT MAX({position_of('r')}) "
         f"FROM receipt r WHERE r.room_id = {room} AND r.mxid IN ($1, $2)), 0) "
-        "AND e.seq > COALESCE((SELECT MAX(h.seq) FROM cleared_history h "
+        f"AND e.pos > COALESCE((SELECT MAX({position_of('h')}) FROM cleared_history h "
         f"WHERE h.room_id = {room} AND h.mxid = $1), 0) "
         f"AND e.sender <> $1 AND e.sender <> $2 LIMIT {UNREAD_CAP}) capped)"
     )

@@ -84,7 +84,7 @@ class Relays:
                 }
                 await self.sio.emit("user_typing", payload, to=rooms)
 
-    # m.receipt: a receipt at E reads everything up to E.
+    # m.receipt: a receipt at E reads everything up to E in the room's timeline order.
     async def receipt(self, event: Event, slow: Any) -> None:
         room_id = event.get("room_id")
         content = event.get("content")
@@ -102,13 +102,15 @@ class Relays:
         target = await read_position(self.app, conversation.room_id, event_id)
         if target is None:
             return
-        previous = await self.announced.advance(conversation.room_id, mxid, target.seq)
+        previous = await self.announced.advance(
+            conversation.room_id, mxid, target.event_id, target.pos
+        )
         if previous is None:
             return  # already announced this far
         person_id, _ = await self._person(mxid)
         reader = await self.app[USERS].get_by_mxid(mxid)
         own = set(reader.mxids) if reader else {mxid}
-        newly = await self.app[EVENT_INDEX].between(conversation.room_id, previous, target.seq)
+        newly = await self.app[EVENT_INDEX].read_between(conversation.room_id, previous, target.pos)
         newly = [e for e in newly if e.sender not in own][-MAX_READ_IDS:]
         if not newly:
             return

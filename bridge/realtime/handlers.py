@@ -258,8 +258,8 @@ def register(
 
 
 async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str | None:
-    """The newest of the given messages of this room (by arrival order), or None for "the
-    latest". Ids from other conversations are ignored."""
+    """The newest of the given messages of this room (in the timeline order), or None for
+    "the latest". Ids from other conversations are ignored."""
     if message_ids is None:
         return None
     if isinstance(message_ids, str):
@@ -276,7 +276,7 @@ async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str |
     }
     if not indexed:
         raise NotFound("Message not found")
-    newest = max(indexed.values(), key=lambda e: e.seq)
+    newest = max(indexed.values(), key=lambda e: e.pos)
     return message_id_for_event(newest.event_id)
 
 

@@ -11,6 +11,7 @@ from . import (
     v07_scale,
     v08_relations,
     v09_cleared,
+    v10_timeline,
 )
 from .table import upgrade_table
 
@@ -25,4 +26,5 @@ __all__ = [
     "v07_scale",
     "v08_relations",
     "v09_cleared",
+    "v10_timeline",
 ]
