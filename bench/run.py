@@ -61,6 +61,9 @@ STEPS = [
           "--fanout-messages", "10"],
          ["--samples", "10", "--sockets", "100,200", "--users", "20", "--fanout-messages", "4",
           "--settle", "2"], 240),
+    # The receiver killed during a burst from a matrix-nio user, a standby taking over.
+    Step("failover", "bench.failover", ["--messages", "1000", "--runs", "2"],
+         ["--messages", "200", "--runs", "1"], 420),
     Step("conversations", "bench.conversations",
          ["--sizes", "200,500,1000", "--requests", "40"],
          ["--sizes", "50,200", "--requests", "15"], 420),
@@ -294,6 +297,14 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         None if rel is None else rel <= 1.2,
         "×",
     )
+    landed = _get(r.get("failover"), "first_txn_on_standby", "p50_ms")
+    lost = _get(r.get("failover"), "lost")
+    row(
+        "receiver killed in a burst: first transaction on the standby ≤ 5 s, 0 lost",
+        None if landed is None else round(landed / 1000, 2),
+        None if landed is None else landed <= 5000 and lost == 0,
+        f" s p50, {lost} lost",
+    )
     fallback = _get(r.get("relations"), "without_msc3874", "p50_ratio_same_page")
     row(
         "the same, homeserver without MSC3874 (no target; docs/operator-guide.md)",
@@ -407,6 +418,18 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
                 f"{w['next_listings']['p50_ms']} ms.",
                 "",
             ]
+    fo = r.get("failover")
+    if fo:
+        out += [f"### Failover: the receiver killed during a {fo['messages']}-message burst", "",
+                "SIGKILL a quarter into a burst from a matrix-nio user, a standby configured to "
+                "receive beside it (docs/operator-guide.md, \"Scaling out\"), both behind "
+                f"{fo.get('proxy', 'router')}; a socket on a third process counts live "
+                "messages plus catch-up from its newest cursor.", "",
+                table(["run", "lock taken s", "first transaction on the standby s", "lost",
+                       "duplicated", "live", "caught up"],
+                      [[i + 1, x["lock_taken_s"], x["first_txn_on_standby_s"], x["lost"],
+                        x["duplicated"], x["live"], x["caught_up"]]
+                       for i, x in enumerate(fo["runs"])]), ""]  # fmt: skip
     d = r.get("directory")
     if d:
         out += ["### Directory sync (a fresh Synapse and bridge database per size)", "",

@@ -27,11 +27,13 @@ from .context import (
     PROJECTS,
     READY,
     RECEIPTS,
+    RECEIVER,
     REVOCATIONS,
     ROOM_MEMBERS,
     TXN_LOG,
     USERS,
 )
+from .crm.engine_lock import deployment_of
 from .db import create_database
 from .db.conversation import ConversationStore
 from .db.crm_user import CrmUserStore
@@ -48,13 +50,12 @@ from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
 from .matrix.monitor import HomeserverMonitor
+from .matrix.receiver import Receiver, receiver_key
 from .revocation import Revocations
 from .startup import ExitCode, StartupError, check_homeserver, ping_until_ok
 from .tasks import stop
 
 log = logging.getLogger("bridge.app")
-
-PING_TASK = web.AppKey("ping_task", asyncio.Task)
 
 
 def open_stores(app: web.Application, db: Database) -> None:
@@ -133,8 +134,19 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(homeserver_ctx)
 
-    if config["appservice.receive_transactions"]:
+    receiving = bool(config["appservice.receive_transactions"])
+    receiver = app[RECEIVER] = Receiver(
+        None, receiver_key(deployment_of(config)), configured=receiving
+    )
+    if receiving:
         intake.setup(app)
+
+        async def ping() -> None:
+            # The homeserver may be backing off from a receiver that died: call it back now.
+            await receiver.listening.wait()
+            await ping_until_ok(app[MATRIX])
+
+        receiver.duty("ping", ping)
     # The read model first: its indexer sees each event before the sides that read it.
     chat.setup(app)
 
@@ -145,6 +157,22 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     api.setup(app)
     realtime.setup(app)
     demo.setup(app)
+
+    async def receiver_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Last in, first out: the lock is let go before anything a receiver uses closes.
+        receiver.db = app[DATABASE]
+        await receiver.start()
+        yield
+        await receiver.close()
+
+    async def let_go(app: web.Application) -> None:
+        # As soon as this process stops accepting requests, not after its drain: a standby
+        # takes over within a poll. A transaction still in flight here cannot acknowledge
+        # any more (the fence), so the homeserver sends it again to the new receiver.
+        await receiver.close()
+
+    app.cleanup_ctx.append(receiver_ctx)
+    app.on_shutdown.append(let_go)
     return app
 
 
@@ -178,13 +206,12 @@ class BridgeServer:
             await self.runner.cleanup()
             raise StartupError(ExitCode.PORT_IN_USE, f"Cannot listen on {host}:{port}: {e}") from e
         log.info("Listening on http://%s:%d", host, port)
-        if ping and self.config["appservice.receive_transactions"]:
-            self.app[PING_TASK] = asyncio.create_task(ping_until_ok(self.app[MATRIX]))
+        if ping:
+            # The receiver's ping duty waits for this. ping=False: the caller pings itself
+            # (tests), and this process never does, not even when it takes over.
+            self.app[RECEIVER].listening.set()
 
     async def stop(self) -> None:
-        task = self.app.get(PING_TASK)
-        if task and not task.done():
-            task.cancel()
         await self.runner.cleanup()
 
 

@@ -43,7 +43,7 @@ def global_state(app: web.Application) -> dict[str, Any]:
             # Still bridging: only fan-out across processes and shared rate limits suffer.
             state["error"] = "crm-redis-unavailable"
             state["message"] = "Redis is unreachable; each process works on its own"
-    info = {"checks": health["checks"], "redis": health["redis"], "degraded": health["degraded"]}
+    info = {key: health[key] for key in ("role", "checks", "redis", "degraded")}
     return {**state, "timestamp": int(time.time()), "source": "bridge", "info": info}
 
 

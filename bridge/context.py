@@ -23,6 +23,7 @@ from .ids import IdMapper
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
 from .matrix.homeserver import Homeserver
+from .matrix.receiver import Receiver
 from .redis_state import RedisState
 from .revocation import Revocations
 
@@ -41,6 +42,8 @@ RECEIPTS = web.AppKey("receipts", ReceiptStore)
 IDS = web.AppKey("ids", IdMapper)
 # Set once startup checks passed and the database is open: readiness.
 READY = web.AppKey("ready", dict)
+# This process's role for transactions (facade, standby, receiver) and the lock behind it.
+RECEIVER = web.AppKey("receiver", Receiver)
 # Set when ``redis.url`` is: whether this process reaches Redis now (bridge/redis_state.py).
 REDIS_STATE = web.AppKey("redis_state", RedisState)
 

@@ -4,6 +4,11 @@ Readiness is the database and the homeserver. Redis is reported but does not gat
 process whose Redis is away keeps serving its own sockets and REST (bridge/redis_state.py),
 so it answers 200 with ``"status": "degraded"`` and ``"redis": false``. Taking it out of the
 load balancer would turn a partial outage (no cross-process fan-out) into a full one.
+
+``role`` says what this process does with the homeserver's transactions
+(matrix/receiver.py): ``receiver`` (holds the receiver lock), ``standby`` (configured to
+receive, waiting for the lock; ``/_matrix/app`` answers 503) or ``facade`` (not configured
+to receive). A standby is ready: it serves REST and Socket.IO like any facade.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .api.ratelimit import RATE_LIMITER
-from .context import READY, REDIS_STATE
+from .context import READY, RECEIVER, REDIS_STATE
 
 routes = web.RouteTableDef()
 
@@ -34,7 +39,14 @@ def facts(app: web.Application) -> dict[str, Any]:
     # The rate limiter notices a Redis outage on its own (api/ratelimit.py): it says so too.
     degraded = redis_up is False or bool(limiter and limiter.degraded)
     status = "starting" if not ok else "degraded" if degraded else "ok"
-    return {"status": status, "checks": dict(state), "redis": redis_up, "degraded": degraded}
+    receiver = app.get(RECEIVER)
+    return {
+        "status": status,
+        "role": None if receiver is None else str(receiver.role),
+        "checks": dict(state),
+        "redis": redis_up,
+        "degraded": degraded,
+    }
 
 
 @routes.get("/health/ready")

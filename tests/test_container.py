@@ -85,11 +85,13 @@ def _compose() -> dict[str, Any]:
 def test_compose_file_has_the_services_volumes_and_healthchecks() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"synapse", "postgres", "redis", "bridge", "facade-1", "facade-2", "lb"}
+    assert set(services) == {
+        "synapse", "postgres", "redis", "bridge", "bridge-2", "facade-1", "facade-2", "lb"
+    }  # fmt: skip
     assert set(compose["volumes"]) == {"bridge-data", "postgres-data", "synapse-data"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-    for name in ("bridge", "facade-1", "facade-2"):
+    for name in ("bridge", "bridge-2", "facade-1", "facade-2"):
         service = services[name]
         assert "bridge-data:/data" in service["volumes"]
         assert "/health/ready" in " ".join(service["healthcheck"]["test"])
@@ -102,8 +104,12 @@ def test_compose_file_has_the_services_volumes_and_healthchecks() -> None:
 
 def test_compose_roles_share_redis_and_database() -> None:
     services = _compose()["services"]
-    env = {name: services[name]["environment"] for name in ("bridge", "facade-1", "facade-2")}
-    assert env["bridge"]["BRIDGE_APPSERVICE__RECEIVE_TRANSACTIONS"] == "true"
+    names = ("bridge", "bridge-2", "facade-1", "facade-2")
+    env = {name: services[name]["environment"] for name in names}
+    # Two receiving processes: one receives, the other stands by (the receiver lock).
+    for receiver in ("bridge", "bridge-2"):
+        assert env[receiver]["BRIDGE_APPSERVICE__RECEIVE_TRANSACTIONS"] == "true"
+    assert services["bridge-2"]["depends_on"]["bridge"]["condition"] == "service_healthy"
     for facade in ("facade-1", "facade-2"):
         assert env[facade]["BRIDGE_APPSERVICE__RECEIVE_TRANSACTIONS"] == "false"
         assert services[facade]["depends_on"]["bridge"]["condition"] == "service_healthy"
@@ -112,7 +118,7 @@ def test_compose_roles_share_redis_and_database() -> None:
     assert redis_urls == {"redis://redis:6379/0"} and database_urls == {
         "postgres://bridge:bridge@postgres/bridge"
     }
-    assert set(services["lb"]["depends_on"]) == {"facade-1", "facade-2"}
+    assert set(services["lb"]["depends_on"]) == set(names)
 
 
 def test_load_balancer_is_sticky_and_proxies_websockets() -> None:
@@ -131,6 +137,25 @@ def test_load_balancer_is_sticky_and_proxies_websockets() -> None:
     assert "proxy_set_header Connection $connection_upgrade;" in block
     admin = re.search(r"location /api/admin/ \{(.*?)\}", conf, re.DOTALL)
     assert admin is not None and "proxy_pass http://appservice;" in admin.group(1)
+
+
+def test_load_balancer_sends_transactions_to_whichever_process_receives() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream receivers \{(.*?)\}", conf, re.DOTALL)
+    assert upstream is not None
+    servers = re.findall(r"server (\S+)", upstream.group(1))
+    assert servers == ["bridge:29340", "bridge-2:29340"]
+    # A standby's 503 is its normal answer: never counted as a failure.
+    assert upstream.group(1).count("max_fails=0") == 2 and "ip_hash" not in upstream.group(1)
+    app = re.search(r"location /_matrix/app/ \{(.*?)\}", conf, re.DOTALL)
+    assert app is not None
+    block = app.group(1)
+    assert "proxy_pass http://receivers;" in block
+    assert "proxy_next_upstream error timeout http_503 non_idempotent;" in block
+    # The registration's url, as the compose file's comment says: the lb's port 29340.
+    assert "listen 29340;" in conf
+    compose = (ROOT / "docker-compose.example.yml").read_text()
+    assert "appservice.address: http://lb:29340" in compose
 
 
 def test_dockerfile_follows_bridge_conventions() -> None:

@@ -21,19 +21,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from ..context import (
-    CONFIG,
     CONVERSATIONS,
     DISPATCHER,
     EVENT_INDEX,
     IDS,
     MATRIX,
     RECEIPTS,
+    RECEIVER,
     ROOM_MEMBERS,
 )
 from ..db.relation import REPLACE, THREAD
@@ -51,7 +50,6 @@ from ..matrix.relations import (
     rel_type_of,
     relations_in,
 )
-from ..tasks import stop
 from .events import read_receipts
 from .invalidation import invalidate
 from .preview import preview_of, redacted
@@ -62,7 +60,6 @@ _EMPTY_PREVIEW = '{"sender":"","type":"m.room.message","ts":0,"content":{}}'
 
 log = logging.getLogger("bridge.chat.indexer")
 
-BACKFILL_TASK = web.AppKey("backfill_task", asyncio.Task)
 BACKFILL_LIMIT = 500
 
 
@@ -171,14 +168,9 @@ def setup(app: web.Application) -> None:
     app[DISPATCHER].on_ephemeral(on_ephemeral)
     relations.ensure(app).listeners.append(on_relation)
 
-    async def backfill_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[BACKFILL_TASK] = asyncio.create_task(backfill(app))
-        yield
-        await stop(app[BACKFILL_TASK])
-
-    # Only the process that receives transactions indexes: facade processes read the index.
-    if app[CONFIG]["appservice.receive_transactions"]:
-        app.cleanup_ctx.append(backfill_ctx)
+    # Only the receiver indexes (facade processes read the index): at start, and again on
+    # each takeover, for what arrived while no process received.
+    app[RECEIVER].duty("backfill", lambda: backfill(app))
 
 
 async def _reader_for(app: web.Application, room_id: str) -> str | None:

@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..context import CONFIG, HOMESERVER
-from ..tasks import stop
+from ..context import CONFIG, HOMESERVER, RECEIVER
 from . import operations
 from .admin_api import bridge_accounts, roles
 from .snapshot import parse_snapshot
 
 log = logging.getLogger("bridge.crm.pull")
-
-PULL_TASK = web.AppKey("crm_pull_task", asyncio.Task)
 
 
 async def pull_once(app: web.Application, url: str, token: str | None = None) -> dict[str, Any]:
@@ -60,14 +56,7 @@ def _safe_url(url: str) -> str:
 
 
 def setup(app: web.Application) -> None:
-    async def pull_ctx(app: web.Application) -> AsyncIterator[None]:
-        # One poller per deployment: the process that receives transactions.
-        config = app[CONFIG]
-        if config.get("sync.pull_url") and config["appservice.receive_transactions"]:
-            app[PULL_TASK] = asyncio.create_task(_loop(app))
-        yield
-        task = app.get(PULL_TASK)
-        if task:
-            await stop(task)
-
-    app.cleanup_ctx.append(pull_ctx)
+    # One poller per deployment: the process holding the receiver lock (matrix/receiver.py),
+    # so it moves with the lock when that process dies.
+    if app[CONFIG].get("sync.pull_url"):
+        app[RECEIVER].duty("pull", lambda: _loop(app))

@@ -30,5 +30,10 @@ async def lock(conn: Any, key: int) -> None:
     await _or_end_session(conn, conn.execute("SELECT pg_advisory_lock($1)", key))
 
 
+async def alive(conn: Any) -> None:
+    """A round trip on the session that holds a lock: raises if the session is gone."""
+    await _or_end_session(conn, conn.fetchval("SELECT 1"))
+
+
 async def unlock(conn: Any, key: int) -> None:
     await _or_end_session(conn, conn.execute("SELECT pg_advisory_unlock($1)", key))

@@ -73,9 +73,13 @@ class TransactionLog:
         # Several in one millisecond: the highest number among them came last.
         return max(ids, key=lambda i: (len(i), i)) if ids else None
 
-    async def record(self, txn_id: str, digest: TxnDigest, event_count: int) -> None:
+    async def record(
+        self, txn_id: str, digest: TxnDigest, event_count: int, conn: Any = None
+    ) -> None:
+        """``conn``: the receiver lock's connection (matrix/receiver.py), so that a process
+        whose lock session ended cannot record, and so cannot acknowledge."""
         # A reused id replaces the old row: the homeserver no longer knows the old transaction.
-        await self.db.execute(
+        await (conn or self.db).execute(
             "INSERT INTO as_txn (txn_id, body_digest, events_digest, event_count, processed_at) "
             "VALUES ($1, $2, $3, $4, $5) "
             "ON CONFLICT (txn_id) DO UPDATE SET body_digest=excluded.body_digest, "

@@ -14,6 +14,10 @@ reset its transaction counter.
 
 Integer ids are also watched for ones the homeserver skipped (``gaps.py``): a transaction
 Synapse stranded is fetched by refusing the next one once with a 503.
+
+Only the process holding the receiver lock (``receiver.py``) answers here; a standby
+answers 503 so that the proxy in front tries the next process. The acknowledging write is
+made on the lock's connection, so a holder that lost its lock cannot acknowledge.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..context import (
     CONFIG,
     DISPATCHER,
     HOMESERVER,
+    RECEIVER,
     TXN_LOG,
     USER_QUERY,
     ExistenceQuery,
@@ -113,9 +118,15 @@ class ResendRequested(ServiceUnavailable):
     """Refused once on purpose, so that the homeserver resends what it skipped."""
 
 
+def check_receiving(request: web.Request) -> None:
+    """The hs_token, then the role: a standby answers 503 (the proxy tries the next)."""
+    check_hs_token(request)
+    request.app[RECEIVER].check()
+
+
 @routes.put("/_matrix/app/v1/transactions/{txn_id}")
 async def put_transaction(request: web.Request) -> web.Response:
-    check_hs_token(request)
+    check_receiving(request)
     metrics = request.app.get(METRICS)
     if metrics is None:
         return await _transaction(request, None)
@@ -144,9 +155,10 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
     ephemeral: list[dict[str, Any]] = []
     for key in _EPHEMERAL_KEYS:
         ephemeral.extend(e for e in _list(body.get(key)) if _well_formed(e, ("type",)))
-    txn_log, intake = request.app[TXN_LOG], request.app[_INTAKE]
+    txn_log, intake, receiver = request.app[TXN_LOG], request.app[_INTAKE], request.app[RECEIVER]
     digest = TxnDigest.of(body)
     async with intake.lock:
+        receiver.check()  # the role may have changed while this one waited
         if not intake.resumed:
             intake.gaps.last = parse_id(await txn_log.last_id() or "")
             intake.resumed = True
@@ -175,7 +187,8 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
             # Not recorded: the homeserver will send it again and we handle it then.
             log.exception("Handling transaction %s failed; the homeserver will retry", txn_id)
             raise
-        await txn_log.record(txn_id, digest, len(events) + len(ephemeral))
+        async with receiver.fenced() as conn:
+            await txn_log.record(txn_id, digest, len(events) + len(ephemeral), conn=conn)
         intake.gaps.handled(txn_id)
     if metrics is not None:
         metrics.count_events(events, ephemeral)
@@ -186,7 +199,7 @@ async def _answer_query(
     request: web.Request, key: web.AppKey[ExistenceQuery], name: str, missing: str
 ) -> web.Response:
     """The homeserver asks whether a user or alias in our namespace exists."""
-    check_hs_token(request)
+    check_receiving(request)
     query = request.app.get(key)
     if query and await query(request.match_info[name]):
         return web.json_response({})
@@ -205,11 +218,17 @@ async def query_alias(request: web.Request) -> web.Response:
 
 @routes.post("/_matrix/app/v1/ping")
 async def ping(request: web.Request) -> web.Response:
-    check_hs_token(request)
+    check_receiving(request)
     return web.json_response({})
 
 
 def setup(app: web.Application) -> None:
-    seconds = float(app[CONFIG].get("appservice.gap_recovery_seconds") or 0)
-    app[_INTAKE] = _Intake(gaps=GapTracker(timeout=max(seconds, 0.0)))
+    seconds = max(float(app[CONFIG].get("appservice.gap_recovery_seconds") or 0), 0.0)
+    intake = app[_INTAKE] = _Intake(gaps=GapTracker(timeout=seconds))
+
+    def taken_over() -> None:
+        # Another process may have handled transactions since: resume from the log.
+        intake.resumed, intake.gaps = False, GapTracker(timeout=seconds)
+
+    app[RECEIVER].on_acquired(taken_over)
     app.add_routes(routes)
