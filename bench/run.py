@@ -56,6 +56,7 @@ STEPS = [
          ["--sequential", "20", "--rounds", "2", "--per-sender", "3", "--list-requests", "20",
           "--list-conversations", "10", "--search-requests", "10"], 240),
     Step("relations", "bench.relations", ["--requests", "60"], ["--requests", "15"], 120),
+    Step("media", "bench.media", ["--requests", "60"], ["--requests", "15"], 90),
     Step("realtime", "bench.realtime",
          ["--samples", "40", "--sockets", "500,1000,2000", "--users", "100",
           "--fanout-messages", "10"],
@@ -311,6 +312,14 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
         fallback,
         None,
         "×",
+    )
+    media = r.get("media")
+    row(
+        "page of 50 files, every URL signed, vs Synapse `/messages` (no target; issue 19)",
+        _get(media, "p50_ratio"),
+        None,
+        f"× (signing pass {_get(media, 'sign_ms', 'p50_ms')} ms, encoding "
+        f"{_get(media, 'encode_ms', 'p50_ms')} ms)",
     )
     return rows  # fmt: skip
 

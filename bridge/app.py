@@ -13,6 +13,7 @@ from aiohttp import web
 from mautrix.util.async_db import Database
 
 from . import bridge_state, chat, health, metrics, protocol
+from .chat.media_urls import MEDIA_SIGNER, MediaSigner
 from .config import Config
 from .context import (
     CONFIG,
@@ -77,6 +78,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app.on_response_prepare.append(protocol.on_response_prepare)
     app[CONFIG] = config
     app[IDS] = IdMapper.from_config(config)
+    app[MEDIA_SIGNER] = MediaSigner.from_config(config)
     app[DISPATCHER] = EventDispatcher()
     app[READY] = {"database": False, "homeserver": False}
     app[LOCAL_ECHO] = []

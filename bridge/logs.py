@@ -23,8 +23,11 @@ from .config import Config
 # Every attribute a LogRecord has of its own; anything else was passed in ``extra``.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 # Query parameters that carry credentials: the Socket.IO handshake's ``token``, the
-# deprecated ``access_token`` some homeservers still send with the hs_token.
-SECRET_PARAMS = frozenset(("token", "access_token", "jwt", "auth", "authorization", "password"))
+# deprecated ``access_token`` some homeservers still send with the hs_token, a signed media
+# URL's ``sig`` (bridge/chat/media_urls.py).
+SECRET_PARAMS = frozenset(
+    ("token", "access_token", "jwt", "auth", "authorization", "password", "sig")
+)
 REDACTED = "<redacted>"
 
 

@@ -8,6 +8,7 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +16,7 @@ from aiohttp import web
 from bridge.api.auth import VERIFIER
 from bridge.api.direct import ensure_puppet
 from bridge.app import BridgeServer
+from bridge.chat.media_urls import MEDIA_FIELDS, MEDIA_PATH
 from bridge.config import Config
 from bridge.context import CONVERSATIONS, IDS, MATRIX, PROJECTS, ROOM_MEMBERS, USERS
 from bridge.db.conversation import PROJECT, Conversation
@@ -155,3 +157,23 @@ def png(width: int = 2, height: int = 2) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw))
         + chunk(b"IEND", b"")
     )
+
+
+def media_path(url: str) -> str:
+    """The bare media path of a signed media URL (``/api/chat/media/<server>/<id>``)."""
+    return urlsplit(url).path
+
+
+def unsigned(data: Any) -> Any:
+    """JSON data with each signed media URL reduced to its path: what a message object
+    holds before it is signed for one reader (bridge/chat/media_urls.py)."""
+    if isinstance(data, dict):
+        return {
+            k: media_path(v)
+            if k in MEDIA_FIELDS and isinstance(v, str) and MEDIA_PATH in v
+            else unsigned(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [unsigned(item) for item in data]
+    return data

@@ -11,7 +11,7 @@ from nio import RoomSendResponse
 
 from bridge.chat.service import CHAT
 from bridge.context import EVENT_INDEX, MATRIX, RECEIPTS, USERS
-from tests.api_support import api_for, crm_user, png, project_chat
+from tests.api_support import api_for, crm_user, media_path, png, project_chat
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 
@@ -318,9 +318,12 @@ async def test_messages_from_plain_matrix_clients(stack) -> None:
             assert stranger_sender["_id"] == stranger.user_id
             assert stranger_sender["name"] == "Stranger Danger"
             # Its Matrix avatar is offered, and downloadable like a profile on Matrix.
-            assert stranger_sender["avatar"].startswith("/api/chat/media/localhost/")
+            avatar = stranger_sender["avatar"]
+            assert avatar.startswith(f"{stack.bridge_url}/api/chat/media/localhost/")
             async with aiohttp.ClientSession() as session:
-                url = stack.bridge_url + stranger_sender["avatar"]
+                async with session.get(avatar) as resp:  # signed for Alice: no token needed
+                    assert resp.status == 200 and await resp.read() == picture
+                url = stack.bridge_url + media_path(avatar)
                 async with session.get(url, headers=a.headers()) as resp:
                     assert resp.status == 200 and await resp.read() == picture
             listed = find((await a.get("/api/chat/conversations"))[1], conv.conversation_id)

@@ -22,7 +22,16 @@ from bridge.context import (
     ROOM_MEMBERS,
 )
 from bridge.matrix.homeserver import _FOR_USER
-from tests.api_support import api_for, crm_user, media_and_sends, png, project_chat, token
+from tests.api_support import (
+    api_for,
+    crm_user,
+    media_and_sends,
+    media_path,
+    png,
+    project_chat,
+    token,
+    unsigned,
+)
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 from tests.realtime_support import Directory, Recorder, conversation_of
@@ -366,7 +375,8 @@ async def test_upload_and_post_in_one_call(stack) -> None:
             assert attachment["originalName"] == "cat _1_.png"
             assert headers["X-RateLimit-Limit"] == "30"  # send's limit
             pushed = await socket.wait("new_message", lambda m: m["_id"] == message["_id"])
-            assert pushed["attachments"] == [attachment]
+            assert unsigned(pushed["attachments"]) == unsigned([attachment])
+            assert "sig=" in pushed["attachments"][0]["url"]
 
             status, doc, _ = await a.post(
                 "/api/chat/upload/chat", data=upload_form(cid, "s.pdf", PDF)
@@ -386,7 +396,7 @@ async def test_upload_and_post_in_one_call(stack) -> None:
             assert downloaded.body == image
             async with (
                 aiohttp.ClientSession() as session,
-                session.get(url + attachment["url"], headers=b.headers()) as got,
+                session.get(url + media_path(attachment["url"]), headers=b.headers()) as got,
             ):
                 assert got.status == 200 and await got.read() == image
 

@@ -10,7 +10,7 @@ from nio import RoomSendResponse
 
 from bridge.api.uploads import sanitize_filename, sniff
 from bridge.context import EVENT_INDEX, MATRIX
-from tests.api_support import api_for, crm_user, media_and_sends, png, project_chat
+from tests.api_support import api_for, crm_user, media_and_sends, media_path, png, project_chat
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
 
@@ -62,10 +62,13 @@ async def test_upload_and_send_image_and_file(stack) -> None:
         assert attachment["mimetype"] == "image/png" and attachment["size"] == len(image)
         assert attachment["originalName"] == "holiday _1_.png"
         assert attachment["filename"].endswith(".png")
-        assert attachment["url"].startswith("/api/chat/media/localhost/")
+        # Absolute and signed for the uploader; also in the CRM upload's own fields.
+        assert attachment["url"].startswith(f"{stack.bridge_url}/api/chat/media/localhost/")
+        assert "sig=" in attachment["url"] and uploaded["fileUrl"] == attachment["url"]
+        assert (uploaded["originalName"], uploaded["mimeType"]) == ("holiday _1_.png", "image/png")
         async with aiohttp.ClientSession() as session:
             # Before it is posted, only the uploader may fetch it.
-            url = stack.bridge_url + attachment["url"]
+            url = stack.bridge_url + media_path(attachment["url"])
             async with session.get(url, headers=b.headers()) as resp:
                 assert resp.status == 404
             async with session.get(url, headers=a.headers()) as resp:
@@ -97,11 +100,15 @@ async def test_upload_and_send_image_and_file(stack) -> None:
 
         page = (await b.get(f"/api/chat/messages/{cid}"))[1]
         assert [m["type"] for m in page["messages"]] == ["image", "file"]
-        assert page["messages"][0]["attachments"][0]["url"] == attachment["url"]
+        bobs = page["messages"][0]["attachments"][0]["url"]
+        assert media_path(bobs) == media_path(attachment["url"]) and bobs != attachment["url"]
 
-        # Download: with the bearer header, with ?token= (for <img src>), never without.
+        # Download: Bob's signed URL alone; the bearer header, the deprecated ?token=;
+        # the bare path without any of them, never.
         async with aiohttp.ClientSession() as session:
-            url = stack.bridge_url + attachment["url"]
+            async with session.get(bobs) as resp:
+                assert resp.status == 200 and await resp.read() == image
+            url = stack.bridge_url + media_path(attachment["url"])
             async with session.get(url, headers=b.headers()) as resp:
                 assert resp.status == 200 and await resp.read() == image
                 assert resp.headers["Content-Type"] == "image/png"
@@ -111,7 +118,8 @@ async def test_upload_and_send_image_and_file(stack) -> None:
             async with session.get(url) as resp:
                 assert resp.status == 401
                 assert (await resp.json())["errcode"] == "M_MISSING_TOKEN"
-            async with session.get(stack.bridge_url + pdf["url"], headers=b.headers()) as resp:
+            pdf_url = stack.bridge_url + media_path(pdf["url"])
+            async with session.get(pdf_url, headers=b.headers()) as resp:
                 assert resp.status == 200 and await resp.read() == PDF
                 assert resp.headers["Content-Disposition"].startswith("attachment;")
             # Someone outside the conversation gets the same 404 as for a missing file.

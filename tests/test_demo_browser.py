@@ -57,6 +57,25 @@ async def browser() -> AsyncIterator[Browser]:
             await browser.close()
 
 
+async def bare_img_loads(browser: Browser, src: str, width: int) -> None:
+    """A page of another origin with nothing but <img src>: no header, no cookie, no token.
+    The signed URL loads; the same URL with its signature altered does not."""
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        tampered = src[:-2] + ("AA" if not src.endswith("AA") else "BB")
+        await page.set_content(f'<img id="ok" src="{src}"><img id="bad" src="{tampered}">')
+        await page.wait_for_function(
+            "w => { const i = document.getElementById('ok'); "
+            "return i.complete && i.naturalWidth === w; }",
+            arg=width,
+        )
+        await page.wait_for_function("document.getElementById('bad').complete")
+        assert await page.evaluate("document.getElementById('bad').naturalWidth") == 0
+    finally:
+        await context.close()
+
+
 async def open_page(browser: Browser, url: str) -> Page:
     # One context per user: separate sessionStorage, as two people on two machines.
     context = await browser.new_context(viewport={"width": 1100, "height": 640})
@@ -153,7 +172,8 @@ async def test_two_users_chat_and_a_matrix_reply_shows_in_both_pages(
             await page_b.locator("#text").press("Enter")
             await expect(message(page_a, "Hi Alice, looks good")).to_be_visible()
 
-            # Bob sends a picture: uploaded, then drawn on Alice's page through ?token=.
+            # Bob sends a picture: uploaded, then drawn on Alice's page by a bare <img src>,
+            # its URL signed for Alice (no token in it).
             await page_b.locator("#file").set_input_files(
                 files=[{"name": "chart.png", "mimeType": "image/png", "buffer": png(96, 48)}]
             )
@@ -163,6 +183,11 @@ async def test_two_users_chat_and_a_matrix_reply_shows_in_both_pages(
             await page_a.wait_for_function(
                 "img => img.complete && img.naturalWidth === 96", arg=await picture.element_handle()
             )
+            src = await picture.get_attribute("src")
+            origin = facade.config["appservice.address"]
+            assert src and src.startswith(f"{origin}/api/chat/media/") and "sig=" in src
+            assert "token=" not in src
+            await bare_img_loads(browser, src, 96)
             lap("answer+file")
             # The Matrix user replies to Alice's message, as Element does (m.in_reply_to).
             async with api_for(stack.app, stack.bridge_url, alice) as api:

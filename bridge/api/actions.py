@@ -27,6 +27,7 @@ from ..ids import conversation_id_for_room, event_id_for_message, message_id_for
 from ..matrix import relations
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS
+from .messaging import with_durations
 from .models import EditBody, MessageRef, ReactBody, parse
 from .quota import count
 
@@ -56,10 +57,14 @@ async def locate(
     return conversation, event
 
 
-async def _message(
+async def message_of(
     service: ChatService, user: CrmUser, conversation: Conversation, event: dict[str, Any]
 ) -> dict[str, Any]:
+    """The message as this user reads it now (its latest edit applied)."""
     return (await service.messages_from_events(conversation, [event], viewer=user))[0]
+
+
+_message = message_of
 
 
 def _forbidden_or_raise(e: MatrixError, message: str) -> None:
@@ -114,6 +119,10 @@ async def edit(
         raise Forbidden("Only the sender may edit a message")
     original = event["content"]
     new = edited_content(original, req.content)
+    if original.get("msgtype") in ("m.audio", "m.video"):
+        # Keep a duration that an earlier edit set (voice.py): the edit replaces it whole.
+        current = await message_of(service, user, conversation, event)
+        new = with_durations(new, [a.get("duration") for a in current["attachments"]])
     content: dict[str, Any] = {
         "msgtype": new.get("msgtype", "m.text"),
         "body": f"* {req.content}",
@@ -122,6 +131,14 @@ async def edit(
     }
     if "m.mentions" in new:
         content["m.mentions"] = {}  # nobody is mentioned anew by an edit
+    await send_edit(service, user, conversation, content)
+    return await _message(service, user, conversation, event)
+
+
+async def send_edit(
+    service: ChatService, user: CrmUser, conversation: Conversation, content: dict[str, Any]
+) -> str:
+    """Post an ``m.replace`` edit as the user's puppet and index it at once."""
     try:
         edit_id = await service.app[MATRIX].send_event(
             conversation.room_id, "m.room.message", content, as_user=user.mxid
@@ -132,7 +149,7 @@ async def edit(
     await _sent(
         service, _event(edit_id, conversation.room_id, user.mxid, "m.room.message", content)
     )
-    return await _message(service, user, conversation, event)
+    return edit_id
 
 
 # Delete.

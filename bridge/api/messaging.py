@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..chat import enrich, serialize
 from ..chat.indexer import index_event
-from ..chat.serialize import CRM_FIELD, ReadState
+from ..chat.serialize import AUDIO_FIELD, CRM_FIELD, VOICE_FIELD, ReadState
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
@@ -18,11 +18,13 @@ from ..errors import Conflict, Forbidden, InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS
+from . import imports
 from .files import check_files, store_files
 from .models import (
     MAX_ATTACHMENTS,
     MAX_CONTENT,
     MAX_CONTENT_BYTES,
+    AttachmentIn,
     MarkReadBody,
     SendBody,
     parse,
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 CONVERSATION_NOT_FOUND = "Conversation not found"
 
 log = logging.getLogger("bridge.api.messaging")
+
+UPLOAD = "/api/chat/upload"
 
 
 def _conversation_id(value: Any) -> str:
@@ -61,11 +65,17 @@ def _check_text(content: Any) -> None:
 async def _resolve_attachments(
     service: ChatService, user: CrmUser, attachments: list[Any]
 ) -> list[dict]:
-    """Attachments must be files uploaded through /api/chat/upload; we trust our own record."""
-    resolved = []
-    for item in attachments:
-        url = item.get("url") if isinstance(item, dict) else None
-        mxc = serialize.mxc_of_url(url) if isinstance(url, str) else None
+    """Files uploaded through /api/chat/upload (we trust our own record of them), or URLs
+    under ``attachments.import_from``, fetched and stored now (imports.py). All are checked
+    before any is fetched, and a fetch that fails sends nothing."""
+    found: list[tuple[AttachmentIn, Any]] = []
+    to_import: list[int] = []
+    for raw in attachments:
+        if not isinstance(raw, dict):
+            raise InvalidParam("Each attachment must be an object with its url")
+        item = parse(AttachmentIn, raw)
+        url = item.url
+        mxc = serialize.mxc_of_url(url)
         media = await service.media.get(mxc) if mxc else None
         # Only files the sender may still download: re-posting must not restore lost access.
         if media is not None and not await service.media.may_download(
@@ -73,35 +83,97 @@ async def _resolve_attachments(
         ):
             media = None
         if media is None:
-            raise InvalidParam("Each attachment must be a file returned by /api/chat/upload")
-        resolved.append(
-            {
-                "mxc": media.mxc,
-                "filename": media.filename,
-                "originalName": media.original_name,
-                "mimetype": media.mimetype,
-                "size": media.size,
-            }
-        )
+            under = imports.prefixes(service.app)
+            if not imports.allowed(url, under):
+                also = " or a URL under attachments.import_from" if under else ""
+                raise InvalidParam(f"Each attachment must be a file returned by {UPLOAD}{also}")
+            to_import.append(len(found))
+        found.append((item, media))
+    resolved = []
+    for index, (item, media) in enumerate(found):
+        if index in to_import:
+            name, data = await imports.fetch(service.app, item.url)
+            checked = check_files(service.app, [(item.originalName or item.filename or name, data)])
+            stored = (await store_files(service.app, user, checked))[0]
+            media = await service.media.get(serialize.mxc_of_url(stored["url"]) or "")
+        assert media is not None
+        attachment = {
+            "mxc": media.mxc,
+            "filename": media.filename,
+            "originalName": media.original_name,
+            "mimetype": media.mimetype,
+            "size": media.size,
+        }
+        if item.duration is not None:
+            # Milliseconds: Matrix events hold no floats (canonical JSON).
+            attachment["durationMs"] = round(item.duration * 1000)
+        resolved.append(attachment)
     return resolved
 
 
+def _is_audio(mimetype: str) -> bool:
+    # A browser's recorded voice is WebM, found to be video/webm by its bytes.
+    return mimetype.startswith("audio/") or mimetype == "video/webm"
+
+
+def _msgtype(kind: str, mimetype: str) -> str:
+    if kind == "voice" or mimetype.startswith("audio/"):
+        return "m.audio"
+    if mimetype.startswith("image/"):
+        return "m.image"
+    if mimetype.startswith("video/"):
+        return "m.video"
+    return "m.file"
+
+
 def build_content(text: str, kind: str, attachments: list[dict]) -> dict[str, Any]:
-    """A standard Matrix message Element renders, plus the seed fields under CRM_FIELD."""
+    """A standard Matrix message Element renders, plus the seed fields under CRM_FIELD.
+
+    A voice message is Element's: ``m.audio`` marked with MSC3245, its duration in ms in
+    ``info.duration`` and MSC1767's audio block. Durations are ms everywhere in the event
+    (``durationMs`` in CRM_FIELD): Matrix events hold no floats. The API speaks seconds."""
     crm = {"type": kind, "content": text, "attachments": attachments}
     if not attachments:
         return {"msgtype": "m.text", "body": text, CRM_FIELD: crm}
     first = attachments[0]
-    msgtype = "m.image" if first["mimetype"].startswith("image/") else "m.file"
+    mimetype = first["mimetype"]
+    if kind == "voice" and mimetype == "video/webm":
+        mimetype = "audio/webm"  # a browser's recorded voice: WebM with only an audio track
+    info: dict[str, Any] = {"mimetype": mimetype, "size": first["size"]}
     content: dict[str, Any] = {
-        "msgtype": msgtype,
+        "msgtype": _msgtype(kind, mimetype),
         "body": text.strip() or first["originalName"],
         "filename": first["originalName"],
         "url": first["mxc"],
-        "info": {"mimetype": first["mimetype"], "size": first["size"]},
+        "info": info,
         CRM_FIELD: crm,
     }
+    if isinstance(first.get("durationMs"), int):
+        info["duration"] = first["durationMs"]
+    if kind == "voice":
+        content[VOICE_FIELD] = {}
+        content[AUDIO_FIELD] = {"duration": info.get("duration", 0), "waveform": []}
     return content
+
+
+def with_durations(content: dict[str, Any], durations: list[float | None]) -> dict[str, Any]:
+    """The message content with these durations (seconds) on its attachments."""
+    new = dict(content)
+    crm = new.get(CRM_FIELD)
+    if isinstance(crm, dict) and isinstance(crm.get("attachments"), list):
+        listed = [dict(a) if isinstance(a, dict) else a for a in crm["attachments"]]
+        for index, duration in enumerate(durations[: len(listed)]):
+            if duration is not None and isinstance(listed[index], dict):
+                listed[index]["durationMs"] = round(duration * 1000)
+        new[CRM_FIELD] = {**crm, "attachments": listed}
+    first = durations[0] if durations else None
+    if first is not None and "url" in new:
+        ms = round(first * 1000)
+        info = new.get("info") if isinstance(new.get("info"), dict) else {}
+        new["info"] = {**info, "duration": ms}
+        if isinstance(new.get(AUDIO_FIELD), dict):
+            new[AUDIO_FIELD] = {**new[AUDIO_FIELD], "duration": ms}
+    return new
 
 
 def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) -> str:
@@ -236,6 +308,8 @@ async def _post(
 ) -> dict[str, Any]:
     """Post a checked message as the user's puppet; answers with the message object."""
     resolved = await _resolve_attachments(service, user, attachments)
+    if kind == "voice" and not _is_audio(resolved[0]["mimetype"]):
+        raise InvalidParam("A voice message's first attachment must be an audio file")
     body = build_content(content, kind, resolved)
     if relation is not None:
         # Fallback-free: the body is the text alone, as clients since Matrix 1.13 expect.

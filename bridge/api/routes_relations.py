@@ -9,9 +9,18 @@ from aiohttp import web
 
 from ..chat.service import CHAT
 from ..db.crm_user import CrmUser
-from . import actions
+from . import actions, voice
 from .contract import MESSAGES, declare
-from .models import ConversationPath, Deleted, EditBody, Message, MessageRef, ReactBody
+from .models import (
+    ConversationPath,
+    Deleted,
+    EditBody,
+    Message,
+    MessageRef,
+    ReactBody,
+    UpdateDurationBody,
+    UpdateDurationResult,
+)
 from .plumbing import authed, json_object, json_response
 
 routes = web.RouteTableDef()
@@ -115,6 +124,21 @@ async def pin_message(request: web.Request, user: CrmUser) -> web.Response:
 @authed(None)
 async def unpin_message(request: web.Request, user: CrmUser) -> web.Response:
     return await _run(request, user, actions.unpin)
+
+
+@routes.post("/api/chat/update-duration")
+@declare(
+    "Set a voice note's duration (seconds); only its sender may",
+    tags=MESSAGES,
+    body=UpdateDurationBody,
+    ok={200: (UpdateDurationResult, "The duration every later read shows")},
+    errors=_ERRORS,
+    description="Stored in Matrix as an m.replace edit of the message (info.duration in ms). "
+    "The same value again sends nothing. 403 for someone else's message.",
+)
+@authed(None)
+async def update_duration(request: web.Request, user: CrmUser) -> web.Response:
+    return await _run(request, user, voice.update_duration)
 
 
 @routes.get("/api/chat/pinned-messages/{conversationId}")

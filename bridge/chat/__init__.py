@@ -3,8 +3,8 @@
 ``service.py`` answers from the index (``app[CHAT]``); ``indexer.py`` is the one writer of
 the index (``room_event``, receipts, conversation activity and previews), fed by appservice
 transactions and by the facade's own sends through the same idempotent function;
-``serialize.py`` and ``enrich.py`` make the message and conversation objects; the SQL is in
-``bridge/db/``.
+``serialize.py`` and ``enrich.py`` make the message and conversation objects, whose media
+paths ``media_urls.py`` signs for each reader at the edge; the SQL is in ``bridge/db/``.
 """
 
 from __future__ import annotations

@@ -254,9 +254,13 @@ async def decorate(
         event_id = event["event_id"]
         edit = latest.get(event_id)
         if edit and (content := new_content(edit[2])):
-            message["content"] = serialize.type_and_text(event.get("type", ""), content)[1]
-            message["edited"] = True
-            message["editedAt"] = message["updatedAt"] = serialize.iso(edit[0])
+            text = serialize.type_and_text(event.get("type", ""), content)[1]
+            if not _sets_durations_only(edit[2]) or text != message["content"]:
+                message["edited"] = True
+                message["editedAt"] = message["updatedAt"] = serialize.iso(edit[0])
+            message["content"] = text
+            # A voice note's duration, set after it was sent (api/voice.py), lives here.
+            message["attachments"] = serialize.attachments_of(content) or message["attachments"]
         if target := replies.get(event_id):
             quote = quoted.get(target)
             message["replyTo"] = {
@@ -278,6 +282,11 @@ async def decorate(
             message["threadCount"] = len(replies_ts)
             message["threadLastReplyAt"] = serialize.iso(max(replies_ts))
         message["isPinned"] = event_id in pinned
+
+
+def _sets_durations_only(edit: dict[str, Any] | None) -> bool:
+    crm = (edit or {}).get("content", {}).get(serialize.CRM_FIELD)
+    return isinstance(crm, dict) and crm.get("edit") == "duration"
 
 
 def _mentioned(edited: dict[str, Any] | None, event: dict[str, Any]) -> list[str]:

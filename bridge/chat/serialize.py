@@ -17,10 +17,15 @@ from ..db.project import Project
 from ..ids import message_id_for_event
 from ..matrix.relations import thread_root
 
-MESSAGE_TYPES = ("text", "file", "image", "link")
+MESSAGE_TYPES = ("text", "file", "image", "link", "voice")
 # Our own record of the seed fields, carried inside the Matrix event beside the standard ones.
 CRM_FIELD = "com.crm.message"
 _MEDIA_MSGTYPES = {"m.image": "image", "m.file": "file", "m.video": "file", "m.audio": "file"}
+# Element's voice messages: m.audio with this marker (MSC3245), duration in ms in info.
+VOICE_FIELD = "org.matrix.msc3245.voice"
+AUDIO_FIELD = "org.matrix.msc1767.audio"
+# Longest duration we take from a client or an event, in seconds (a day).
+MAX_DURATION = 86400.0
 
 
 def iso(ms: int | float | None) -> str | None:
@@ -106,8 +111,29 @@ class ReadState:
         return entries
 
 
+def duration_seconds(value: Any) -> float | None:
+    """A duration in seconds as the CRM reads it, or None when absent or not sensible."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_DURATION or value != value:
+        return None
+    return round(float(value), 3)
+
+
+def _event_duration(content: dict[str, Any]) -> float | None:
+    """A Matrix audio/video event's duration (``info.duration``, in ms) in seconds."""
+    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    ms = info.get("duration")
+    if ms is None and isinstance(audio := content.get(AUDIO_FIELD), dict):
+        ms = audio.get("duration")
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    return duration_seconds(ms / 1000)
+
+
 def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
-    """Attachment objects of a Matrix message; URLs always come from the mxc URIs."""
+    """Attachment objects of a Matrix message; URLs always come from the mxc URIs.
+    ``duration`` is in seconds (a float, as the CRM's page sends it), or null."""
     crm = content.get(CRM_FIELD)
     listed = crm.get("attachments") if isinstance(crm, dict) else None
     out: list[dict[str, Any]] = []
@@ -115,6 +141,14 @@ def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
         for item in listed[:10]:
             if not isinstance(item, dict) or not (url := media_url(item.get("mxc"))):
                 continue
+            ms = item.get("durationMs")
+            duration = (
+                None
+                if isinstance(ms, bool) or not isinstance(ms, int)
+                else (duration_seconds(ms / 1000))
+            )
+            if duration is None and not out:
+                duration = _event_duration(content)  # the first one is the event's own file
             out.append(
                 {
                     "filename": str(item.get("filename") or url.rsplit("/", 1)[-1]),
@@ -122,6 +156,7 @@ def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
                     "mimetype": str(item.get("mimetype") or "application/octet-stream"),
                     "size": item.get("size") if isinstance(item.get("size"), int) else 0,
                     "url": url,
+                    "duration": duration,
                 }
             )
         if out:
@@ -138,6 +173,7 @@ def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
             "mimetype": str(info.get("mimetype") or "application/octet-stream"),
             "size": info.get("size") if isinstance(info.get("size"), int) else 0,
             "url": url,
+            "duration": _event_duration(content),
         }
     ]
 
@@ -147,6 +183,8 @@ def type_and_text(event_type: str, content: dict[str, Any]) -> tuple[str, str]:
     body = content.get("body") if isinstance(content.get("body"), str) else ""
     if event_type == "m.sticker":
         kind = "image"
+    elif content.get("msgtype") == "m.audio" and isinstance(content.get(VOICE_FIELD), dict):
+        kind = "voice"
     else:
         kind = _MEDIA_MSGTYPES.get(str(content.get("msgtype")), "text")
     text = body

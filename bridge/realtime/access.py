@@ -24,6 +24,7 @@ import socketio
 from aiohttp import web
 
 from ..api.auth import SEEN_USERS
+from ..chat.media_urls import has_media, media_signer
 from ..context import CONVERSATIONS, ROOM_MEMBERS, USERS
 from ..ids import room_id_for_conversation
 from .local import LocalSockets
@@ -39,6 +40,12 @@ EXPIRED = {"message": "The access token has expired", "errcode": "M_UNKNOWN_TOKE
 # this long; one not found is looked up again before being held back.
 _JOINED_TTL = 2.0
 _JOINED_CACHE = 10000
+# Events whose payload may carry media URLs (attachments, avatars): each socket gets them
+# signed for its own user.
+PERSONAL_EVENTS = frozenset(
+    {"new_message", "message_update", "message_sent", "conversation_update", "message_pinned",
+     "user_online", "user_typing"}
+)  # fmt: skip
 
 
 class Access:
@@ -125,6 +132,18 @@ class Access:
             log.info("Socket %s was in %s without taking part; taking it out", sid, room)
             await self.sio.leave_room(sid, room)
         return allowed
+
+    # Media URLs signed per user (bridge/chat/media_urls.py).
+    def personal(self, event: str, data: Any) -> bool:
+        return event in PERSONAL_EVENTS and has_media(data)
+
+    def copies_for(self, data: Any, sids: list[str]) -> list[tuple[Any, list[str]]]:
+        by_user: dict[str, list[str]] = {}
+        for sid in sids:
+            if (socket := self.sockets.get(sid)) is not None:
+                by_user.setdefault(socket.user.crm_user_id, []).append(sid)
+        signer = media_signer(self.app)
+        return [(signer.sign_tree(data, user), group) for user, group in by_user.items()]
 
     async def blocked(self, namespace: str, rooms: list[str]) -> set[str]:
         manager = self.sio.manager

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ..api import messaging
 from ..api.auth import user_for, verifier
+from ..chat.media_urls import media_signer
 from ..chat.service import CHAT
 from ..context import EVENT_INDEX
 from ..errors import (
@@ -223,7 +224,7 @@ def register(
             raise InvalidParam("send_message needs {conversationId, content, type}")
         message = await messaging.send(app[CHAT], socket.user, data)
         await sio.emit("message_sent", message, to=sid)
-        return message
+        return media_signer(app).sign_tree(message, socket.user.crm_user_id)
 
     @sio.on("typing")
     @answered

@@ -25,6 +25,10 @@ things of ours:
   stale (a lost pub/sub message, a join racing a removal). The gate adds the sockets it
   holds back to the emit's ``skip_sid``: in ``emit`` for this process's own emits, and in
   ``_listen`` for other processes' emits before python-socketio delivers them here.
+* Events that carry media URLs (the gate says which) are delivered socket by socket, each
+  with a copy signed for its own user (bridge/chat/media_urls.py): through the base class's
+  ``AsyncManager.emit`` to one sid, which delivers here only. Other processes get the
+  shared payload and do the same for their own sockets.
 """
 
 from __future__ import annotations
@@ -241,6 +245,12 @@ class Gate(Protocol):
     async def blocked(self, namespace: str, rooms: list[str]) -> set[str]:
         """This process's sockets in these rooms that must not get the event."""
 
+    def personal(self, event: str, data: Any) -> bool:
+        """Whether each socket gets a copy of its own (media URLs signed for its user)."""
+
+    def copies_for(self, data: Any, sids: list[str]) -> list[tuple[Any, list[str]]]:
+        """The copy of ``data`` for each group of this process's sockets."""
+
 
 def _payload(data: Any) -> Any:
     """An emit's payload as published: python-socketio 5.16+ wraps the arguments in a list
@@ -274,6 +284,32 @@ class _Gated:
         if self.gate is not None and isinstance(payload, dict):
             await self.gate.control(payload)
 
+    def _personal(self, event: str, data: Any, room: Any, callback: Any) -> bool:
+        return (
+            self.gate is not None
+            and callback is None
+            and bool(_rooms(room))
+            and self.gate.personal(event, data)
+        )
+
+    async def _deliver_each(
+        self, event: str, data: Any, namespace: str | None, room: Any, skip_sid: Any
+    ) -> None:
+        """This process's sockets in ``room``, each with its own user's copy (one encoding
+        per user, not one per emit: only events that carry media URLs come here)."""
+        assert self.gate is not None
+        namespace = namespace or "/"
+        skip = set(skip_sid if isinstance(skip_sid, list) else [skip_sid] if skip_sid else [])
+        sids: dict[str, None] = {}
+        for name in _rooms(room):
+            for sid, _ in self.get_participants(namespace, name):  # type: ignore[attr-defined]
+                if sid not in skip:
+                    sids[sid] = None
+        for copy, group in self.gate.copies_for(data, list(sids)):
+            for sid in group:
+                # The base class's emit: this process's socket only, never published.
+                await socketio.AsyncManager.emit(self, event, copy, namespace, room=sid)  # type: ignore[arg-type]
+
 
 class GatedManager(_Gated, socketio.AsyncManager):
     """One process, no Redis."""
@@ -293,6 +329,8 @@ class GatedManager(_Gated, socketio.AsyncManager):
         if event == CONTROL_EVENT:
             return await self._control(data)
         skip_sid = await self._skip(namespace, room, skip_sid)
+        if self._personal(event, data, room, callback):
+            return await self._deliver_each(event, data, namespace, room, skip_sid)
         await super().emit(
             event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
         )
@@ -319,6 +357,17 @@ class GatedRedisManager(_Gated, BridgeRedisManager):
             await self._control(data)  # here, then to the other processes (CONTROL_ROOM)
         else:
             skip_sid = await self._skip(namespace, room, skip_sid)
+            if self._personal(event, data, room, callback):
+                # Our sockets get their own copies; the others' processes make theirs
+                # from the shared one (``_arrived``).
+                await self._deliver_each(event, data, namespace, room, skip_sid)
+                if not kwargs.get("ignore_queue"):
+                    await self._publish(
+                        {"method": "emit", "event": event, "data": [data], "binary": False,
+                         "namespace": namespace or "/", "room": room, "skip_sid": skip_sid,
+                         "callback": None, "host_id": self.host_id}
+                    )  # fmt: skip
+                return
         await super().emit(
             event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
         )
@@ -334,4 +383,10 @@ class GatedRedisManager(_Gated, BridgeRedisManager):
             await self._control(data.get("data"))
             return None
         skip = await self._skip(data.get("namespace"), data.get("room"), data.get("skip_sid"))
+        event, payload = str(data.get("event")), _payload(data.get("data"))
+        if not data.get("binary") and self._personal(
+            event, payload, data.get("room"), data.get("callback")
+        ):
+            await self._deliver_each(event, payload, data.get("namespace"), data.get("room"), skip)
+            return None
         return {**data, "skip_sid": skip}

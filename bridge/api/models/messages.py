@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -35,16 +35,25 @@ def _fits(text: str) -> str:
 
 
 class Attachment(Shape):
-    filename: str
+    """An attachment as messages carry it (``GET /messages``, ``new_message``)."""
+
+    filename: str = Field(description="The stored name (media id and extension)")
     originalName: str
-    mimetype: str
+    mimetype: str = Field(description="The type found in the bytes")
     size: int = Field(ge=0)
-    url: str = Field(description="Authenticated download path")
+    url: str = Field(description="Absolute, signed for the reader (loads as a bare <img src>)")
+    duration: float | None = Field(
+        default=None, description="Seconds (audio and video), null when not known"
+    )
 
 
 class Upload(Attachment):
-    """``/api/chat/upload``: the first file's fields at the top level, and every file."""
+    """``POST /api/chat/upload``: the first file at the top level, in the bridge's own
+    fields and in the CRM upload's (``fileUrl``, ``originalName``, ``mimeType``), and every
+    file."""
 
+    fileUrl: str = Field(description="Absolute signed URL; send it back as an attachment url")
+    mimeType: str
     files: list[Attachment]
     attachments: list[Attachment]
 
@@ -161,6 +170,19 @@ class MediaPath(Query):
     mediaId: str = id_field()
 
 
+class MediaQuery(Query):
+    """A signed URL (what answers and events hand out) needs no token."""
+
+    u: str | None = Field(default=None, description="Signed URL: the CRM user it was handed to")
+    exp: str | None = Field(
+        default=None, description="Signed URL: expiry, epoch seconds (media.url_ttl)"
+    )
+    sig: str | None = Field(default=None, description="Signed URL: HMAC over the file, u and exp")
+    token: str | None = Field(
+        default=None, description="Deprecated: the JWT (leaks into logs and Referer)"
+    )
+
+
 class HistoryQuery(Query):
     """Checked by ``history.page_of`` itself (the hot path), with these bounds."""
 
@@ -174,11 +196,20 @@ class ConversationRef(Body):
     conversationId: str = Field(min_length=1, max_length=512)
 
 
-class AttachmentRef(Body):
-    """A file that ``/api/chat/upload`` returned; its other fields may be sent back as they
-    came, and are ignored: the bridge trusts its own record of the file."""
+class AttachmentIn(Body):
+    """An attachment in a send: a file from ``/api/chat/upload`` (its ``url`` or ``fileUrl``
+    as answered), or a URL under ``attachments.import_from``, fetched by the bridge."""
 
-    url: str = Field(description="The url that /api/chat/upload answered")
+    url: str = Field(min_length=1, max_length=4096)
+    filename: str | None = Field(default=None, max_length=1024)
+    originalName: str | None = Field(
+        default=None, max_length=1024, description="The name shown for an imported file"
+    )
+    mimetype: Any = Field(default=None, description="Ignored: the bytes decide")
+    size: Any = Field(default=None, description="Ignored: the bytes decide")
+    duration: float | None = Field(
+        default=None, ge=0, le=86400, allow_inf_nan=False, description="Seconds"
+    )
 
 
 class SendBody(Body):
@@ -188,7 +219,7 @@ class SendBody(Body):
     content: str = Field(default="", max_length=MAX_CONTENT, description="Empty only with files")
     type: MessageType = "text"
     # null is "not given", as the seed's backend read it.
-    attachments: list[AttachmentRef] | None = Field(default=None, max_length=MAX_ATTACHMENTS)
+    attachments: list[AttachmentIn] | None = Field(default=None, max_length=MAX_ATTACHMENTS)
     clientMessageId: str | None = Field(
         default=None, min_length=1, max_length=MAX_CLIENT_MESSAGE_ID
     )
@@ -204,6 +235,8 @@ class SendBody(Body):
 
     @model_validator(mode="after")
     def _not_empty(self) -> SendBody:
+        if self.type == "voice" and not self.attachments:
+            raise ValueError("A voice message needs its audio file in attachments")
         if not self.content.strip() and not self.attachments:
             raise ValueError("content must not be empty")
         return self
@@ -253,6 +286,21 @@ class EditBody(MessageRef):
         if not value.strip():
             raise ValueError("content must not be empty")
         return value
+
+
+class UpdateDurationBody(MessageRef):
+    """``POST /api/chat/update-duration``: the CRM's page, after a voice note played."""
+
+    attachmentIndex: int = Field(default=0, ge=0, lt=10, description="Which attachment")
+    duration: float = Field(ge=0, le=86400, description="Seconds (a float)", allow_inf_nan=False)
+
+
+class UpdateDurationResult(Shape):
+    success: bool
+    messageId: str
+    attachmentIndex: int
+    duration: float = Field(description="Seconds, as every later read of the message shows")
+    changed: bool = Field(description="False when the message already had this duration")
 
 
 class ReactBody(MessageRef):

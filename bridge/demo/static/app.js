@@ -85,8 +85,10 @@ async function api(path, { method = "GET", json, form, renewed = false } = {}) {
   return data;
 }
 
-// Media URLs are paths on the bridge; <img src> cannot send headers, so ?token= it is.
+// Media URLs come signed for this user (absolute, ?u&exp&sig): a bare <img src> loads them.
+// Only a bare path (a bridge older than signed URLs) falls back to the deprecated ?token=.
 function mediaUrl(url) {
+  if (url.includes("sig=")) return url;
   const sep = url.includes("?") ? "&" : "?";
   return `${url}${sep}token=${encodeURIComponent(state.token)}`;
 }
