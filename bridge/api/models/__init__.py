@@ -6,7 +6,11 @@ declaration (``bridge/api/contract.py``). Responses are described, not validated
 time: see contract.py for why.
 
 One module per resource: ``people``, ``messages``, ``conversations``; ``base`` holds the
-three kinds of model (``Body``, ``Query``, ``Shape``) and ``parse``.
+three kinds of model (``Body``, ``Query``, ``Shape``) and ``parse``. This file only
+re-exports them. A new shape goes into its resource's module (a ``_Body`` of the old single
+models.py is a ``Body`` for requests and a ``Shape`` for answers and events), is exported
+here, and is named by its route's ``declare`` (contract.py); nothing is written into
+openapi.py.
 """
 
 from __future__ import annotations
