@@ -19,6 +19,7 @@ from aiohttp import web
 
 from .api.ratelimit import RATE_LIMITER
 from .context import READY, RECEIVER, REDIS_STATE
+from .realtime.service import SIO
 
 routes = web.RouteTableDef()
 
@@ -37,7 +38,11 @@ def facts(app: web.Application) -> dict[str, Any]:
     redis_up = None if redis is None else redis.up
     limiter = app.get(RATE_LIMITER)
     # The rate limiter notices a Redis outage on its own (api/ratelimit.py): it says so too.
-    degraded = redis_up is False or bool(limiter and limiter.degraded)
+    # A database error made the Socket.IO listener drop another process's event lately
+    # (realtime/manager.py): its clients were told to resync.
+    sio = app.get(SIO)
+    listener_ok = not bool(getattr(sio.manager, "degraded", False)) if sio is not None else True
+    degraded = redis_up is False or bool(limiter and limiter.degraded) or not listener_ok
     status = "starting" if not ok else "degraded" if degraded else "ok"
     receiver = app.get(RECEIVER)
     return {
@@ -45,6 +50,7 @@ def facts(app: web.Application) -> dict[str, Any]:
         "role": None if receiver is None else str(receiver.role),
         "checks": dict(state),
         "redis": redis_up,
+        "listener": listener_ok,
         "degraded": degraded,
     }
 

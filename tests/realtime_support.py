@@ -197,6 +197,8 @@ class BridgeProcess:
         self.path = directory / f"{name}.yaml"
         self.log_path = directory / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # Extra environment for the next start (e.g. BRIDGE_FAILPOINTS; bridge/failpoints.py).
+        self.env: dict[str, str] = {}
         config.save(self.path)
 
     @property
@@ -209,7 +211,10 @@ class BridgeProcess:
                 [sys.executable, "-m", "bridge", "-c", str(self.path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
+                    **self.env,
+                },
             )
 
     async def start(self, timeout: float = 30) -> BridgeProcess:

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from bridge.config import Config, redis_prefix
+from bridge.config import Config
 from bridge.crm.engine_lock import deployment_of
 from bridge.devstack.synapse import free_port
 from bridge.matrix.receiver import receiver_key
@@ -398,19 +397,7 @@ async def failover_during_burst(pair: Pair, messages: int, workers: int = 3) -> 
 
 
 async def why_missing(fs: FaultStack, bob: Chat, cid: str, missing: list[str]) -> dict[str, Any]:
-    """For messages a socket never got: whether the index has them (history) and whether a
-    process claimed them for emission in Redis (``realtime/dedup.py``), which a process
-    killed between claim and emit leaves behind."""
+    """For messages a socket never got: whether the index has them (history), so the
+    delivery log (realtime/log.py) had them to deliver."""
     history = {m["content"]: m for m in await bob.history(cid)}
-    claimed = []
-    if fs.redis is not None:
-        client = aioredis.Redis.from_url(fs.redis.url)
-        try:
-            prefix = redis_prefix(fs.config)
-            for body in missing:
-                event_id = (history.get(body) or {}).get("eventId")
-                if event_id and await client.exists(f"{prefix}:emitted:{event_id}"):
-                    claimed.append(body)
-        finally:
-            await client.aclose()
-    return {"in_index": [b for b in missing if b in history], "claimed_in_redis": claimed}
+    return {"in_index": [b for b in missing if b in history]}

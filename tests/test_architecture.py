@@ -151,7 +151,7 @@ def test_sql_lives_in_db_only() -> None:
 
 def test_the_sql_check_catches_sql() -> None:
     assert SQL.search("SELECT room_id FROM room_member WHERE mxid=$1")
-    assert SQL.search("INSERT INTO emitted_event (event_id) VALUES ($1)")
+    assert SQL.search("INSERT INTO published_mark (room_id, seq) VALUES ($1, $2)")
     assert SQL.search("UPDATE conversation SET last_preview=$3")
     assert SQL.search("DELETE FROM cleared_history WHERE room_id=$1")
     assert SQL.search("SELECT pg_advisory_lock($1)")

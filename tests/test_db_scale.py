@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from aiohttp import web
 from mautrix.util.async_db import Scheme
@@ -28,6 +29,7 @@ from bridge.db.conversation import PROJECT, ConversationStore
 from bridge.db.crm_user import CrmUser, CrmUserStore
 from bridge.db.direct_claim import DirectClaimStore
 from bridge.db.project import Project, ProjectStore
+from bridge.db.published_mark import PublishedMarkStore
 from bridge.db.receipt import ReceiptStore
 from bridge.db.room_event import RoomEventIndex
 from bridge.db.room_member import RoomMemberStore
@@ -158,3 +160,26 @@ async def test_the_engine_lock_is_one_across_two_pools(db) -> None:
     finally:
         await other_db.stop()
         await drop_schema(schema)
+
+
+async def test_published_marks_only_move_forward_and_show_the_rooms_behind(db) -> None:
+    """The delivery log's mark (realtime/log.py): per room, never back; ``behind`` lists
+    the conversations whose newest indexed row is past it, active ones only when asked."""
+    conversations, index, marks = ConversationStore(db), RoomEventIndex(db), PublishedMarkStore(db)
+    for room in ("!quiet", "!busy"):
+        await conversations.add(room, PROJECT, project_id=room[1:])
+    quiet, _ = await index.add("$q1", "!quiet", "@a:x", "m.room.message", "m.text", 1000)
+    await conversations.touch("!quiet", "$q1", 1000)
+    rows = [(await index.add(f"$b{i}", "!busy", "@a:x", "m.room.message", "m.text", 5000 + i))[0]
+            for i in range(3)]  # fmt: skip
+    await conversations.touch("!busy", "$b2", 5002)
+    assert await marks.get("!busy") == 0
+    assert await marks.behind() == {"!quiet": quiet.seq, "!busy": rows[-1].seq}
+    # Conversations with no activity since then are not looked at.
+    assert await marks.behind(active_since=int(time.time() * 1000) + 60_000) == {}
+    await marks.advance({"!busy": rows[1].seq, "!quiet": quiet.seq})
+    await marks.advance({"!busy": rows[0].seq})  # an older batch written late: no step back
+    assert await marks.get("!busy") == rows[1].seq
+    assert await marks.behind() == {"!busy": rows[-1].seq}
+    await marks.advance({"!busy": rows[-1].seq})
+    assert await marks.behind() == {}

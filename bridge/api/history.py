@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from ..chat import prefetch
+from ..chat.cursor import seq_of_cursor
 from ..chat.indexer import index_event
 from ..chat.prefetch import PagePrefetch
 from ..context import EVENT_INDEX, MATRIX
@@ -210,10 +211,13 @@ async def _after(
     service: ChatService, user: CrmUser, conversation: Conversation, cursor: str, limit: int
 ) -> tuple[list[dict[str, Any]], bool, str]:
     """The page after a cursor in the live order: events, hasMore, nextCursor."""
+    index = service.app[EVENT_INDEX]
+    if (seq := seq_of_cursor(cursor)) is not None:
+        return await _after_seq(service, user, conversation, seq, cursor, limit)
+    # A message id: the cursor before the log's seq tokens (deprecated, docs/api.md).
     event_id = event_id_for_message(cursor)
     if event_id is None:
-        raise InvalidParam("The cursor is not a message id")
-    index = service.app[EVENT_INDEX]
+        raise InvalidParam("The cursor is neither a cursor nor a message id")
     row = await index.get(event_id)
     if row is not None and row.room_id != conversation.room_id:
         raise NotFound("Message not found")
@@ -255,6 +259,33 @@ async def _after(
     prefix = events[:cut]
     resume = message_id_for_event(prefix[-1]["event_id"]) if prefix else cursor
     return prefix + page.messages, page.more, page.next_cursor(resume)
+
+
+async def _after_seq(
+    service: ChatService,
+    user: CrmUser,
+    conversation: Conversation,
+    seq: int,
+    cursor: str,
+    limit: int,
+) -> tuple[list[dict[str, Any]], bool, str]:
+    """The page after a position of the conversation's log (a seq token)."""
+
+    async def token() -> str | None:
+        row = await service.app[EVENT_INDEX].at_or_before(conversation.room_id, seq)
+        if row is None:
+            return None  # before the first message: the walk fetches each body
+        try:
+            message_id = message_id_for_event(row.event_id)
+            return (await _token_at(service, conversation, user, message_id))[1]
+        except NotFound:
+            return None
+
+    page = await live_walk.after(
+        service, conversation, user, seq, limit,
+        token=token, filter_json=_FILTER, is_message=is_timeline_message,
+    )  # fmt: skip
+    return page.messages, page.more, page.next_cursor(cursor)
 
 
 async def _constant(value: str) -> str:

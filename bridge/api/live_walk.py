@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..chat.cursor import cursor_of
 from ..context import EVENT_INDEX, MATRIX
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..db.room_event import RoomEvent
-from ..ids import message_id_for_event
 from ..matrix.homeserver import MatrixError
 
 if TYPE_CHECKING:
@@ -45,14 +45,16 @@ class Page:
     more: bool
     full: bool  # the look-ahead message exists: the page holds ``limit`` messages
     last: RoomEvent | None  # the last index row considered
+    seqs: list[int] = field(default_factory=list)  # each message's seq
 
     def next_cursor(self, cursor: str) -> str:
         """The last message of a full page (the look-ahead comes next); otherwise the last
-        row considered, so hidden or redacted messages are not read again."""
+        row considered, so hidden or redacted messages are not read again. A cursor is a
+        seq token (chat/cursor.py)."""
         if self.full:
-            return message_id_for_event(self.messages[-1]["event_id"])
+            return cursor_of(self.seqs[len(self.messages) - 1])
         if self.last is not None:
-            return message_id_for_event(self.last.event_id)
+            return cursor_of(self.last.seq)
         return cursor
 
 
@@ -146,6 +148,7 @@ async def after(
                 event.setdefault("room_id", conversation.room_id)
             if event is not None and is_message(event):
                 found.append(event)
+                page.seqs.append(row.seq)
                 if len(found) > limit:
                     page.full = page.more = True
                     break

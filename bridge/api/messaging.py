@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..chat import enrich, serialize
+from ..chat.cursor import cursor_of
 from ..chat.indexer import index_event
 from ..chat.serialize import AUDIO_FIELD, CRM_FIELD, VOICE_FIELD, ReadState
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
@@ -373,7 +374,8 @@ async def _post(
         ReadState(),
         indexed.pos if indexed else None,
     )
-    message["cursor"] = message["_id"]
+    # The message's place in the conversation's log (a message id before the index has it).
+    message["cursor"] = cursor_of(indexed.seq) if indexed else message["_id"]
     await enrich.decorate(
         service, [(conversation.room_id, event, message)], user, user.mxid, fetch_pins=False,
         prefetched=fresh,
@@ -382,11 +384,15 @@ async def _post(
         # A thread reply is no message of the main timeline: no lastMessage, no new_message
         # (its root's message_update tells the thread count, from the transaction).
         return message
-    for listener in list(service.app[LOCAL_ECHO]):
-        try:
-            await listener(conversation, message)
-        except Exception:
-            log.exception("A local echo listener failed")
+    if indexed is not None:
+        # Announced on the delivery log right after the index has it (realtime/log.py).
+        # Should this fail or the process die, the transaction or the next process's gap
+        # announcement delivers it: the index has it.
+        for listener in list(service.app[LOCAL_ECHO]):
+            try:
+                await listener(conversation, message, indexed.seq, echoed is None)
+            except Exception:
+                log.exception("Announcing a sent message failed; the transaction will")
     return message
 
 
@@ -399,7 +405,8 @@ async def _replay(
     if event is None:
         raise NotFound("The earlier message with this clientMessageId is gone")
     message = (await service.messages_from_events(conversation, [event]))[0]
-    message["cursor"] = message["_id"]
+    row = await service.app[EVENT_INDEX].get(event_id)
+    message["cursor"] = cursor_of(row.seq) if row is not None else message["_id"]
     return message
 
 

@@ -84,7 +84,10 @@ async def direct_conversations(request: web.Request, user: CrmUser) -> web.Respo
     errors=(400, 404, 503),
     description=(
         "page=1 holds the newest `limit` messages; page 2 the ones before. "
-        "Alternatively `before` or `after` a message id; `nextCursor` continues."
+        "Alternatively `before` a message id, or `after` a cursor (a `new_message`'s "
+        "or a page's `nextCursor`, an opaque token of the conversation's log; a "
+        "message id is still accepted there for one release, deprecated); "
+        "`nextCursor` continues."
     ),
 )
 @authed("messages")

@@ -227,6 +227,25 @@ class RoomEventIndex:
         )  # fmt: skip
         return RoomEvent(**row) if row else None
 
+    async def since(self, room_id: str, ts: int, upto_seq: int, limit: int) -> list[RoomEvent]:
+        """Up to ``limit`` rows of a room from ``ts`` on (origin ms) with seq <= upto_seq,
+        the newest ones, oldest first."""
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND origin_ts >= $2 "
+            "AND seq <= $3 ORDER BY seq DESC LIMIT $4",
+            room_id, ts, upto_seq, limit,
+        )  # fmt: skip
+        return [RoomEvent(**row) for row in reversed(rows)]
+
+    async def at_or_before(self, room_id: str, seq: int) -> RoomEvent | None:
+        """The room's row at ``seq``, or the newest before it."""
+        row = await self.db.fetchrow(
+            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND seq <= $2 "
+            "ORDER BY seq DESC LIMIT 1",
+            room_id, seq,
+        )  # fmt: skip
+        return RoomEvent(**row) if row else None
+
     async def count(self, room_id: str) -> int:
         return await self.db.fetchval("SELECT COUNT(*) FROM room_event WHERE room_id=$1", room_id)
 

@@ -71,6 +71,9 @@ class _Intake:
     # The last id handled is read from as_txn on the first transaction: a bridge killed
     # mid-burst must still notice the one it never got.
     resumed: bool = False
+    # Shutting down: transactions are refused (the homeserver retries them with the next
+    # process), so nothing is acknowledged after the real-time side stopped taking work.
+    closing: bool = False
 
 
 _INTAKE = web.AppKey("intake", _Intake)
@@ -157,7 +160,11 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
         ephemeral.extend(e for e in _list(body.get(key)) if _well_formed(e, ("type",)))
     txn_log, intake, receiver = request.app[TXN_LOG], request.app[_INTAKE], request.app[RECEIVER]
     digest = TxnDigest.of(body)
+    if intake.closing:
+        raise ServiceUnavailable("Shutting down; the homeserver retries with the next process")
     async with intake.lock:
+        if intake.closing:
+            raise ServiceUnavailable("Shutting down; the homeserver retries with the next process")
         receiver.check()  # the role may have changed while this one waited
         if not intake.resumed:
             intake.gaps.last = parse_id(await txn_log.last_id() or "")
@@ -232,3 +239,18 @@ def setup(app: web.Application) -> None:
 
     app[RECEIVER].on_acquired(taken_over)
     app.add_routes(routes)
+    # First of the shutdown hooks (intake is set up before the real-time side).
+    app.on_shutdown.append(close)
+
+
+async def close(app: web.Application, timeout: float = 2.0) -> None:
+    """Stop taking transactions, and wait (bounded) for the one being handled to finish,
+    so the real-time side drains everything that was acknowledged."""
+    intake = app[_INTAKE]
+    intake.closing = True
+    try:
+        await asyncio.wait_for(intake.lock.acquire(), timeout)
+    except TimeoutError:
+        log.warning("A transaction was still being handled at shutdown")
+    else:
+        intake.lock.release()

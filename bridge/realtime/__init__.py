@@ -5,22 +5,29 @@
 * access.py    access that ends while a socket is open (removal, deactivation, expiry);
                manager.py carries it between processes and gates every delivery
 * typing.py    at most one typing write per user and room per interval
-* fanout.py    room events → new_message / conversation_update, deduplicated
+* log.py       the delivery log: messages announced by seq past a durable mark, and
+               delivered by every process to its sockets once per seq, gaps from the index
+* fanout.py    room events → the log, message_update / message_deleted, conversation_update
 * ephemeral.py m.typing / m.receipt / m.presence → user_typing, messages_read, user_online...
 * presence.py  first socket → online, last socket + grace → offline
 * registry.py  every user's sockets across processes; local.py, this process's
 * pump.py      lanes: ordered per conversation, bounded, a dropped job → ``resync``
-* dedup.py, rooms.py helpers
-* manager.py   Socket.IO managers: gated delivery and control messages; over Redis,
-               resubscribing and resyncing after an outage (../redis_state.py tells
-               every Redis user whether Redis answers now)
+* rooms.py     helpers
+* manager.py   the gate at delivery and the control messages, over either manager
+* transport.py the Redis manager: pipelined outbox, resubscribing and resyncing after an
+               outage (../redis_state.py tells every Redis user whether Redis answers now)
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import Any
+
 from aiohttp import web
 
-from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, REDIS_STATE
+from ..context import CONFIG, DISPATCHER, LOCAL_ECHO, RECEIVER, REDIS_STATE
 from ..matrix.dispatcher import Event
 from ..matrix.relations import Effect, is_timeline_message
 from ..matrix.relations import ensure as ensure_relations
@@ -33,6 +40,15 @@ from .local import LocalSockets
 from .server import attach, create_server
 from .service import ACCESS, PRESENCE, REALTIME, SIO, TYPING, Realtime, context
 
+log = logging.getLogger("bridge.realtime")
+
+# Shutdown: seconds for the lanes to emit what the transactions brought (then resync).
+DRAIN_S = 3.0
+# Seconds between two looks for messages indexed and never announced (the 2 s bound).
+GAP_INTERVAL = 1.0
+# After the first look, conversations with a message in this window (ms) are looked at.
+RECENT_MS = 10 * 60 * 1000
+
 __all__ = ["ACCESS", "PRESENCE", "REALTIME", "SIO", "TYPING", "Realtime", "setup"]
 
 
@@ -42,7 +58,7 @@ def setup(app: web.Application) -> None:
     if state is not None:
         app[REDIS_STATE] = state
     sio = create_server(app[CONFIG], state)
-    attach(app, sio)
+    websockets = attach(app, sio)
     app[SIO] = sio
     sockets = LocalSockets()
     if (metrics := app.get(METRICS)) is not None:
@@ -53,14 +69,19 @@ def setup(app: web.Application) -> None:
     handlers.register(app, sio, sockets, access, PRESENCE, TYPING)
     app.cleanup_ctx.append(context(app))
 
-    async def close_sockets(app: web.Application) -> None:
-        await handlers.close_all(sio)
-
-    app.on_shutdown.append(close_sockets)
-
-    async def local_echo(conversation: object, message: dict) -> None:
+    async def shut_down(app: web.Application) -> None:
+        # Within the drain bound (docs/realtime.md): what the transactions brought goes out
+        # to sockets (here and elsewhere) first, then this process's sockets are cut.
         if REALTIME in app:
-            await app[REALTIME].fanout.local_echo(conversation, message)
+            await app[REALTIME].close(timeout=DRAIN_S)
+        await handlers.close_all(sio, timeout=1.0)
+        websockets.close_all()
+
+    app.on_shutdown.append(shut_down)
+
+    async def local_echo(conversation: Any, message: dict, seq: int, fresh: bool) -> None:
+        if REALTIME in app:
+            await app[REALTIME].fanout.local_echo(conversation, message, seq, fresh)
 
     app[LOCAL_ECHO].append(local_echo)
 
@@ -111,3 +132,28 @@ def setup(app: web.Application) -> None:
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
     ensure_relations(app).listeners.append(on_relation)
+    # While this process holds the receiver lock (matrix/receiver.py): from each takeover on.
+    app[RECEIVER].duty("delivery-gaps", lambda: announce_gaps(app))
+
+
+async def announce_gaps(app: web.Application) -> None:
+    """The process that receives transactions announces what no one did: when it becomes
+    the receiver (a process died between index and announcement, a backfill indexed), after
+    a Redis outage and after a database error, then every ``GAP_INTERVAL`` seconds."""
+    # Every conversation once (on start, after an outage), then those active lately.
+    since = 0
+    while True:
+        realtime = app.get(REALTIME)
+        state = app.get(REDIS_STATE)
+        if realtime is not None and (state is None or state.up):
+            started = int(time.time() * 1000) - RECENT_MS
+            try:
+                await realtime.log.recover(since)
+                since = started
+            except Exception as e:
+                if since:
+                    log.warning("Could not look for unannounced messages (%r); retrying", e)
+                since = 0
+        elif since:
+            since = 0  # Redis away: announcements may be lost; all rooms once it is back
+        await asyncio.sleep(GAP_INTERVAL)

@@ -1,9 +1,9 @@
 """Room events from Matrix to sockets: new messages, and changes to a conversation.
 
-* A message is emitted once per event id, from whichever path sees it first: the local echo
-  of the facade that sent it (as soon as Synapse returned the event id) or the appservice
-  transaction. ``new_message`` and ``conversation_update`` go to the conversation's room,
-  sender included. Each message carries a safe ``cursor`` for catch-up (see cursors.py).
+* A message is announced on the delivery log (log.py) by whichever path indexed it first
+  (the send path of the facade that sent it, at once; else the transaction), and every
+  process delivers ``new_message`` and ``conversation_update`` to its sockets in the
+  conversation's room once per seq, sender included, with the seq as ``cursor``.
 * Whatever a lane had to drop for a conversation (bridge/realtime/pump.py) becomes
   ``resync {conversationId, reason}`` to the conversation's room: its sockets refetch.
 * A name, topic, avatar, project-link or power-level change, or a membership change, sends
@@ -22,19 +22,17 @@ import socketio
 from aiohttp import web
 
 from ..chat.service import CHAT
-from ..context import CONVERSATIONS, USERS
+from ..context import CONVERSATIONS, EVENT_INDEX, USERS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
 from ..ids import conversation_id_for_room, message_id_for_event
 from ..matrix.dispatcher import Event
-from ..redis_state import RedisState
 from .access import Access
-from .cursors import Frontier
-from .dedup import Claims
-from .manager import BridgeRedisManager
+from .log import DeliveryLog
 from .pump import Lanes
 from .registry import SocketRegistry
 from .rooms import conversation_room, participants, user_room
+from .transport import BridgeRedisManager
 
 log = logging.getLogger("bridge.realtime.fanout")
 
@@ -45,91 +43,42 @@ CONVERSATION_STATE = frozenset(
 PROJECT_LINK_PREFIX = "com.crm."
 
 
-def conversation_update(conversation_id: str, message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": conversation_id,
-        "lastMessage": message.get("content"),
-        "lastMessageTime": message.get("createdAt"),
-    }
-
-
 class Fanout:
     def __init__(
         self,
         app: web.Application,
         sio: socketio.AsyncServer,
-        claims: Claims,
+        log: DeliveryLog,
         registry: SocketRegistry,
-        frontier: Frontier,
         access: Access,
-        state: RedisState | None = None,
     ) -> None:
         self.app = app
         self.sio = sio
-        self.claims = claims
+        self.log = log
         self.registry = registry
-        self.frontier = frontier
         self.access = access
-        self.state = state
         self._pending_changes: set[str] = set()
 
-    # Messages.
-    async def message(
-        self, conversation_id: str, message: dict[str, Any], cursor: str | None
-    ) -> bool:
-        """Emit a message unless some path already did; True when this call emitted it."""
-        key = message.get("eventId") or message.get("_id")
-        if not key or not await self.claims.claim(str(key)):
-            return False
-        await self._emit(conversation_id, message, cursor)
-        return True
-
-    async def _emit(
-        self, conversation_id: str, message: dict[str, Any], cursor: str | None
+    # Messages: announced on the delivery log (log.py), which every process delivers.
+    async def local_echo(
+        self, conversation: Conversation, message: dict[str, Any], seq: int, fresh: bool
     ) -> None:
-        payload = {**message, "conversationId": conversation_id, "cursor": cursor}
-        room = conversation_room(conversation_id)
-        await self.sio.emit("new_message", payload, to=room)
-        await self.sio.emit(
-            "conversation_update", conversation_update(conversation_id, payload), to=room
-        )
-
-    async def local_echo(self, conversation: Conversation | Any, message: dict[str, Any]) -> None:
-        conversation_id = getattr(conversation, "conversation_id", None) or message.get(
-            "conversationId"
-        )
-        key = message.get("eventId") or message.get("_id")
-        if conversation_id and key:
-            # Two Redis round trips at once: the catch-up cursor and the exactly-once claim.
-            cursor, ours = await asyncio.gather(
-                self.frontier.get(conversation_id), self.claims.claim(str(key))
-            )
-            if ours:
-                await self._emit(conversation_id, message, cursor)
+        """The send path indexed its message (``fresh``: made the row): announce it now,
+        with the object it built."""
+        await self.log.publish(conversation.room_id, seq, message, fresh=fresh)
 
     async def message_event(self, event: Event) -> None:
-        """From the transaction, in timeline order: this message is a safe cursor."""
+        """From the transaction, after the indexer: announced unless some path did."""
         if CHAT not in self.app:
             return
+        room_id, event_id = event["room_id"], event["event_id"]
+        row = (await self.app[EVENT_INDEX].positions([event_id])).get(event_id)
+        if row is None or await self.log.published(room_id, row.seq):
+            return  # not a message of the log (redacted since), or announced already
         chat = self.app[CHAT]
-        conversation = await chat.conversation_by_room(event["room_id"])
-        if conversation is None:
+        if await chat.conversation_by_room(room_id) is None:
             return
-        conversation_id = conversation.conversation_id
-        message_id = message_id_for_event(event["event_id"])
-        # Claimed before it is built: a message the send path's local echo already emitted
-        # (most of a CRM's messages) costs no message object here.
-        ours = await self.claims.claim(event["event_id"])
-        if not self._fans_out():
-            # Other processes' sockets may be missing messages: keep the cursor pinned.
-            if ours:
-                cursor = await self.frontier.get(conversation_id)
-                await self._emit(conversation_id, await chat.message_from_event(event), cursor)
-            return
-        if ours:
-            await self._emit(conversation_id, await chat.message_from_event(event), message_id)
-        if self._fans_out():  # the emit reached every process (or none needed to see it)
-            await self.frontier.set(conversation_id, message_id)
+        await self.log.publish(room_id, row.seq, await chat.message_from_event(event))
 
     # Changes to existing messages (bridge/matrix/relations.py says which).
     async def messages_changed(self, room_id: str, event_ids: list[str], slow: Lanes) -> None:
@@ -178,9 +127,6 @@ class Fanout:
         payload = {"conversationId": conversation_id, "reason": reason}
         await self.sio.emit("resync", payload, to=conversation_room(conversation_id))
 
-    def _fans_out(self) -> bool:
-        return self.state is None or self.state.up
-
     # Conversation changes.
     async def _sids(self, user: CrmUser) -> list[str]:
         """The user's sockets; in one process, only those still connected here (a Redis
@@ -226,7 +172,12 @@ class Fanout:
             self._pending_changes.discard(room_id)
             await self.conversation_changed(room_id)
 
-        asyncio.get_running_loop().call_later(delay, lane.submit, room_id, job)
+        def submit() -> None:
+            if not lane.submit(room_id, job):
+                # Refused (the lane said resync): the next change must be scheduled again.
+                self._pending_changes.discard(room_id)
+
+        asyncio.get_running_loop().call_later(delay, submit)
 
     async def conversation_changed(self, room_id: str) -> None:
         """The full conversation object, as each participant lists it, to each participant."""

@@ -281,7 +281,7 @@ async def _newest(app: web.Application, room_id: str, message_ids: Any) -> str |
     return message_id_for_event(newest.event_id)
 
 
-async def close_all(sio: socketio.AsyncServer) -> None:
+async def close_all(sio: socketio.AsyncServer, timeout: float = 3.0) -> None:
     """Close every socket of this process (on shutdown), running their disconnect handlers."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(sio.eio.disconnect(), timeout=3)
+        await asyncio.wait_for(sio.eio.disconnect(), timeout=timeout)

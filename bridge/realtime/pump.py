@@ -87,6 +87,7 @@ class Lanes:
     def submit(self, key: str, job: Job) -> bool:
         """Queue ``job`` behind the key's earlier jobs; False if it was dropped."""
         if self._stopped:
+            log.warning("Real-time lane %s is stopped; dropped a job of %s", self.name, key)
             return False
         lane = self._lanes.get(key)
         full = (
@@ -182,6 +183,10 @@ class Lanes:
         await self._idle.wait()
         if self._reports:
             await asyncio.wait(set(self._reports))
+
+    def pending(self) -> list[str]:
+        """Keys with jobs queued or running (shutdown: what a drain left)."""
+        return list(self._lanes)
 
     async def stop(self) -> None:
         self._stopped = True

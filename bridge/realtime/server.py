@@ -17,7 +17,8 @@ from aiohttp import web
 from .. import safejson
 from ..config import Config, redis_prefix
 from ..redis_state import RedisState
-from .manager import BridgeRedisManager, GatedManager, GatedRedisManager
+from .manager import GatedManager, GatedRedisManager
+from .transport import BridgeRedisManager
 from .wire import CheckedPacket, CheckedWebSocket, EngineLog, OpenWebsockets
 
 log = logging.getLogger("bridge.realtime.server")
@@ -56,15 +57,17 @@ def create_server(config: Config, state: RedisState | None) -> socketio.AsyncSer
     return server
 
 
-def attach(app: web.Application, sio: socketio.AsyncServer) -> None:
+def attach(app: web.Application, sio: socketio.AsyncServer) -> OpenWebsockets:
     """Serve Socket.IO at ``/socket.io/`` through ``AsyncServer.handle_request`` (what
-    ``attach`` registers), recording open websockets for the Redis manager to cut."""
+    ``attach`` registers), recording open websockets for the Redis manager (after an
+    outage) and the shutdown to cut."""
     manager = sio.manager
     websockets = manager.websockets if isinstance(manager, BridgeRedisManager) else OpenWebsockets()
     handle = websockets.handler(sio)
     app.router.add_get(PATH, handle)
     app.router.add_post(PATH, handle)
     app.router.add_route("OPTIONS", PATH, handle)
+    return websockets
 
 
 def start_manager(sio: socketio.AsyncServer) -> None:

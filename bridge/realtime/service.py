@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,24 +18,24 @@ from ..config import Config
 from ..context import CONFIG, DATABASE, MATRIX, REDIS_STATE, REVOCATIONS, USERS
 from ..db.announced_receipt import AnnouncedReceiptStore
 from ..db.crm_user import CrmUser
+from ..db.published_mark import PublishedMarkStore
 from ..presence_board import PRESENCE_BOARD
 from .access import Access
-from .cursors import FallbackFrontier, Frontier, MemoryFrontier, RedisFrontier
-from .dedup import Claims, DatabaseClaims, FallbackClaims, RedisClaims
 from .ephemeral import Relays
 from .fanout import Fanout
-from .manager import BridgeRedisManager
+from .log import LOG_KIND, DeliveryLog
 from .presence import PresenceTracker
 from .pump import Lanes
 from .registry import FallbackRegistry, MemoryRegistry, RedisRegistry, SocketRegistry
 from .server import redis_prefix, start_manager, stop_manager
+from .transport import BridgeRedisManager
 from .typing import TypingThrottle
 
 
 @dataclass
 class Realtime:
     sio: socketio.AsyncServer
-    claims: Claims
+    log: DeliveryLog
     registry: SocketRegistry
     presence: PresenceTracker
     fanout: Fanout
@@ -44,8 +45,24 @@ class Realtime:
     live: Lanes
     slow: Lanes
 
+    async def close(self, timeout: float = 3.0) -> None:
+        """Shutdown: what the transactions brought is emitted or resynced within
+        ``timeout``; the log's rows left undelivered are in the index, for the next
+        process's gap announcement."""
+        try:
+            await asyncio.wait_for(self.live.drain(), timeout)
+        except TimeoutError:
+            # Never silence: those conversations' sockets (on every process) refetch.
+            for key in self.live.pending():
+                with contextlib.suppress(Exception):
+                    await self.fanout.resync(key, "timeout")
+        await self.live.stop()
+        await self.log.close(timeout=1.0)
+        await self.slow.stop()
+
     async def drain(self) -> None:
         await self.live.drain()
+        await self.log.lanes.drain()
         await self.slow.drain()
 
 
@@ -81,24 +98,16 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         await pool.disconnect()
 
 
-def remembered_by(claims: FallbackClaims) -> Callable[[str, Any], None]:
-    def remember(event: str, payload: Any) -> None:
-        if event == "new_message" and isinstance(payload, dict):
-            key = payload.get("eventId") or payload.get("_id")
-            if key:
-                claims.seen(str(key))
-
-    return remember
-
-
-def lanes(name: str, config: Config, fanout: Fanout, job_timeout: float = 15.0) -> Lanes:
+def lanes(
+    name: str, config: Config, on_drop: Callable[[str, str], Any], job_timeout: float = 15.0
+) -> Lanes:
     return Lanes(
         name,
         job_timeout=job_timeout,
         per_lane=int(config.get("realtime.lane_size", 1000)),
         max_queued=int(config.get("realtime.queue_size", 20000)),
         lookup_timeout=float(config.get("realtime.lookup_timeout", 2)),
-        on_drop=fanout.resync,
+        on_drop=on_drop,
     )
 
 
@@ -109,20 +118,26 @@ def context(app: web.Application):
         async with _redis(config.get("redis.url")) as redis:
             prefix = redis_prefix(config)
             state = app.get(REDIS_STATE)
-            claims: Claims
-            frontier: Frontier
             registry: SocketRegistry
             if redis is not None and state is not None:
-                claims = FallbackClaims(RedisClaims(redis, prefix), state)
-                if isinstance(sio.manager, BridgeRedisManager):
-                    sio.manager.on_remote_emit = remembered_by(claims)
-                frontier = FallbackFrontier(RedisFrontier(redis, prefix), state)
                 registry = FallbackRegistry(RedisRegistry(redis, prefix), state)
             else:
-                claims = DatabaseClaims(app[DATABASE])
-                await claims.prune()
-                frontier = MemoryFrontier()
                 registry = MemoryRegistry()
+            # Each process delivers the log to its own sockets; what it cannot, it resyncs
+            # here (its sockets only).
+            deliveries = Lanes(
+                "deliver",
+                per_lane=int(config.get("realtime.lane_size", 1000)),
+                max_queued=int(config.get("realtime.queue_size", 20000)),
+                lookup_timeout=float(config.get("realtime.lookup_timeout", 2)),
+            )
+            delivery_log = DeliveryLog(
+                app, sio, PublishedMarkStore(app[DATABASE]), deliveries, app[ACCESS].sockets
+            )
+            deliveries.on_drop = delivery_log.resync
+            sio.manager.handlers[LOG_KIND] = delivery_log.arrived
+            if isinstance(sio.manager, BridgeRedisManager):
+                sio.manager.on_sockets_dropped.append(delivery_log.forget_delivered)
             relays = Relays(app, sio, AnnouncedReceiptStore(app[DATABASE]))
 
             async def transition(user: CrmUser, online: bool) -> None:
@@ -139,17 +154,17 @@ def context(app: web.Application):
                 grace_s=float(config["realtime.offline_grace"]),
                 refresh_s=float(config.get("realtime.presence_refresh", 20)),
             )
-            fanout = Fanout(app, sio, claims, registry, frontier, app[ACCESS], state)
+            fanout = Fanout(app, sio, delivery_log, registry, app[ACCESS])
             realtime = Realtime(
                 sio=sio,
-                claims=claims,
+                log=delivery_log,
                 registry=registry,
                 presence=presence,
                 fanout=fanout,
                 relays=relays,
-                live=lanes("live", config, fanout),
+                live=lanes("live", config, fanout.resync),
                 # A membership change lists the conversation once per participant.
-                slow=lanes("slow", config, fanout, job_timeout=60.0),
+                slow=lanes("slow", config, fanout.resync, job_timeout=60.0),
             )
             app[REALTIME] = realtime
             app[PRESENCE] = presence
@@ -170,8 +185,7 @@ def context(app: web.Application):
                 revocations.on_user_deactivated.remove(app[ACCESS].deactivate)
                 await app[TYPING].close()
                 await presence.stop()
-                await realtime.live.stop()
-                await realtime.slow.stop()
+                await realtime.close()
                 await stop_manager(sio)
 
     return realtime_ctx

@@ -29,6 +29,7 @@ from .conversations import (
     DirectBody,
 )
 from .messages import (
+    CURSOR_PATTERN,
     MAX_ATTACHMENTS,
     MAX_CLIENT_MESSAGE_ID,
     MAX_CONTENT,
@@ -79,6 +80,7 @@ from .people import (
 )
 
 __all__ = [
+    "CURSOR_PATTERN",
     "MAX_ATTACHMENTS",
     "MAX_CLIENT_MESSAGE_ID",
     "MAX_CONTENT",

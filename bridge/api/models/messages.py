@@ -16,6 +16,8 @@ MAX_QUERY = 256
 MAX_SEARCH_LIMIT = 50
 MAX_PAGE_LIMIT = 100  # history.MAX_LIMIT, checked by tests/test_api_contracts.py
 MAX_PAGE_DEPTH = 5000  # history.MAX_PAGE_DEPTH, likewise
+# A log cursor ("s." and a seq, chat/cursor.py) or, deprecated, a message id.
+CURSOR_PATTERN = "^(s\\.[0-9]{1,18}|[A-Za-z0-9_-]+)$"
 MAX_CONTENT = 20000
 # The text is stored twice in the event (body and the CRM field), and Synapse refuses events
 # over 64 KiB: keep the UTF-8 size well under half of that.
@@ -96,7 +98,8 @@ class Message(Shape):
     eventId: str
     cursor: str | None = Field(
         default=None,
-        description="A cursor for after=; in a socket new_message, null when not known yet",
+        description="The message's place in the conversation's log, for after=; in a socket "
+        "new_message, null when not known yet",
     )
     edited: bool
     editedAt: str | None
@@ -189,7 +192,12 @@ class HistoryQuery(Query):
     page: int = absent(ge=1, le=MAX_PAGE_DEPTH)
     limit: int = absent(ge=1, le=MAX_PAGE_LIMIT)
     before: str = id_field(default=None)
-    after: str = id_field(default=None)
+    after: str = Field(
+        default=None,
+        max_length=512,
+        pattern=CURSOR_PATTERN,
+        description="A cursor: a new_message's or a page's nextCursor (deprecated: a message id)",
+    )
 
 
 class ConversationRef(Body):

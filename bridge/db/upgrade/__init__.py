@@ -12,6 +12,7 @@ from . import (
     v08_relations,
     v09_cleared,
     v10_timeline,
+    v11_published_mark,
 )
 from .table import upgrade_table
 
@@ -27,4 +28,5 @@ __all__ = [
     "v08_relations",
     "v09_cleared",
     "v10_timeline",
+    "v11_published_mark",
 ]
