@@ -252,7 +252,7 @@ async def _set_pinned(
         # The state itself, not our copy: a pin made elsewhere a moment ago must survive.
         state = await matrix.get_state_event(room_id, PINNED, as_user=user.mxid) or {}
         listed = state.get("pinned") if isinstance(state.get("pinned"), list) else []
-        pins = [p for p in listed if isinstance(p, str)]
+        pins = _not_stale(service, room_id, [p for p in listed if isinstance(p, str)])
         wanted = [*pins, event_id] if pin and event_id not in pins else pins
         if not pin:
             wanted = [p for p in pins if p != event_id]
@@ -264,11 +264,38 @@ async def _set_pinned(
             except MatrixError as e:
                 _forbidden_or_raise(e, "You may not pin messages in this conversation")
                 raise
+            _wrote_pins(service, room_id, pins, wanted)
             pinned_event = _event(state_id, room_id, user.mxid, PINNED, {"pinned": wanted})
             await _sent(service, {**pinned_event, "state_key": ""})
         elif (await service.app[RELATIONS].pins_of([room_id]))[room_id] is None:
             await service.app[RELATIONS].set_pins(room_id, pins)
     return await _message(service, user, conversation, event)
+
+
+# How long after its own write this process takes the pinned list it replaced, read back,
+# for a reader's lag rather than a change made elsewhere.
+PIN_LAG_S = 30.0
+
+
+def _not_stale(service: ChatService, room_id: str, read: list[str]) -> list[str]:
+    """The pinned list to change: what the homeserver answered, unless that is one of the
+    lists this process replaced moments ago. With Synapse's workers the state is read from
+    a worker that may not have replicated the last writes yet; changing that stale list
+    would drop the pins just made (docs/architecture.md, "Synapse with workers"). A list
+    changed elsewhere is none of them, and is taken as read."""
+    chain, at = service.pin_writes.get(room_id, ([], 0.0))
+    if read in chain[:-1] and time.monotonic() - at < PIN_LAG_S:
+        return list(chain[-1])
+    return read
+
+
+def _wrote_pins(service: ChatService, room_id: str, based_on: list[str], wrote: list[str]) -> None:
+    writes = service.pin_writes
+    chain, at = writes.pop(room_id, ([], 0.0))
+    fresh = chain and chain[-1] == based_on and time.monotonic() - at < PIN_LAG_S
+    writes[room_id] = ([*chain[-20:], wrote] if fresh else [based_on, wrote], time.monotonic())
+    if len(writes) > 10000:
+        writes.pop(next(iter(writes)))
 
 
 async def pin(

@@ -93,6 +93,9 @@ class ChatService:
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
         # Serialise a user's react/unreact of one key, and the pins of a room (actions.py).
         self.relation_locks: dict[str, asyncio.Lock] = {}
+        # The pinned lists this process went through per room, oldest first, and when it
+        # last wrote one (actions.py).
+        self.pin_writes: dict[str, tuple[list[list[str]], float]] = {}
         # History: events the homeserver returned per message kept, per room (history.py).
         self.history_stretch: dict[str, float] = {}
         # (puppet, room) pairs whose clear point this process checked against Matrix.
