@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from ..context import CONFIG, CONVERSATIONS, DISPATCHER, PROJECTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..presence_board import PRESENCE_BOARD, PresenceBoard
+from ..tasks import stop
 from .contract import PEOPLE, declare
 from .models import DirectoryUser
 from .models import Project as ProjectModel
@@ -25,7 +27,8 @@ routes = web.RouteTableDef()
 
 
 async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[str, Any]]:
-    """Matrix presence per mxid: pushed m.presence first, asked only when unseen."""
+    """Matrix presence per mxid, from the shared board only: no homeserver call inside a
+    request (presence_board.py refreshes unseen users in the background)."""
     return await app[PRESENCE_BOARD].get_many(mxids)
 
 
@@ -134,6 +137,13 @@ def setup(app: web.Application) -> None:
     app[PRESENCE_BOARD] = PresenceBoard(
         app, redis_prefix(app[CONFIG]), lambda: app[RATE_LIMITER].redis
     )
+
+    async def refresh_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(app[PRESENCE_BOARD].refresh(), name="presence-refresh")
+        yield
+        await stop(task)
+
+    app.cleanup_ctx.append(refresh_ctx)
 
     async def on_presence(event: dict[str, Any]) -> None:
         if event.get("type") != "m.presence" or not isinstance(event.get("content"), dict):

@@ -51,6 +51,7 @@ _PROFILE_TTL = 300.0
 _PROFILE_RETRY = 30.0
 _PROFILE_CACHE_SIZE = 10000
 _EVENT_CACHE_SIZE = 20000
+_BY_ROOM_CAP = 50000
 
 
 class EventCache:
@@ -87,18 +88,25 @@ class ChatService:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.events = EventCache()
+        # Every map here is capped; past its cap it is emptied (entries refill on demand).
+        # Profiles by mxid: _PROFILE_CACHE_SIZE, each for _PROFILE_TTL.
         self._profiles: dict[str, tuple[float, dict[str, Any]]] = {}
         self.fetch_limit = asyncio.Semaphore(8)
+        # Conversation identity by room (never changes): _BY_ROOM_CAP.
         self._by_room: dict[str, Conversation] = {}
+        # (user, conversation) participation checks of the last 2 s: 50,000.
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
-        # Serialise a user's react/unreact of one key, and the pins of a room (actions.py).
+        # Serialise a user's react/unreact of one key, and the pins of a room (actions.py):
+        # past 10,000 the unlocked ones are dropped.
         self.relation_locks: dict[str, asyncio.Lock] = {}
         # The pinned lists this process went through per room, oldest first, and when it
-        # last wrote one (actions.py).
+        # last wrote one (actions.py): 21 lists a room, 10,000 rooms (oldest dropped).
         self.pin_writes: dict[str, tuple[list[list[str]], float]] = {}
-        # History: events the homeserver returned per message kept, per room (history.py).
+        # History: events the homeserver returned per message kept, per room (history.py):
+        # 20,000 rooms.
         self.history_stretch: dict[str, float] = {}
-        # (puppet, room) pairs whose clear point this process checked against Matrix.
+        # (puppet, room) pairs whose clear point this process checked against Matrix
+        # (clear.py): 100,000.
         self.clear_checked: set[tuple[str, str]] = set()
 
     # Stores, opened by the app's database context.
@@ -318,6 +326,8 @@ class ChatService:
             return cached
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
         if conversation is not None:
+            if len(self._by_room) >= _BY_ROOM_CAP:
+                self._by_room.clear()
             self._by_room[room_id] = conversation
         return conversation
 

@@ -60,6 +60,7 @@ class Relations:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.listeners: list[Listener] = []
+        # Room -> its pins (the index's copy): capped at 20,000 rooms (emptied past it).
         self._pins: dict[str, list[str]] = {}
 
     @property

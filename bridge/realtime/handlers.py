@@ -4,7 +4,9 @@ Event names and payloads are the seed's. A failed operation emits ``error {messa
 errcode}`` to the socket (plus ``retryAfter`` seconds when rate-limited) and answers the
 ack, when the client asked for one, with the same body. Sends and read markers go through
 the chat service, which applies the same rate limit as REST; typing goes through the
-throttle (typing.py). Access that ends while a socket is open is handled in access.py.
+throttle (typing.py). ``typing`` and ``join_conversation`` each count against the user's
+limit for their action (api/quota.py, the budget REST requests draw on) before they query
+anything. Access that ends while a socket is open is handled in access.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from ..api import messaging
 from ..api.auth import user_for, verifier
+from ..api.quota import count
 from ..chat.media_urls import media_signer
 from ..chat.service import CHAT
 from ..context import EVENT_INDEX
@@ -197,6 +200,7 @@ def register(
     @answered
     async def join_conversation(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
+        await count(app[CHAT], socket.user, "join-conversation", None)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
             raise InvalidParam("conversationId is required")
@@ -230,6 +234,7 @@ def register(
     @answered
     async def typing(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
+        await count(app[CHAT], socket.user, "typing", None)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
             raise InvalidParam("typing needs {conversationId, isTyping}")

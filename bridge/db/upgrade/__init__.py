@@ -13,6 +13,7 @@ from . import (
     v09_cleared,
     v10_timeline,
     v11_published_mark,
+    v12_sync_job,
 )
 from .table import upgrade_table
 
@@ -29,4 +30,5 @@ __all__ = [
     "v09_cleared",
     "v10_timeline",
     "v11_published_mark",
+    "v12_sync_job",
 ]
