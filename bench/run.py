@@ -73,6 +73,9 @@ STEPS = [
     Step("conversations", "bench.conversations",
          ["--sizes", "200,500,1000", "--requests", "40"],
          ["--sizes", "50,200", "--requests", "15"], 420),
+    Step("people", "bench.people",
+         ["--users", "10000", "--conversations", "200", "--requests", "40"],
+         ["--users", "2000", "--conversations", "20", "--requests", "10"], 240),
     # Last: it gets what is left of --budget, and goes up the sizes as far as that allows
     # (each size predicted from the one before; see bench/directory.py).
     Step("directory", "bench.directory",
@@ -296,6 +299,25 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
             " ms",
             "" if point or not conv else "size not measured (quick)",
         )
+    people = r.get("people") or {}
+    emp = _get(people, "employees", "facade", "p95_ms")
+    row(
+        "`GET /employees` p95 ≤ 20 ms with 10,000 users",
+        emp,
+        None if emp is None else emp <= 20,
+        f" ms ({_get(people, 'employees', 'p95_ratio')}× whoami)",
+        "" if people.get("users") in (None, 10_000) else f"{people.get('users')} users (quick)",
+    )
+    wide = _get(people, "conversations", "facade", "p95_ms")
+    row(
+        "`GET /conversations` p95 with the wider user objects (no target of its own; "
+        "the 200-conversation target above)",
+        wide,
+        None,
+        f" ms at {people.get('conversation_count')} conversations "
+        f"({_get(people, 'conversations', 'p95_ratio')}× "
+        "whoami)",
+    )
     rel = _get(r.get("relations"), "p50_ratio_same_page")
     row(
         "page with relations p50 ≤ 1.2× Synapse `/messages`",

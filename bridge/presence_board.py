@@ -87,6 +87,10 @@ class PresenceBoard:
                 log.debug("Cannot forget the presence of %s: %s", mxid, e)
         self._queue(mxid, first=True)  # after the delete, so the answer is not deleted
 
+    async def known(self, mxids: list[str]) -> dict[str, dict[str, Any]]:
+        """What the board holds for these users, never asking the homeserver."""
+        return await self._read(mxids)
+
     async def _read(self, mxids: list[str]) -> dict[str, dict[str, Any]]:
         found = {m: self._memory[m] for m in mxids if m in self._memory}
         if (redis := self._redis()) is None or not mxids:

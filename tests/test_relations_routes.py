@@ -189,21 +189,20 @@ async def test_relation_routes_write_what_element_reads(stack) -> None:
             )
             assert [ev["sender"] for ev in await annotations()] == [bob.mxid]
 
-            # Pins: the room's power levels decide (an employee may not, the admin may).
-            status, body, _ = await a.post("/api/chat/pin-message", {"messageId": root["_id"]})
-            assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
-            pinned = ok(*(await d.post("/api/chat/pin-message", {"messageId": root["_id"]}))[:2])
+            # Pins: every member of a project may pin (issue 19), an employee as the admin.
+            pinned = ok(*(await a.post("/api/chat/pin-message", {"messageId": root["_id"]}))[:2])
             assert pinned["isPinned"] is True
             ok(*(await d.post("/api/chat/pin-message", {"messageId": reply["_id"]}))[:2])
             ok(*(await d.post("/api/chat/pin-message", {"messageId": reply["_id"]}))[:2])
             await element_pins_are(element, room_id, [root["eventId"], reply["eventId"]])
-            listed = ok(*(await a.get(f"/api/chat/pinned-messages/{cid}"))[:2])
+            listed = ok(*(await a.get(f"/api/chat/pinned-messages/{cid}"))[:2])["data"]
             assert [msg["_id"] for msg in listed] == [reply["_id"], root["_id"]]
             assert listed[1]["content"] == "root, better" and listed[1]["isPinned"]
             ok(*(await d.post("/api/chat/unpin-message", {"messageId": root["_id"]}))[:2])
             await element_pins_are(element, room_id, [reply["eventId"]])
             assert [
-                msg["_id"] for msg in ok(*(await a.get(f"/api/chat/pinned-messages/{cid}"))[:2])
+                msg["_id"]
+                for msg in ok(*(await a.get(f"/api/chat/pinned-messages/{cid}"))[:2])["data"]
             ] == [reply["_id"]]
 
             # Deletes: own yes, an employee on another's no, a project manager yes.

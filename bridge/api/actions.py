@@ -5,7 +5,8 @@ against the user's limit, validates the body (models.py), finds the message only
 conversation the user takes part in (an outsider gets the same 404 as for an unknown id),
 acts as the user's puppet and indexes the resulting event at once (the transaction that
 brings it back later changes nothing more). Who may delete others' messages or pin follows
-the room's power levels: the homeserver decides, and its 403 is ours.
+the room's power levels: the homeserver decides, and its 403 is ours; in a DM nobody may
+delete the other's messages, whatever the levels (dm_levels.py).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..chat import enrich
+from ..chat import enrich, serialize
 from ..chat.indexer import index_event
-from ..chat.serialize import CRM_FIELD
-from ..context import MATRIX
-from ..db.conversation import Conversation
+from ..chat.serialize import CRM_FIELD, iso
+from ..context import DATABASE, MATRIX
+from ..db import room_lock
+from ..db.conversation import DIRECT, Conversation
 from ..db.crm_user import CrmUser
 from ..db.relation import ANNOTATION, REPLACE
 from ..db.room_event import SENT
@@ -160,6 +162,9 @@ async def delete(
     req = parse(MessageRef, body)
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     event_id = event["event_id"]
+    if conversation.kind == DIRECT and event["sender"] not in user.mxids:
+        # Whatever the room's levels say (an old DM's, or a creator's implicit power).
+        raise Forbidden("In a direct conversation you may delete only your own messages")
     try:
         redaction_id = await service.app[MATRIX].redact(
             conversation.room_id, event_id, as_user=user.mxid
@@ -248,7 +253,11 @@ async def _set_pinned(
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     event_id, room_id = event["event_id"], conversation.room_id
     matrix = service.app[MATRIX]
-    async with _lock(service, f"pins\x1f{room_id}"):
+    # In this process, then across processes (PostgreSQL): a read-modify-write of the list.
+    async with (
+        _lock(service, f"pins\x1f{room_id}"),
+        room_lock.hold(service.app[DATABASE], "pins", room_id),
+    ):
         # The state itself, not our copy: a pin made elsewhere a moment ago must survive.
         state = await matrix.get_state_event(room_id, PINNED, as_user=user.mxid) or {}
         listed = state.get("pinned") if isinstance(state.get("pinned"), list) else []
@@ -298,16 +307,23 @@ def _wrote_pins(service: ChatService, room_id: str, based_on: list[str], wrote: 
         writes.pop(next(iter(writes)))
 
 
+def _pin_answer(user: CrmUser, message: dict[str, Any], by: str) -> dict[str, Any]:
+    """The message at the top level (as before), and ``data`` with who (un)pinned it, which
+    the CRM messenger reads."""
+    done = {by: serialize.user_object(user), f"{by.removesuffix('By')}At": iso(time.time() * 1000)}
+    return {**message, "success": True, "data": {**message, **done}}
+
+
 async def pin(
     service: ChatService, user: CrmUser, body: Any, *, quota: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return await _set_pinned(service, user, body, True, quota)
+    return _pin_answer(user, await _set_pinned(service, user, body, True, quota), "pinnedBy")
 
 
 async def unpin(
     service: ChatService, user: CrmUser, body: Any, *, quota: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return await _set_pinned(service, user, body, False, quota)
+    return _pin_answer(user, await _set_pinned(service, user, body, False, quota), "unpinnedBy")
 
 
 async def pinned(service: ChatService, user: CrmUser, conversation_id: str) -> list[dict[str, Any]]:

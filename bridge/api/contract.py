@@ -43,7 +43,18 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from .models import Error, MarkAsRead, Message, MessageDeleted, Resync, SendBody
+from .models import (
+    ChatCleared,
+    Error,
+    MarkAsRead,
+    Message,
+    MessageDeleted,
+    MessagePinned,
+    MessageUnpinned,
+    Resync,
+    RoomName,
+    SendBody,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -141,6 +152,10 @@ SOCKET_EVENTS: tuple[SocketEvent, ...] = (
     SocketEvent("message_sent", _OUT, Message, "To the sender: the message it sent"),
     SocketEvent("message_update", _OUT, Message, "A message after an edit, reaction or pin"),
     SocketEvent("message_deleted", _OUT, MessageDeleted, "A message was redacted"),
+    SocketEvent("message_pinned", _OUT, MessagePinned, "A message was pinned (CRM or Element)"),
+    SocketEvent("message_unpinned", _OUT, MessageUnpinned, "A message was unpinned"),
+    SocketEvent("chat_cleared", _OUT, ChatCleared, "To the user's own sockets: clear-chat"),
+    SocketEvent("join_room", _IN, RoomName, "The CRM's own rooms: user_<id>, company_<id>"),
     SocketEvent("resync", _OUT, Resync, "An event was dropped: refetch the conversation"),
     SocketEvent("error", _OUT, Error, "A failed operation (also its ack)"),
 )

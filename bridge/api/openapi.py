@@ -39,8 +39,11 @@ _RATE_HEADERS = {
 _ALWAYS = (401, 403, 429)
 _ERRORS = {
     400: "Malformed request (M_BAD_JSON, M_NOT_JSON, M_INVALID_PARAM)",
-    401: "Missing, invalid or expired token, or unknown user (M_MISSING_TOKEN, M_UNKNOWN_TOKEN)",
-    403: "Deactivated user, or not allowed (M_USER_DEACTIVATED, M_FORBIDDEN)",
+    401: "Missing, malformed, expired or forged token (M_MISSING_TOKEN, M_UNKNOWN_TOKEN)",
+    403: (
+        "A good token whose user the directory does not know yet or deactivated "
+        "(M_USER_NOT_SYNCED, M_USER_DEACTIVATED), or not allowed (M_FORBIDDEN)"
+    ),
     404: "Not found, or not a participant (M_NOT_FOUND)",
     409: "Conflict (M_CONFLICT)",
     413: "Body or file too large (M_TOO_LARGE)",

@@ -10,21 +10,30 @@ from ..db.crm_user import CrmUser
 from .clear import clear_chat as clear_for
 from .contract import CONVERSATIONS, MESSAGES, PEOPLE, declare
 from .direct import open_direct
+from .employees import employees as employees_of
 from .history import page_of
 from .messaging import mark_read as mark_read_for
 from .messaging import send as send_for
 from .models import (
+    AddMemberBody,
     ClearChatResult,
     Conversation,
     ConversationPath,
     ConversationRef,
     DirectBody,
+    DirectCreated,
+    DirectoryPullResult,
+    Employee,
+    EmployeesQuery,
+    EnsureProjectChatsResult,
     HistoryQuery,
     MarkReadBody,
     MarkReadResult,
     Message,
     MessagePage,
     OnlineUser,
+    ProjectGroups,
+    ProjectPath,
     SearchPage,
     SearchQuery,
     SendBody,
@@ -33,6 +42,7 @@ from .models import (
 )
 from .people import online_users as online_users_of
 from .plumbing import authed, json_object, json_response
+from .project_chats import ensure_project_chats, project_groups, request_pull
 from .search import search as search_for
 
 routes = web.RouteTableDef()
@@ -141,14 +151,19 @@ async def mark_read(request: web.Request, user: CrmUser) -> web.Response:
     "The direct conversation with another user, created if missing",
     tags=CONVERSATIONS,
     body=DirectBody,
-    ok={200: (Conversation, "The existing conversation"), 201: (Conversation, "A new one")},
+    ok={
+        200: (DirectCreated, "The existing conversation"),
+        201: (DirectCreated, "A new conversation"),
+    },
     errors=(400, 404, 413, 503),
 )
 @authed("direct-create")
 async def create_direct(request: web.Request, user: CrmUser) -> web.Response:
     other = parse(DirectBody, await json_object(request)).other
     conversation, created = await open_direct(request.app[CHAT], user, other)
-    return json_response(conversation, status=201 if created else 200)
+    # The seed reads the conversation at the top level, the CRM messenger in ``data``.
+    body = {**conversation, "success": True, "data": conversation}
+    return json_response(body, status=201 if created else 200)
 
 
 @routes.get("/api/chat/conversations/conversation/{conversationId}")
@@ -223,3 +238,83 @@ async def clear_chat(request: web.Request, user: CrmUser) -> web.Response:
     response = json_response(result)
     response.headers.update(quota)
     return response
+
+
+@routes.get("/api/chat/employees")
+@declare(
+    "The people the user may start a chat with: active users of their company",
+    tags=PEOPLE,
+    query=EmployeesQuery,
+    ok={200: (list[Employee], "A bare array")},
+    errors=(400, 503),
+    description="Answered from the index; the caller is not listed.",
+)
+@authed("employees")
+async def employees(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await employees_of(request.app[CHAT], user, request.query))
+
+
+@routes.post("/api/chat/ensure-project-chats")
+@declare(
+    "Make sure the caller is in every project conversation the CRM gave them",
+    tags=CONVERSATIONS,
+    ok={200: (EnsureProjectChatsResult, "Counted after any repair")},
+    errors=(503,),
+    description="Never creates a project; membership comes from the CRM directory.",
+)
+@authed("ensure-project-chats")
+async def ensure_chats(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await ensure_project_chats(request.app[CHAT], user))
+
+
+@routes.get("/api/chat/project-groups")
+@declare(
+    "The caller's project conversations",
+    tags=CONVERSATIONS,
+    ok={200: (ProjectGroups, "{success, conversations}")},
+    errors=(503,),
+)
+@authed("conversations")
+async def groups(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await project_groups(request.app[CHAT], user))
+
+
+@routes.post("/api/chat/conversations/sync-projects")
+@declare(
+    "CRM admin/manager: pull the CRM directory again (pull mode only)",
+    tags=CONVERSATIONS,
+    ok={202: (DirectoryPullResult, "A pull was started")},
+    errors=(409, 503),
+    description="409 when no pull is configured: membership comes from the CRM.",
+)
+@authed("directory-pull")
+async def sync_projects(request: web.Request, user: CrmUser) -> web.Response:
+    return json_response(await request_pull(request.app[CHAT], user), status=202)
+
+
+@routes.post("/api/chat/conversations/sync-project/{projectId}")
+@declare(
+    "CRM admin/manager: pull the CRM directory again for this project",
+    tags=CONVERSATIONS,
+    path=ProjectPath,
+    ok={202: (DirectoryPullResult, "A pull was started")},
+    errors=(409, 503),
+)
+@authed("directory-pull")
+async def sync_project(request: web.Request, user: CrmUser) -> web.Response:
+    project_id = request.match_info["projectId"]
+    return json_response(await request_pull(request.app[CHAT], user, project_id), status=202)
+
+
+@routes.post("/api/chat/conversations/add-member")
+@declare(
+    "CRM admin/manager: ask the directory for a member (never changed here)",
+    tags=CONVERSATIONS,
+    body=AddMemberBody,
+    ok={202: (DirectoryPullResult, "A pull was started")},
+    errors=(400, 409, 413, 503),
+)
+@authed("directory-pull")
+async def add_member(request: web.Request, user: CrmUser) -> web.Response:
+    body = await json_object(request)
+    return json_response(await request_pull(request.app[CHAT], user, body=body), status=202)

@@ -52,6 +52,27 @@ async def with_sockets(app: web.Application) -> set[str]:
         return set()
 
 
+# Up to this many people, each one's sockets are looked up; beyond, the online set is read.
+_ASK_EACH = 20
+
+
+async def sockets_among(app: web.Application, crm_user_ids: list[str]) -> set[str]:
+    """Which of these CRM users have a socket open in any process (see with_sockets)."""
+    from ..realtime import REALTIME
+
+    realtime = app.get(REALTIME)
+    if realtime is None or not crm_user_ids:
+        return set()
+    try:
+        if len(crm_user_ids) > _ASK_EACH:
+            # One call for the deployment's online set, not one lookup per person.
+            return set(crm_user_ids) & set(await realtime.registry.online())
+        return set(await realtime.registry.connected_among(crm_user_ids))
+    except Exception as e:
+        log.debug("Socket registry unavailable for presence: %s", e)
+        return set()
+
+
 def directory_entry(
     user: CrmUser, presence: dict[str, Any], connected: bool = False
 ) -> dict[str, Any]:

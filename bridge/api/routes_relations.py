@@ -17,6 +17,8 @@ from .models import (
     EditBody,
     Message,
     MessageRef,
+    PinnedMessages,
+    PinResult,
     ReactBody,
     UpdateDurationBody,
     UpdateDurationResult,
@@ -62,8 +64,8 @@ async def edit_message(request: web.Request, user: CrmUser) -> web.Response:
     body=MessageRef,
     ok={200: (Deleted, "Deleted")},
     errors=_ERRORS,
-    description="Your own, or any message where your power level allows redactions (project "
-    "admins and managers); else 403.",
+    description="Your own, or in a project any message where your power level allows "
+    "redactions (project admins and managers); in a DM only your own; else 403.",
 )
 @authed(None)
 async def delete_message(request: web.Request, user: CrmUser) -> web.Response:
@@ -103,9 +105,10 @@ async def unreact(request: web.Request, user: CrmUser) -> web.Response:
     "Pin a message (m.room.pinned_events)",
     tags=MESSAGES,
     body=MessageRef,
-    ok=_UPDATED,
+    ok={200: (PinResult, "The message, and data with pinnedBy")},
     errors=_ERRORS,
-    description="Who may pin follows the room's power levels (403 otherwise).",
+    description="Any member of a project or DM may pin; the room's power levels decide (403 "
+    "otherwise). Sockets hear message_pinned.",
 )
 @authed(None)
 async def pin_message(request: web.Request, user: CrmUser) -> web.Response:
@@ -117,9 +120,10 @@ async def pin_message(request: web.Request, user: CrmUser) -> web.Response:
     "Unpin a message",
     tags=MESSAGES,
     body=MessageRef,
-    ok=_UPDATED,
+    ok={200: (PinResult, "The message, and data with unpinnedBy")},
     errors=_ERRORS,
-    description="Who may unpin follows the room's power levels (403 otherwise).",
+    description="Who may unpin follows the room's power levels (403 otherwise). Sockets "
+    "hear message_unpinned.",
 )
 @authed(None)
 async def unpin_message(request: web.Request, user: CrmUser) -> web.Response:
@@ -146,10 +150,11 @@ async def update_duration(request: web.Request, user: CrmUser) -> web.Response:
     "The conversation's pinned messages, newest pin first",
     tags=MESSAGES,
     path=ConversationPath,
-    ok={200: (list[Message], "Full message objects")},
+    ok={200: (PinnedMessages, "{success, data: full message objects}")},
     errors=(404, 503),
 )
 @authed("messages")
 async def pinned_messages(request: web.Request, user: CrmUser) -> web.Response:
     conversation_id = request.match_info["conversationId"]
-    return json_response(await actions.pinned(request.app[CHAT], user, conversation_id))
+    pinned = await actions.pinned(request.app[CHAT], user, conversation_id)
+    return json_response({"success": True, "data": pinned})

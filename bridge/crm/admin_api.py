@@ -69,6 +69,8 @@ def user_json(app: web.Application, user: CrmUser) -> dict[str, Any]:
     return {
         "id": user.crm_user_id, "name": user.name, "email": user.email, "avatar": user.avatar,
         "role": user.role, "active": user.active, "matrixId": user.matrix_id, "mxid": user.mxid,
+        "firstName": user.first_name, "lastName": user.last_name, "position": user.position,
+        "profileImage": user.profile_image, "companyId": user.company_id,
     }  # fmt: skip
 
 

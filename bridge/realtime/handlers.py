@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from ..api import messaging
+from ..api import actions, messaging
 from ..api.auth import user_for, verifier
 from ..api.quota import count
 from ..chat.media_urls import media_signer
@@ -41,6 +41,7 @@ from ..errors import (
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import for_user
 from .access import EXPIRED, Access
+from .crm_rooms import room_name, socket_room
 from .local import LocalSockets, Socket
 from .presence import PresenceTracker
 from .rooms import (
@@ -219,6 +220,41 @@ def register(
             raise InvalidParam("conversationId is required")
         await sio.leave_room(sid, conversation_room(conversation_id))
         return {"conversationId": conversation_id}
+
+    @sio.on("join_room")
+    @answered
+    async def join_room(sid: str, data: Any = None) -> Any:
+        """The CRM's own rooms: the user's and their company's (crm_rooms.py)."""
+        socket = socket_of(sid)
+        name = room_name(data)
+        await sio.enter_room(sid, socket_room(socket.user, name))
+        return {"room": name}
+
+    @sio.on("leave_room")
+    @answered
+    async def leave_room(sid: str, data: Any = None) -> Any:
+        socket = socket_of(sid)
+        name = room_name(data)
+        room = socket_room(socket.user, name)
+        if room != user_room(socket.user.crm_user_id):  # the bridge's own: the socket stays
+            await sio.leave_room(sid, room)
+        return {"room": name}
+
+    # The same service functions as REST (api/actions.py), rate limits included.
+    @sio.on("pin_message")
+    @answered
+    async def pin_message(sid: str, data: Any = None) -> Any:
+        return await actions.pin(app[CHAT], socket_of(sid).user, data)
+
+    @sio.on("unpin_message")
+    @answered
+    async def unpin_message(sid: str, data: Any = None) -> Any:
+        return await actions.unpin(app[CHAT], socket_of(sid).user, data)
+
+    @sio.on("delete_message")
+    @answered
+    async def delete_message(sid: str, data: Any = None) -> Any:
+        return await actions.delete(app[CHAT], socket_of(sid).user, data)
 
     @sio.on("send_message")
     @answered

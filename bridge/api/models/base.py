@@ -28,6 +28,13 @@ def id_field(**kw: Any) -> Any:
     return Field(min_length=1, max_length=512, pattern=ID_PATTERN, **kw)
 
 
+def without_nul(value: str) -> str:
+    # No database stores it in text, and no person types it.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def absent(**kw: Any) -> Any:
     """A response field that may be left out, but is never null when present."""
     return Field(default=None, **kw)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .base import Body, Shape, tidy
+from .base import Body, Query, Shape, id_field, tidy, without_nul
 from .messages import Message
-from .people import ProjectRef, User
+from .people import Participant, ProjectRef
 
 
 class Conversation(Shape):
@@ -18,7 +18,7 @@ class Conversation(Shape):
     id: str = Field(alias="_id")
     type: Literal["direct", "project"]
     name: str | None
-    participants: list[User]
+    participants: list[Participant]
     project: ProjectRef | None
     lastMessage: Message | None
     lastActivity: str | None
@@ -43,6 +43,11 @@ class DirectBody(Body):
     userId: str | int | None = Field(default=None, description="The other CRM user")
     participantId: str | int | None = Field(default=None, description="Same as userId")
 
+    @field_validator("userId", "participantId")
+    @classmethod
+    def _no_nul(cls, value: str | int | None) -> str | int | None:
+        return without_nul(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _one(self) -> DirectBody:
         if self.userId is None and self.participantId is None:
@@ -52,3 +57,37 @@ class DirectBody(Body):
     @property
     def other(self) -> str:
         return str(self.userId if self.userId is not None else self.participantId)
+
+
+class DirectCreated(Conversation):
+    """``POST /direct/create``: the conversation at the top level (the seed's shape), and
+    again in ``data`` (the CRM messenger's)."""
+
+    success: bool
+    data: Conversation = Field(description="The same conversation object")
+
+
+class ProjectGroups(Shape):
+    success: bool
+    conversations: list[Conversation]
+
+
+class EnsureProjectChatsResult(Shape):
+    success: bool
+    conversations: int = Field(ge=0, description="The caller's project conversations")
+    repaired: int = Field(ge=0, description="Of which the caller was just joined to")
+
+
+class ProjectPath(Query):
+    projectId: str = id_field()
+
+
+class AddMemberBody(Body):
+    projectId: str | int
+    userId: str | int
+
+
+class DirectoryPullResult(Shape):
+    success: bool
+    message: str
+    projectId: str | None = None

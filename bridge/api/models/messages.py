@@ -7,12 +7,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ...chat.serialize import MESSAGE_TYPES
-from .base import Body, Query, Shape, absent, id_field
-from .people import User
+from .base import Body, Query, Shape, absent, id_field, without_nul
+from .people import MAX_QUERY, User
 
 MessageType = Literal[MESSAGE_TYPES]  # type: ignore[valid-type]
 
-MAX_QUERY = 256
 MAX_SEARCH_LIMIT = 50
 MAX_PAGE_LIMIT = 100  # history.MAX_LIMIT, checked by tests/test_api_contracts.py
 MAX_PAGE_DEPTH = 5000  # history.MAX_PAGE_DEPTH, likewise
@@ -110,6 +109,21 @@ class Message(Shape):
     threadCount: int = Field(ge=0)
     threadLastReplyAt: str | None
     isPinned: bool
+
+
+class PinResult(Message):
+    """``pin-message``/``unpin-message``: the message at the top level (the seed's shape),
+    and ``data`` with who did it, which the CRM messenger reads."""
+
+    success: bool
+    data: dict[str, Any] = Field(
+        description="The message, with pinnedBy/pinnedAt or unpinnedBy/unpinnedAt"
+    )
+
+
+class PinnedMessages(Shape):
+    success: bool
+    data: list[Message] = Field(description="Message objects, newest pin first")
 
 
 class MessagePage(Shape):
@@ -313,6 +327,8 @@ class UpdateDurationResult(Shape):
 
 class ReactBody(MessageRef):
     key: str = Field(min_length=1, max_length=100, description="The reaction, usually an emoji")
+
+    _key = field_validator("key")(without_nul)
 
 
 class SearchQuery(Query):

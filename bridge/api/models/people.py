@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from .base import Shape, absent
+from .base import Query, Shape, absent, without_nul
+
+MAX_QUERY = 256
 
 USER_ID = "CRM user id, or the mxid of a Matrix-only user"
 
 
 class User(Shape):
-    """A sender, participant or member (``serialize.user_object``)."""
+    """Every person the facade or the socket names: senders, participants, members, typers,
+    who pinned (``serialize.user_object``; the seed's four fields and the CRM messenger's)."""
 
     id: str = Field(alias="_id", description=USER_ID)
     name: str
+    firstName: str
+    lastName: str = Field(description='"" when unknown (a Matrix-only user)')
     email: str | None
     avatar: str | None
+    profileImage: str | None = Field(description="The CRM's picture URL (else the avatar)")
+    position: str | None = Field(description="Job title, from the CRM directory")
+
+
+class Participant(User):
+    """A conversation's participant: a user, online or not (``serialize.with_presence``)."""
+
+    isOnline: bool = Field(description="A socket open, or online on Matrix")
+    lastSeen: str | None
+
+
+class Employee(Participant):
+    """``/api/chat/employees``: someone the user may start a chat with."""
+
+
+class EmployeesQuery(Query):
+    q: str | None = Field(
+        default=None, max_length=MAX_QUERY, description="Words the name, email or position has"
+    )
+    limit: int = Field(default=500, ge=1, le=2000)
+
+    @field_validator("q")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return None if value is None else without_nul(value)
 
 
 class DirectoryUser(User):

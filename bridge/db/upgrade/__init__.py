@@ -14,6 +14,7 @@ from . import (
     v10_timeline,
     v11_published_mark,
     v12_sync_job,
+    v13_people,
 )
 from .table import upgrade_table
 
@@ -31,4 +32,5 @@ __all__ = [
     "v10_timeline",
     "v11_published_mark",
     "v12_sync_job",
+    "v13_people",
 ]
