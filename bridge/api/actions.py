@@ -24,12 +24,12 @@ from ..db.conversation import DIRECT, Conversation
 from ..db.crm_user import CrmUser
 from ..db.relation import ANNOTATION, REPLACE
 from ..db.room_event import SENT
-from ..errors import Forbidden, InvalidParam, NotFound
+from ..errors import Forbidden, NotFound
 from ..ids import conversation_id_for_room, event_id_for_message, message_id_for_event
 from ..matrix import relations
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS
-from .messaging import MAX_CONTENT_BYTES, with_durations
+from .messaging import with_durations
 from .models import EditBody, MessageRef, ReactBody, parse
 from .quota import count
 
@@ -116,10 +116,6 @@ async def edit(
 ) -> dict[str, Any]:
     await count(service, user, "edit-message", quota)
     req = parse(EditBody, body)
-    if not req.content.strip():
-        raise InvalidParam("content must not be empty")
-    if len(req.content.encode("utf-8")) > MAX_CONTENT_BYTES:
-        raise InvalidParam(f"content is too long (at most {MAX_CONTENT_BYTES // 1024} KiB)")
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     if event["sender"] != user.mxid:
         raise Forbidden("Only the sender may edit a message")

@@ -16,6 +16,9 @@ from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..presence_board import PRESENCE_BOARD, PresenceBoard
 from ..tasks import stop
+from .contract import PEOPLE, declare
+from .models import DirectoryUser
+from .models import Project as ProjectModel
 from .plumbing import RATE_LIMITER, authed, json_response
 
 log = logging.getLogger("bridge.api.directory")
@@ -83,6 +86,12 @@ def directory_entry(
 
 
 @routes.get("/api/users")
+@declare(
+    "The directory: every other active user, with Matrix presence",
+    tags=PEOPLE,
+    ok={200: (list[DirectoryUser], "Users")},
+    errors=(503,),
+)
 @authed("users")
 async def users(request: web.Request, user: CrmUser) -> web.Response:
     everyone = [u for u in await request.app[USERS].all(active_only=True)]
@@ -111,6 +120,12 @@ def _project_entry(
 
 
 @routes.get("/api/projects")
+@declare(
+    "The user's projects",
+    tags=PEOPLE,
+    ok={200: (list[ProjectModel], "Projects")},
+    errors=(503,),
+)
 @authed("projects")
 async def projects(request: web.Request, user: CrmUser) -> web.Response:
     """Four queries whatever the number of projects."""
@@ -125,6 +140,12 @@ async def projects(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/auth/me")
+@declare(
+    "The authenticated user",
+    tags=PEOPLE,
+    ok={200: (DirectoryUser, "The user")},
+    errors=(503,),
+)
 @authed("me")
 async def me(request: web.Request, user: CrmUser) -> web.Response:
     presence, connected = await asyncio.gather(

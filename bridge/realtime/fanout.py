@@ -21,7 +21,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from ..api.models import MessagePinned, MessageUnpinned, UserObject
+from ..api.models import MessagePinned, MessageUnpinned, User
 from ..chat.serialize import iso
 from ..chat.service import CHAT
 from ..context import CONVERSATIONS, EVENT_INDEX, USERS
@@ -119,13 +119,13 @@ class Fanout:
         for event_id in pinned:
             payload = MessagePinned(
                 conversationId=cid, messageId=message_id_for_event(event_id),
-                pinnedBy=UserObject.model_validate(person), pinnedAt=iso(at) or "",
+                pinnedBy=User.model_validate(person), pinnedAt=iso(at) or "",
             )  # fmt: skip
             await self.sio.emit("message_pinned", payload.model_dump(by_alias=True), to=room)
         for event_id in unpinned:
             gone = MessageUnpinned(
                 conversationId=cid, messageId=message_id_for_event(event_id),
-                unpinnedBy=UserObject.model_validate(person),
+                unpinnedBy=User.model_validate(person),
             )  # fmt: skip
             await self.sio.emit("message_unpinned", gone.model_dump(by_alias=True), to=room)
 

@@ -262,18 +262,7 @@ def register(
         socket = socket_of(sid)
         if not isinstance(data, dict):
             raise InvalidParam("send_message needs {conversationId, content, type}")
-        message = await messaging.send(
-            app[CHAT],
-            socket.user,
-            data.get("conversationId"),
-            data.get("content"),
-            data.get("type", "text"),
-            data.get("attachments"),
-            data.get("clientMessageId"),
-            reply_to=data.get("replyTo"),
-            mentions=data.get("mentions"),
-            thread_id=data.get("threadId"),
-        )
+        message = await messaging.send(app[CHAT], socket.user, data)
         await sio.emit("message_sent", message, to=sid)
         return media_signer(app).sign_tree(message, socket.user.crm_user_id)
 
