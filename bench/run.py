@@ -76,6 +76,7 @@ STEPS = [
     Step("people", "bench.people",
          ["--users", "10000", "--conversations", "200", "--requests", "40"],
          ["--users", "2000", "--conversations", "20", "--requests", "10"], 240),
+    Step("federation", "bench.federation", ["--samples", "30"], ["--samples", "8"], 150),
     # Last: it gets what is left of --budget, and goes up the sizes as far as that allows
     # (each size predicted from the one before; see bench/directory.py).
     Step("directory", "bench.directory",
@@ -360,6 +361,18 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
     out: list[str] = []
     r = {name: entry.get("results") for name, entry in steps.items()}
+    if fd := r.get("federation"):
+        local, guest = fd["local_send_to_new_message"], fd["guest_send_to_new_message"]
+        out += ["### A guest's message from another homeserver (federation)", "",
+                "Send → `new_message` at a CRM socket, interleaved; three Synapses on SQLite "
+                "federating on loopback (`python -m bench.federation`).", "",
+                table(["sender", "n", "p50 ms", "p95 ms"],
+                      [["Matrix user on our homeserver", local["n"], local["p50_ms"],
+                        local["p95_ms"]],
+                       ["guest on the partner's homeserver", guest["n"], guest["p50_ms"],
+                        guest["p95_ms"]]]),
+                "", f"The federation hop costs {fd['federation_hop_p50_ms']} ms at p50 "
+                f"({fd['ratio_p50']}× the local path).", ""]  # fmt: skip
     f = r.get("facade")
     if f:
         s = f["send_latency"]

@@ -21,6 +21,7 @@ from .context import (
     DATABASE,
     DISPATCHER,
     EVENT_INDEX,
+    FEDERATION,
     HOMESERVER,
     IDS,
     LOCAL_ECHO,
@@ -44,6 +45,7 @@ from .db.room_event import RoomEventIndex
 from .db.room_member import RoomMemberStore
 from .db.txn import TransactionLog
 from .errors import error_middleware
+from .federation import FederationPolicy
 from .ids import IdMapper
 from .logs import AccessLogger
 from .matrix import intake
@@ -78,6 +80,7 @@ def build_app(config: Config, *, check_homeserver_on_start: bool = True) -> web.
     app.on_response_prepare.append(protocol.on_response_prepare)
     app[CONFIG] = config
     app[IDS] = IdMapper.from_config(config)
+    app[FEDERATION] = FederationPolicy.from_config(config)
     app[MEDIA_SIGNER] = MediaSigner.from_config(config)
     app[DISPATCHER] = EventDispatcher()
     app[READY] = {"database": False, "homeserver": False}

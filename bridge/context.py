@@ -19,6 +19,7 @@ from .db.receipt import ReceiptStore
 from .db.room_event import RoomEventIndex
 from .db.room_member import RoomMemberStore
 from .db.txn import TransactionLog
+from .federation import FederationPolicy
 from .ids import IdMapper
 from .matrix.client import MatrixClient
 from .matrix.dispatcher import EventDispatcher
@@ -40,6 +41,8 @@ CONVERSATIONS = web.AppKey("conversations", ConversationStore)
 ROOM_MEMBERS = web.AppKey("room_members", RoomMemberStore)
 RECEIPTS = web.AppKey("receipts", ReceiptStore)
 IDS = web.AppKey("ids", IdMapper)
+# Who may take part from other homeservers (federation.*).
+FEDERATION = web.AppKey("federation", FederationPolicy)
 # Set once startup checks passed and the database is open: readiness.
 READY = web.AppKey("ready", dict)
 # This process's role for transactions (facade, standby, receiver) and the lock behind it.

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..context import CONVERSATIONS, DATABASE, MATRIX, ROOM_MEMBERS, USERS
+from ..context import CONVERSATIONS, DATABASE, FEDERATION, MATRIX, ROOM_MEMBERS, USERS
 from ..db.conversation import DIRECT, Conversation, direct_key
 from ..db.crm_user import CrmUser, now_ms
 from ..db.direct_claim import DirectClaim, DirectClaimStore
 from ..errors import BadRequest, HomeserverUnavailable, InvalidParam, NotFound, ServiceUnavailable
+from ..federation import ACL_EVENT
 from ..matrix.homeserver import MatrixError
 from .dm_levels import LEVELS_VERSION, creation_override
 
@@ -198,7 +199,9 @@ async def _create_room(
                 "type": "m.room.history_visibility",
                 "state_key": "",
                 "content": {"history_visibility": "shared"},
-            }
+            },
+            # Direct chats stay on this homeserver (federation.direct_with_guests).
+            {"type": ACL_EVENT, "state_key": "", "content": app[FEDERATION].direct_acl()},
         ],
     }
     try:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..chat.media_urls import media_signer
 from ..chat.service import CHAT
-from ..context import CONFIG, MATRIX
+from ..context import FEDERATION, MATRIX
 from ..db.crm_user import CrmUser
 from ..errors import BridgeError, NotFound
 from ..matrix.homeserver import MatrixError
@@ -123,8 +123,9 @@ def _media_of(request: web.Request) -> tuple[str, str]:
         r"[A-Za-z0-9_\-]+", media_id
     ):
         raise NotFound("File not found")
-    if server != request.app[CONFIG].domain:
-        # Only our own media repo: never make the homeserver fetch from another server.
+    if not request.app[FEDERATION].server_allowed(server):
+        # Our own media repo and allowed guests' servers only: never make the homeserver
+        # fetch from any other server.
         raise NotFound("File not found")
     return server, media_id
 

@@ -247,20 +247,23 @@ async def decorate(
         edit = latest.get(event["event_id"])
         content = new_content(edit[2]) if edit else None
         return serialize.type_and_text(
-            event.get("type", ""), content or event.get("content") or {}
+            event.get("type", ""), content or event.get("content") or {}, event["sender"] in users
         )[1]
 
     for _, event, message in items:
         event_id = event["event_id"]
         edit = latest.get(event_id)
         if edit and (content := new_content(edit[2])):
-            text = serialize.type_and_text(event.get("type", ""), content)[1]
+            trusted = not str(message["sender"].get("_id", "@")).startswith("@")
+            text = serialize.type_and_text(event.get("type", ""), content, trusted)[1]
             if not _sets_durations_only(edit[2]) or text != message["content"]:
                 message["edited"] = True
                 message["editedAt"] = message["updatedAt"] = serialize.iso(edit[0])
             message["content"] = text
             # A voice note's duration, set after it was sent (api/voice.py), lives here.
-            message["attachments"] = serialize.attachments_of(content) or message["attachments"]
+            message["attachments"] = (
+                serialize.attachments_of(content, trusted) or message["attachments"]
+            )
         if target := replies.get(event_id):
             quote = quoted.get(target)
             message["replyTo"] = {

@@ -7,6 +7,8 @@ bulk, so listing 200 conversations costs a handful of queries, not one per item.
 from __future__ import annotations
 
 import functools
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +65,32 @@ def mxc_of_url(url: str) -> str | None:
     return f"mxc://{server}/{media_id}"
 
 
+NAME_LIMIT = 128
+_TAGS = re.compile(r"<[^>]{0,200}>")
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]"
+_MIMETYPE = re.compile(rf"{_TOKEN}{{0,63}}/{_TOKEN}{{0,127}}")
+
+
+def clean_text(value: Any, fallback: str = "", limit: int = NAME_LIMIT) -> str:
+    """A display string from another server, made safe to show: a string, no control or
+    bidi-override characters, no markup, one line, at most ``limit`` characters."""
+    if not isinstance(value, str):
+        return fallback
+    text = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in value[: limit * 4]
+        if unicodedata.category(ch) != "Cf"
+    )
+    text = " ".join(_TAGS.sub("", text).split())[:limit].strip()
+    return text or fallback
+
+
+def clean_mimetype(value: Any) -> str:
+    if isinstance(value, str) and _MIMETYPE.fullmatch(value.strip()):
+        return value.strip().lower()
+    return "application/octet-stream"
+
+
 # Every user object the facade and the socket send is built by one of the two functions
 # below, with these keys (the seed's four, and the CRM messenger's name parts and picture).
 USER_FIELDS = (
@@ -94,10 +122,14 @@ def user_object(user: CrmUser) -> dict[str, Any]:
     }
 
 
-def matrix_user_object(mxid: str, profile: dict[str, Any]) -> dict[str, Any]:
-    """A Matrix account that is no CRM user: its mxid is its id, its display name is its
-    first name (a Matrix profile has no name parts)."""
-    name = profile.get("displayname") or mxid.removeprefix("@").split(":", 1)[0]
+def matrix_user_object(
+    mxid: str, profile: dict[str, Any], home_server: str | None = None
+) -> dict[str, Any]:
+    """A Matrix account that is no CRM user: its mxid is its id. Its profile comes from its
+    own server, possibly another one: every field is cleaned before a frontend shows it.
+    ``home_server``: this bridge's server, to tell guests from other servers apart."""
+    server = mxid.partition(":")[2]
+    name = clean_text(profile.get("displayname"), clean_text(mxid.removeprefix("@").split(":")[0]))
     avatar = media_url(profile.get("avatar_url"))
     return {
         "_id": mxid,
@@ -108,6 +140,8 @@ def matrix_user_object(mxid: str, profile: dict[str, Any]) -> dict[str, Any]:
         "avatar": avatar,
         "profileImage": avatar,
         "position": None,
+        "isGuest": home_server is not None and server != home_server,
+        "homeserver": server,
     }
 
 
@@ -169,10 +203,11 @@ def _event_duration(content: dict[str, Any]) -> float | None:
     return duration_seconds(ms / 1000)
 
 
-def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
+def attachments_of(content: dict[str, Any], trusted: bool = True) -> list[dict[str, Any]]:
     """Attachment objects of a Matrix message; URLs always come from the mxc URIs.
-    ``duration`` is in seconds (a float, as the CRM's page sends it), or null."""
-    crm = content.get(CRM_FIELD)
+    ``duration`` is in seconds (a float, as the CRM's page sends it), or null.
+    ``trusted``: the sender is a CRM user, whose sends carry our own record (CRM_FIELD)."""
+    crm = content.get(CRM_FIELD) if trusted else None
     listed = crm.get("attachments") if isinstance(crm, dict) else None
     out: list[dict[str, Any]] = []
     if isinstance(listed, list):
@@ -203,21 +238,26 @@ def attachments_of(content: dict[str, Any]) -> list[dict[str, Any]]:
     if url is None:
         return []
     info = content.get("info") if isinstance(content.get("info"), dict) else {}
-    name = content.get("filename") or content.get("body") or url.rsplit("/", 1)[-1]
+    fallback = url.rsplit("/", 1)[-1]
+    name = clean_text(content.get("filename"), "", 255) or clean_text(content.get("body"), "", 255)
+    size = info.get("size")
+    size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
     return [
         {
-            "filename": url.rsplit("/", 1)[-1],
-            "originalName": str(name),
-            "mimetype": str(info.get("mimetype") or "application/octet-stream"),
-            "size": info.get("size") if isinstance(info.get("size"), int) else 0,
+            "filename": fallback,
+            "originalName": name or fallback,
+            "mimetype": clean_mimetype(info.get("mimetype")),
+            "size": size,
             "url": url,
             "duration": _event_duration(content),
         }
     ]
 
 
-def type_and_text(event_type: str, content: dict[str, Any]) -> tuple[str, str]:
-    crm = content.get(CRM_FIELD)
+def type_and_text(
+    event_type: str, content: dict[str, Any], trusted: bool = True
+) -> tuple[str, str]:
+    crm = content.get(CRM_FIELD) if trusted else None
     body = content.get("body") if isinstance(content.get("body"), str) else ""
     if event_type == "m.sticker":
         kind = "image"
@@ -244,9 +284,14 @@ def message_object(
     pos: int | None,
 ) -> dict[str, Any]:
     """``pos``: the message's timeline position (db/room_event.py), which ``readBy`` uses."""
-    content = event.get("content") or {}
-    kind, text = type_and_text(event.get("type", ""), content)
-    ts = int(event.get("origin_server_ts") or 0)
+    content = event.get("content")
+    content = content if isinstance(content, dict) else {}
+    # Our own record of the seed's fields is believed from CRM users' sends only; anyone
+    # else's (a guest's server, say) could claim any type or attachment in it.
+    trusted = not str(sender.get("_id", "@")).startswith("@")
+    kind, text = type_and_text(event.get("type", ""), content, trusted)
+    ts = event.get("origin_server_ts")
+    ts = ts if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 else 0
     message_id = message_id_for_event(event["event_id"])
     return {
         "_id": message_id,
@@ -255,7 +300,7 @@ def message_object(
         "sender": sender,
         "content": text,
         "type": kind,
-        "attachments": attachments_of(content),
+        "attachments": attachments_of(content, trusted),
         "readBy": read_state.read_by(sender["_id"], pos, ts),
         "createdAt": iso(ts),
         "updatedAt": iso(ts),

@@ -202,7 +202,8 @@ class ChatService:
         user = await self.app[USERS].get_by_mxid(mxid_or_user)
         if user is not None:
             return serialize.user_object(user)
-        return serialize.matrix_user_object(mxid_or_user, await self.profile(mxid_or_user))
+        profile = await self.profile(mxid_or_user)
+        return serialize.matrix_user_object(mxid_or_user, profile, self.app[IDS].domain)
 
     async def _senders(
         self,
@@ -219,7 +220,7 @@ class ChatService:
         strangers = [m for m in mxids if m not in out]
         profiles = await asyncio.gather(*(self.profile(m) for m in strangers))
         for mxid, profile in zip(strangers, profiles, strict=True):
-            out[mxid] = serialize.matrix_user_object(mxid, profile)
+            out[mxid] = serialize.matrix_user_object(mxid, profile, self.app[IDS].domain)
         return out
 
     # Messages.
@@ -434,7 +435,9 @@ class ChatService:
             objects[mxid] = (
                 serialize.user_object(users[mxid])
                 if mxid in users
-                else serialize.matrix_user_object(mxid, self._profiles.get(mxid, (0, {}))[1])
+                else serialize.matrix_user_object(
+                    mxid, self._profiles.get(mxid, (0, {}))[1], self.app[IDS].domain
+                )
             )
         out = []
         lasts: list[enrich.Item] = []

@@ -131,7 +131,10 @@ async def put_project(request: web.Request) -> web.Response:
     check_token(request)
     app, project_id = request.app, request.match_info["project_id"]
     problems: list[str] = []
-    spec = parse_project(await read_json(request), "project", problems, None, project_id=project_id)
+    spec = parse_project(
+        await read_json(request), "project", problems, None,
+        project_id=project_id, own_server=app[IDS].domain,
+    )  # fmt: skip
     _raise_problems(problems, "project")
     assert spec is not None
     result = await operations.put_project(app, spec, dry_run=_flag(request, "dryRun"))
@@ -161,7 +164,9 @@ async def delete_project(request: web.Request) -> web.Response:
 async def post_sync(request: web.Request) -> web.Response:
     check_token(request)
     app = request.app
-    snapshot = parse_snapshot(await read_json(request), roles(app), bridge_accounts(app))
+    snapshot = parse_snapshot(
+        await read_json(request), roles(app), bridge_accounts(app), app[IDS].domain
+    )
     dry_run, force = _flag(request, "dryRun"), _flag(request, "force")
     if dry_run or request.query.get("wait", "true").lower() != "false":
         return web.json_response(await operations.sync(app, snapshot, dry_run=dry_run, force=force))

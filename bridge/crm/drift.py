@@ -15,11 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..context import DISPATCHER, IDS, PROJECTS, ROOM_MEMBERS
+from ..context import DISPATCHER, FEDERATION, IDS, PROJECTS, ROOM_MEMBERS
+from ..federation import ACL_EVENT
 from ..matrix.dispatcher import Event
 from ..tasks import stop
 from . import operations
-from .rooms import LINK_EVENT, normalize_power_levels
+from .rooms import LINK_EVENT, normalize_acl, normalize_power_levels
 
 log = logging.getLogger("bridge.crm.drift")
 
@@ -29,6 +30,7 @@ _WATCHED: dict[str, tuple[str, Any]] = {
     "m.room.topic": ("topic", lambda c: c.get("topic", "")),
     "m.room.power_levels": ("power_levels", normalize_power_levels),
     LINK_EVENT: ("link", lambda c: {k: c.get(k) for k in ("id", "emoji", "color")}),
+    ACL_EVENT: ("server_acl", normalize_acl),
 }
 
 
@@ -68,6 +70,28 @@ class DriftRepair:
 DRIFT = web.AppKey("crm_drift", DriftRepair)
 
 
+def _log_unlisted(
+    app: web.Application,
+    guests: list[str],
+    sender: str,
+    target: str,
+    content: dict[str, Any],
+    project_id: str,
+) -> None:
+    """Say who brought a remote user the CRM does not list into a project room."""
+    membership = content.get("membership")
+    policy = app[FEDERATION]
+    if membership not in ("invite", "join") or not policy.is_remote(target) or target in guests:
+        return
+    if policy.members_may_invite and policy.is_allowed(target):
+        return
+    who = sender if membership == "invite" else f"{target} (joined by themselves)"
+    log.warning(
+        "%s brought %s into project %s, who is not a listed guest; drift repair removes them",
+        who, target, project_id,
+    )  # fmt: skip
+
+
 def setup(app: web.Application) -> None:
     app[DRIFT] = DriftRepair(app)
 
@@ -93,6 +117,7 @@ def setup(app: web.Application) -> None:
             # still invites them again, as the CRM says they belong.
             left_alone = sender == state_key and content.get("membership") == "leave"
             if project is not None and not ours and not left_alone:
+                _log_unlisted(app, project.guests, sender, state_key, content, project.project_id)
                 repair.schedule(project.project_id)
             return
         if project is None or sender == ids.bot_mxid or state_key != "":

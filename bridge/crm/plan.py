@@ -75,6 +75,7 @@ class ProjectChange:
     set_topic: bool = False
     set_link: bool = False
     set_power: bool = False
+    set_acl: bool = False
     power_changes: dict[str, list[int | None]] = field(default_factory=dict)
     ops: list[MemberOp] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
@@ -87,7 +88,7 @@ class ProjectChange:
     def writes(self) -> int:
         if self.create:
             return 1 + sum(op.kind == "join" for op in self.ops)
-        state = self.set_name + self.set_topic + self.set_link + self.set_power
+        state = self.set_name + self.set_topic + self.set_link + self.set_power + self.set_acl
         return int(state) + len(self.ops)
 
 
@@ -114,7 +115,7 @@ def _pick(done_only: bool, done: set[str], key: str, wanted: bool) -> bool:
 def summarize(plan: Plan, done_only: bool) -> dict[str, Any]:
     users: dict[str, list[str]] = {"create": [], "rename": [], "avatar": [], "deactivate": []}
     projects: dict[str, list[str]] = {
-        "create": [], "rename": [], "topic": [], "link": [], "archive": [],
+        "create": [], "rename": [], "topic": [], "link": [], "archive": [], "acl": [],
     }  # fmt: skip
     members: dict[str, list[dict[str, str]]] = {"invite": [], "join": [], "kick": [], "leave": []}
     power: list[dict[str, Any]] = []
@@ -138,6 +139,7 @@ def summarize(plan: Plan, done_only: bool) -> dict[str, Any]:
             ("topic", p.set_topic),
             ("link", p.set_link),
             ("archive", p.spec.archived and p.set_power),
+            ("acl", p.set_acl),
         ):
             done_key = "power" if key == "archive" else key
             if _pick(done_only, p.done, done_key, wanted):

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..context import CONFIG, HOMESERVER, RECEIVER
+from ..context import CONFIG, HOMESERVER, IDS, RECEIVER
 from . import operations
 from .admin_api import bridge_accounts, roles
 from .snapshot import parse_snapshot
@@ -28,7 +28,7 @@ async def pull_once(app: web.Application, url: str, token: str | None = None) ->
     ) as resp:
         resp.raise_for_status()
         body = await resp.json(content_type=None)
-    snapshot = parse_snapshot(body, roles(app), bridge_accounts(app))
+    snapshot = parse_snapshot(body, roles(app), bridge_accounts(app), app[IDS].domain)
     return await operations.sync(app, snapshot)
 
 

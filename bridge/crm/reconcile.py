@@ -21,6 +21,7 @@ from ..context import (
     CONFIG,
     CONVERSATIONS,
     DATABASE,
+    FEDERATION,
     HOMESERVER,
     IDS,
     MATRIX,
@@ -33,6 +34,7 @@ from ..db.conversation import PROJECT
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..errors import HomeserverUnavailable
+from ..federation import ACL_EVENT, FederationPolicy
 from ..matrix.homeserver import MatrixError
 from ..metrics import METRICS
 from .engine_lock import EngineLock, deployment_of
@@ -60,7 +62,7 @@ def project_spec_of(project: Project) -> ProjectSpec:
     return ProjectSpec(
         project_id=project.project_id, name=project.name, members=tuple(project.members),
         created_by=project.created_by, description=project.description, emoji=project.emoji,
-        color=project.color, archived=project.archived,
+        color=project.color, archived=project.archived, guests=tuple(sorted(project.guests)),
     )  # fmt: skip
 
 
@@ -68,6 +70,7 @@ def _project_row(spec: ProjectSpec, old: Project | None) -> Project:
     fields = dict(
         name=spec.name, description=spec.description, emoji=spec.emoji, color=spec.color,
         created_by=spec.created_by, archived=spec.archived, members=sorted(spec.members),
+        guests=sorted(spec.guests),
     )  # fmt: skip
     if old is None:
         return Project(project_id=spec.project_id, **fields)  # type: ignore[arg-type]
@@ -101,6 +104,10 @@ class Directory:
     @property
     def role_levels(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.app[CONFIG]["power_levels"].items()}
+
+    @property
+    def policy(self) -> FederationPolicy:
+        return self.app[FEDERATION]
 
     @property
     def removal_ratio(self) -> float:
@@ -266,21 +273,39 @@ class Directory:
             current = observed = actual.members
         version = applied.get("room_version") if room_id else await self.default_room_version()
         implicit = creators_have_implicit_power(version)
-        desired = desired_room(spec, users, ids, self.role_levels, implicit)
+        policy = self.policy
+        desired = desired_room(spec, users, ids, self.role_levels, implicit, policy)
         current = dict(current or {})
-        if keep_existing and room_id:
-            retained = {
+        retained: dict[str, str] = {}
+        if room_id:
+            present = {
                 m: s for m, s in current.items()
                 if s in PRESENT and m not in desired.members and m != ids.bot_mxid
             }  # fmt: skip
+            if keep_existing:
+                retained = present
+            elif policy.members_may_invite:
+                # Remote users a member invited stay, while their server is allowed.
+                retained = {
+                    m: s for m, s in present.items() if policy.is_remote(m) and policy.is_allowed(m)
+                }  # fmt: skip
+        if retained:
             old_levels = (applied.get("power_levels") or {}).get("users") or {}
             levels = dict(desired.power_levels["users"])
+            guest_level = policy.guest_level(self.role_levels)
             for mxid in retained:
                 desired.members[mxid] = _retained_member(mxid, crm_user_of)
-                levels[mxid] = int(old_levels.get(mxid, 0))
+                default = guest_level if policy.is_remote(mxid) else 0
+                levels[mxid] = int(old_levels.get(mxid, default))
             levels.pop(ids.bot_mxid, None)
+            remote = any(m.guest or policy.is_remote(x) for x, m in desired.members.items())
             desired.power_levels = power_levels(
-                levels, spec.archived, ids.bot_mxid, implicit, member_level(self.role_levels)
+                levels,
+                spec.archived,
+                ids.bot_mxid,
+                implicit,
+                member_level(self.role_levels),
+                guest_level if remote else None,
             )
         change = ProjectChange(
             spec=spec, row=row, desired=desired, alias=alias, room_id=room_id,
@@ -376,11 +401,12 @@ class Directory:
             if invited_later:
                 await self._members(room_id, change, write)
                 return
-            invites = [op for op in change.ops if op.kind == "invite"]
+            guests = {m for m, member in change.desired.members.items() if member.guest}
+            invites = [op for op in change.ops if op.kind == "invite" and op.mxid not in guests]
             await app[ROOM_MEMBERS].set_many(room_id, {op.mxid: "invite" for op in invites})
             change.done_ops.extend(invites)
-            joins = [op for op in change.ops if op.kind == "join"]
-            await run_all(self._member(room_id, [op], change, write) for op in joins)
+            later = [op for op in change.ops if op.kind == "join" or op.mxid in guests]
+            await run_all(self._member(room_id, [op], change, write) for op in later)
             return
         assert room_id is not None
         if change.observed_members is not None:
@@ -399,6 +425,8 @@ class Directory:
             ("link", "link", desired.link, LINK_EVENT, desired.link, change.set_link),
             ("power", "power_levels", desired.power_levels, "m.room.power_levels",
              desired.power_levels, change.set_power),
+            ("acl", "server_acl", desired.server_acl, ACL_EVENT, desired.server_acl,
+             change.set_acl),
         ]  # fmt: skip
 
         async def put_state(done: str, key: str, value: Any, kind: str, content: Any) -> None:
@@ -422,6 +450,18 @@ class Directory:
         event = await self.app[MATRIX].get_state_event(room_id, "m.room.member", mxid)  # type: ignore[arg-type]
         return (event or {}).get("membership", "leave")
 
+    async def _invite_guest(self, room_id: str, op: MemberOp, write: Writer) -> bool:
+        """A remote invite crosses to the guest's server, which may be down: that costs this
+        guest only (the next reconcile retries), never the rest of the project."""
+        try:
+            await write(self.app[MATRIX].invite(room_id, op.mxid))  # type: ignore[arg-type]
+        except (MatrixError, HomeserverUnavailable) as e:
+            if await self._membership(room_id, op.mxid) in PRESENT:
+                return True
+            log.warning("Inviting guest %s failed (%s); the next reconcile retries", op.mxid, e)
+            return False
+        return True
+
     async def _member(
         self, room_id: str, ops: list[MemberOp], change: ProjectChange, write: Writer
     ) -> None:
@@ -429,6 +469,12 @@ class Directory:
         matrix, members = self.app[MATRIX], self.app[ROOM_MEMBERS]
         rid: Any = room_id
         for op in ops:
+            if op.kind == "invite" and self.policy.is_remote(op.mxid):
+                if not await self._invite_guest(room_id, op, write):
+                    return
+                await members.set(room_id, op.mxid, "invite")
+                change.done_ops.append(op)
+                continue
             try:
                 if op.kind == "invite":
                     await write(matrix.invite(rid, op.mxid))
@@ -468,6 +514,7 @@ def diff_existing(
     change.set_topic = (applied.get("topic") or "") != desired.topic
     change.set_link = applied.get("link") != desired.link
     change.set_power = applied.get("power_levels") != desired.power_levels
+    change.set_acl = applied.get("server_acl") != desired.server_acl
     if change.set_power:
         change.power_changes = power_changes(applied.get("power_levels"), desired.power_levels)
     change.ops = member_ops(desired.members, current, inactive, bot_mxid, crm_user_of)

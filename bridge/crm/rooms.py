@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..federation import ACL_EVENT, FederationPolicy
 from ..ids import IdMapper
 from ..matrix.client import MatrixClient
 from .snapshot import ProjectSpec, UserSpec
@@ -34,6 +35,15 @@ PINNED_EVENTS = "m.room.pinned_events"
 REMOVED_REASON = "Removed from the project in the CRM"
 
 
+def normalize_acl(content: Mapping[str, Any]) -> dict[str, Any]:
+    """An ACL's keys as the directory writes them, so contents compare."""
+    return {
+        "allow": sorted(str(s) for s in content.get("allow") or []),
+        "deny": sorted(str(s) for s in content.get("deny") or []),
+        "allow_ip_literals": content.get("allow_ip_literals", True) is not False,
+    }
+
+
 def creators_have_implicit_power(room_version: str | None) -> bool:
     """Room version 12 (and hydra) give the creator infinite power outside ``users``."""
     if not room_version:
@@ -44,7 +54,8 @@ def creators_have_implicit_power(room_version: str | None) -> bool:
 @dataclass(frozen=True)
 class Member:
     crm_user_id: str
-    puppet: bool  # False: the person's linked Matrix account
+    puppet: bool  # False: the person's linked Matrix account, or a guest
+    guest: bool = False  # a user of another homeserver the CRM lists on the project
 
 
 @dataclass
@@ -53,6 +64,7 @@ class DesiredRoom:
     topic: str
     link: dict[str, Any]
     power_levels: dict[str, Any]
+    server_acl: dict[str, Any]
     members: dict[str, Member] = field(default_factory=dict)
 
     def digest(self) -> dict[str, Any]:
@@ -61,6 +73,7 @@ class DesiredRoom:
             "topic": self.topic,
             "link": self.link,
             "power_levels": self.power_levels,
+            "server_acl": self.server_acl,
         }
 
 
@@ -79,17 +92,20 @@ def power_levels(
     bot_mxid: str,
     creator_implicit: bool,
     pin_level: int = 0,
+    guest_level: int | None = None,
 ) -> dict[str, Any]:
+    """``guest_level``: the room has guests, who post from that level (below every role)."""
     owner = OWNER_LEVEL
     # Archived: nobody below the bot may post; the bot keeps the room's keys.
     users = {} if archived else {mxid: lvl for mxid, lvl in sorted(levels.items()) if lvl}
     if not creator_implicit:
         users[bot_mxid] = owner
+    posting = 0 if guest_level is None else min(guest_level, 0)
     return normalize_power_levels(
         {
             "users": users,
             "users_default": 0,
-            "events_default": owner if archived else 0,
+            "events_default": owner if archived else posting,
             "state_default": owner,
             "invite": owner,
             "kick": owner,
@@ -119,6 +135,7 @@ def desired_room(
     ids: IdMapper,
     role_levels: Mapping[str, int],
     creator_implicit: bool,
+    policy: FederationPolicy,
 ) -> DesiredRoom:
     members: dict[str, Member] = {}
     levels: dict[str, int] = {}
@@ -130,16 +147,28 @@ def desired_room(
         puppet = ids.puppet_mxid(crm_user_id)
         members[puppet] = Member(crm_user_id, True)
         levels[puppet] = level
-        if user.matrix_id:
+        if user.matrix_id and policy.is_allowed(user.matrix_id):
             members[user.matrix_id] = Member(crm_user_id, False)
             levels[user.matrix_id] = level
+    guests = policy.listed_guests(project.guests)
+    guest_level = policy.guest_level(role_levels) if guests else None
+    for mxid in guests:
+        if mxid not in members:
+            members[mxid] = Member("", puppet=False, guest=True)
+            levels[mxid] = guest_level  # type: ignore[assignment]
     return DesiredRoom(
         name=project.name,
         topic=project.description or "",
         link=link_content(project),
         power_levels=power_levels(
-            levels, project.archived, ids.bot_mxid, creator_implicit, member_level(role_levels)
+            levels,
+            project.archived,
+            ids.bot_mxid,
+            creator_implicit,
+            member_level(role_levels),
+            guest_level,
         ),
+        server_acl=policy.server_acl(),
         members=members,
     )
 
@@ -151,7 +180,9 @@ def create_room_body(room: DesiredRoom, alias_localpart: str) -> dict[str, Any]:
         "visibility": "private",
         "room_alias_name": alias_localpart,
         "name": room.name,
-        "invite": list(room.members),
+        # Guests are invited afterwards, one by one: a remote server that is down must not
+        # fail the room's creation (Synapse makes the room, then fails the whole call).
+        "invite": [mxid for mxid, member in room.members.items() if not member.guest],
         "power_level_content_override": room.power_levels,
         "initial_state": [
             {"type": LINK_EVENT, "state_key": "", "content": room.link},
@@ -161,6 +192,8 @@ def create_room_body(room: DesiredRoom, alias_localpart: str) -> dict[str, Any]:
                 "state_key": "",
                 "content": {"history_visibility": "shared"},
             },
+            # Only this server and the allowed ones take part (crm/guests.py).
+            {"type": ACL_EVENT, "state_key": "", "content": room.server_acl},
         ],
     }
     if room.topic:
@@ -178,7 +211,9 @@ class ActualRoom:
 async def read_room(matrix: MatrixClient, room_id: str) -> ActualRoom:
     """The room's state as the homeserver has it (reads only)."""
     state = await matrix.get_state(room_id)  # type: ignore[arg-type]
-    digest: dict[str, Any] = {"name": "", "topic": "", "link": None, "power_levels": None}
+    digest: dict[str, Any] = {
+        "name": "", "topic": "", "link": None, "power_levels": None, "server_acl": None,
+    }  # fmt: skip
     members: dict[str, str] = {}
     version = None
     for event in state:
@@ -193,6 +228,8 @@ async def read_room(matrix: MatrixClient, room_id: str) -> ActualRoom:
             digest["link"] = {k: content.get(k) for k in ("id", "emoji", "color")}
         elif kind == "m.room.power_levels":
             digest["power_levels"] = normalize_power_levels(content)
+        elif kind == ACL_EVENT and event.get("state_key") == "":
+            digest["server_acl"] = normalize_acl(content)
         elif kind == "m.room.member":
             members[event["state_key"]] = content.get("membership", "leave")
     return ActualRoom(digest, members, version)

@@ -41,6 +41,8 @@ class ProjectSpec:
     emoji: str | None = None
     color: str | None = None
     archived: bool = False
+    # Matrix ids on other homeservers, invited as guests (crm/guests.py).
+    guests: tuple[str, ...] = ()
 
 
 @dataclass
@@ -162,8 +164,12 @@ def parse_project(
     known_users: set[str] | None,
     *,
     project_id: str | None = None,
+    own_server: str | None = None,
 ) -> ProjectSpec | None:
-    """``known_users`` None skips the membership check (the caller checks it elsewhere)."""
+    """``known_users`` None skips the membership check (the caller checks it elsewhere).
+
+    ``own_server``: guests must live on another homeserver than this one.
+    """
     if not isinstance(raw, dict):
         problems.append(f"{where}: must be an object")
         return None
@@ -195,6 +201,7 @@ def parse_project(
     archived = raw.get("archived", False)
     if not isinstance(archived, bool):
         problems.append(f"{where}.archived: must be true or false")
+    guests = _guests(raw.get("guests"), where, problems, own_server)
     project = ProjectSpec(
         project_id=project_id or "",
         name=_req_str(raw, "name", where, problems),
@@ -204,11 +211,36 @@ def parse_project(
         emoji=_opt_str(raw, "emoji", where, problems),
         color=_opt_str(raw, "color", where, problems),
         archived=archived is True,
+        guests=guests,
     )
     return project if project_id else None
 
 
-def parse_snapshot(body: Any, roles: list[str], puppet_regex: str | None = None) -> Snapshot:
+def _guests(raw: Any, where: str, problems: list[str], own_server: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append(f"{where}.guests: must be a list of Matrix user ids")
+        return ()
+    guests: list[str] = []
+    for i, value in enumerate(raw):
+        if not isinstance(value, str) or not _MXID.fullmatch(value):
+            problems.append(f"{where}.guests[{i}]: not a Matrix user id (@name:server)")
+        elif own_server is not None and value.partition(":")[2] == own_server:
+            problems.append(
+                f"{where}.guests[{i}]: {value} is on this homeserver; guests come from other "
+                "servers (list CRM users as members)"
+            )
+        elif value in guests:
+            problems.append(f"{where}.guests[{i}]: duplicate guest {value!r}")
+        else:
+            guests.append(value)
+    return tuple(sorted(guests))
+
+
+def parse_snapshot(
+    body: Any, roles: list[str], puppet_regex: str | None = None, own_server: str | None = None
+) -> Snapshot:
     """The whole snapshot, or :class:`InvalidSnapshot` listing every problem."""
     problems: list[str] = []
     snapshot = Snapshot()
@@ -242,7 +274,7 @@ def parse_snapshot(body: Any, roles: list[str], puppet_regex: str | None = None)
         snapshot.users[user.crm_user_id] = user
     known = set(snapshot.users)
     for i, raw in enumerate(projects_raw):
-        project = parse_project(raw, f"projects[{i}]", problems, known)
+        project = parse_project(raw, f"projects[{i}]", problems, known, own_server=own_server)
         if project is None:
             continue
         if project.project_id in snapshot.projects:

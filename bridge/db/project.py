@@ -12,7 +12,7 @@ from .crm_user import now_ms
 
 COLUMNS = (
     "project_id, name, description, emoji, color, created_by, archived, room_id, applied, "
-    "created_at, updated_at"
+    "created_at, updated_at, guests"
 )
 
 
@@ -30,6 +30,8 @@ class Project:
     applied: dict[str, Any] = field(default_factory=dict)
     created_at: int = field(default_factory=now_ms)
     updated_at: int = field(default_factory=now_ms)
+    # Guests from other homeservers the CRM lists (mxids), as a JSON list in the row.
+    guests: list[str] = field(default_factory=list)
     # Current CRM members, loaded with the project.
     members: list[str] = field(default_factory=list)
 
@@ -40,6 +42,7 @@ def _row(row, members: list[str] | None = None) -> Project | None:
     data = dict(row)
     data["archived"] = bool(data["archived"])
     data["applied"] = json.loads(data["applied"]) if data["applied"] else {}
+    data["guests"] = json.loads(data["guests"]) if data.get("guests") else []
     return Project(**data, members=members or [])
 
 
@@ -114,15 +117,17 @@ class ProjectStore:
         async with self.db.acquire() as conn, conn.transaction():
             await conn.execute(
                 f"INSERT INTO project ({COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
                 "ON CONFLICT (project_id) DO UPDATE SET name=excluded.name, "
                 "description=excluded.description, emoji=excluded.emoji, "
                 "color=excluded.color, created_by=excluded.created_by, "
                 "archived=excluded.archived, room_id=excluded.room_id, "
-                "applied=excluded.applied, updated_at=excluded.updated_at",
+                "applied=excluded.applied, updated_at=excluded.updated_at, "
+                "guests=excluded.guests",
                 project.project_id, project.name, project.description, project.emoji,
                 project.color, project.created_by, project.archived, project.room_id,
                 json.dumps(project.applied), project.created_at, project.updated_at,
+                json.dumps(sorted(project.guests)),
             )  # fmt: skip
             await conn.execute("DELETE FROM project_member WHERE project_id=$1", project.project_id)
             if project.members:

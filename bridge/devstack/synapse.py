@@ -24,6 +24,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from .federation import FederationTLS
+
 log = logging.getLogger("bridge.devstack.synapse")
 
 # Generous limits for the normal (non-appservice) users that tests and developers drive.
@@ -71,10 +73,12 @@ class SynapseProcess:
         registration_files: list[Path] | None = None,
         database: dict[str, Any] | None = None,
         extra_config: dict[str, Any] | None = None,
+        federation: FederationTLS | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.server_name = server_name
+        self.federation = federation
         self.registration_files = [p.resolve() for p in registration_files or []]
         self.database = database
         self.extra_config = extra_config or {}
@@ -108,17 +112,21 @@ class SynapseProcess:
                 capture_output=True,
             )
         config = yaml.safe_load(self.config_path.read_text())
+        listeners: list[dict[str, Any]] = [
+            {
+                "port": self.port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ]
+        if self.federation:
+            listeners.append(self.federation.listener(self.server_name))
+            config.update(self.federation.settings())
         config.update(
-            listeners=[
-                {
-                    "port": self.port,
-                    "bind_addresses": ["127.0.0.1"],
-                    "type": "http",
-                    "tls": False,
-                    "x_forwarded": False,
-                    "resources": [{"names": ["client"], "compress": False}],
-                }
-            ],
+            listeners=listeners,
             trusted_key_servers=[],
             suppress_key_server_warning=True,
             enable_registration=False,

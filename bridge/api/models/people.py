@@ -23,6 +23,14 @@ class User(Shape):
     avatar: str | None
     profileImage: str | None = Field(description="The CRM's picture URL (else the avatar)")
     position: str | None = Field(description="Job title, from the CRM directory")
+    isGuest: bool | None = Field(
+        default=None,
+        description="Matrix-only users: true for a guest from another homeserver "
+        "(docs/directory.md, 'Guests from other homeservers'); absent for CRM users",
+    )
+    homeserver: str | None = Field(
+        default=None, description="Matrix-only users: the server of their Matrix id"
+    )
 
 
 class Participant(User):

@@ -15,6 +15,7 @@ from . import (
     v11_published_mark,
     v12_sync_job,
     v13_people,
+    v14_guests,
 )
 from .table import upgrade_table
 
@@ -33,4 +34,5 @@ __all__ = [
     "v11_published_mark",
     "v12_sync_job",
     "v13_people",
+    "v14_guests",
 ]
