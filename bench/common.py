@@ -35,6 +35,7 @@ from bridge.app import BridgeServer
 from bridge.config import Config
 from bridge.context import MATRIX
 from bridge.devstack.synapse import SynapseProcess, free_port
+from bridge.devstack.workers import SynapseWorkers
 from bridge.startup import ping_until_ok
 
 # `python -m bench.run --profile` sets this: each benchmark writes a cProfile of the bridge
@@ -46,7 +47,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 @dataclass
 class BenchStack:
-    synapse: SynapseProcess
+    synapse: SynapseProcess | SynapseWorkers
     config: Config
     server: BridgeServer
     as_token: str
@@ -123,10 +124,12 @@ async def bench_stack(
     synapse_on_postgres: bool = True,
     redis: bool = True,
     synapse_config: dict[str, Any] | None = None,
+    synapse_workers: bool = False,
     **config_overrides: Any,
 ) -> AsyncIterator[BenchStack]:
-    """Synapse (PostgreSQL by default; ``synapse_config`` on top of the devstack's) plus one
-    in-process bridge on PostgreSQL."""
+    """Synapse (PostgreSQL by default; ``synapse_config`` on top of the devstack's;
+    ``synapse_workers``: split into workers, bridge/devstack/workers.py) plus one in-process
+    bridge on PostgreSQL."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
         synapse_port, bridge_port = free_port(), free_port()
@@ -143,10 +146,18 @@ async def bench_stack(
                     "args": {"user": "postgres", "host": "127.0.0.1", "port": 5432,
                              "database": synapse_db["name"], "cp_min": 5, "cp_max": 10},
                 }  # fmt: skip
-            synapse = SynapseProcess(
-                root / "synapse", port=synapse_port, registration_files=[registration_path],
-                database=database, extra_config=synapse_config,
-            )  # fmt: skip
+            synapse: SynapseProcess | SynapseWorkers
+            if synapse_workers:
+                assert database is not None, "Synapse workers need PostgreSQL"
+                synapse = SynapseWorkers(
+                    root / "synapse", port=synapse_port, registration_files=[registration_path],
+                    database=database, extra_config=synapse_config,
+                )  # fmt: skip
+            else:
+                synapse = SynapseProcess(
+                    root / "synapse", port=synapse_port, registration_files=[registration_path],
+                    database=database, extra_config=synapse_config,
+                )  # fmt: skip
             synapse.start()
             try:
                 await synapse.wait_ready()

@@ -62,12 +62,20 @@ STEPS = [
           "--fanout-messages", "10"],
          ["--samples", "10", "--sockets", "100,200", "--users", "20", "--fanout-messages", "4",
           "--settle", "2"], 240),
+    # Two homeservers (monolithic, then with workers), each with its own Synapse, bridge and
+    # two facade processes.
+    Step("scaleout", "bench.scaleout",
+         ["--per-sender", "6", "--rounds", "3", "--samples", "30"],
+         ["--per-sender", "2", "--rounds", "1", "--samples", "8", "--warmup", "2"], 360),
     # The receiver killed during a burst from a matrix-nio user, a standby taking over.
     Step("failover", "bench.failover", ["--messages", "1000", "--runs", "2"],
          ["--messages", "200", "--runs", "1"], 420),
     Step("conversations", "bench.conversations",
          ["--sizes", "200,500,1000", "--requests", "40"],
          ["--sizes", "50,200", "--requests", "15"], 420),
+    Step("people", "bench.people",
+         ["--users", "10000", "--conversations", "200", "--requests", "40"],
+         ["--users", "2000", "--conversations", "20", "--requests", "10"], 240),
     # Last: it gets what is left of --budget, and goes up the sizes as far as that allows
     # (each size predicted from the one before; see bench/directory.py).
     Step("directory", "bench.directory",
@@ -291,6 +299,25 @@ def targets(steps: dict[str, dict[str, Any]]) -> list[list[str]]:
             " ms",
             "" if point or not conv else "size not measured (quick)",
         )
+    people = r.get("people") or {}
+    emp = _get(people, "employees", "facade", "p95_ms")
+    row(
+        "`GET /employees` p95 ≤ 20 ms with 10,000 users",
+        emp,
+        None if emp is None else emp <= 20,
+        f" ms ({_get(people, 'employees', 'p95_ratio')}× whoami)",
+        "" if people.get("users") in (None, 10_000) else f"{people.get('users')} users (quick)",
+    )
+    wide = _get(people, "conversations", "facade", "p95_ms")
+    row(
+        "`GET /conversations` p95 with the wider user objects (no target of its own; "
+        "the 200-conversation target above)",
+        wide,
+        None,
+        f" ms at {people.get('conversation_count')} conversations "
+        f"({_get(people, 'conversations', 'p95_ratio')}× "
+        "whoami)",
+    )
     rel = _get(r.get("relations"), "p50_ratio_same_page")
     row(
         "page with relations p50 ≤ 1.2× Synapse `/messages`",
@@ -409,6 +436,7 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
         if failed := rt.get("fanout_failed"):
             out += [f"Fan-out to {failed['sockets']} sockets did not complete: "
                     f"`{failed['error']}`.", ""]  # fmt: skip
+    out += scaleout_section(r.get("scaleout"))
     c = r.get("conversations")
     if c:
         out += ["### `GET /conversations` and `/unread-count` on a fresh facade process", "",
@@ -503,6 +531,47 @@ def detail_sections(steps: dict[str, dict[str, Any]]) -> list[str]:
                           [[k, runs[k]["n"], runs[k]["p50_ms"], runs[k]["p95_ms"]]
                            for k in kinds if k in runs]),
                     ""]  # fmt: skip
+    return out
+
+
+SCALEOUT_LABELS = {"direct": "Synapse direct", "facade_1": "1 facade", "facade_2": "2 facades"}
+
+
+def scaleout_section(so: dict[str, Any] | None) -> list[str]:
+    """Throughput and latency on each homeserver mode, and CPU per message per process
+    (bench/scaleout.py; the failover time is bench/failover.py's section)."""
+    if not so:
+        return []
+    modes = so.get("modes") or {}
+    out = ["### Scale-out: monolithic Synapse vs Synapse with workers", "",
+           "Each mode has its own Synapse on PostgreSQL, the bridge receiving transactions, and "
+           "two facade processes; 32 senders; rounds rotate which side goes first. Worker "
+           "mode: main, event persister, appservice sender, generic worker, and a router "
+           "(bridge/devstack/workers.py).", ""]  # fmt: skip
+    rows = []
+    for mode, m in modes.items():
+        t = m.get("throughput") or {}
+        lat = m.get("latency") or {}
+        rate = t.get("msgs_per_s") or {}
+        rows.append([mode, rate.get("direct"), rate.get("facade_1"), rate.get("facade_2"),
+                     t.get("ratio_facade_1"), t.get("ratio_facade_2"),
+                     _get(lat, "bridge_send_to_new_message", "p50_ms"),
+                     _get(lat, "bridge_send_to_new_message", "p95_ms"),
+                     _get(lat, "synapse_send_to_transaction", "p50_ms")])  # fmt: skip
+    out += [table(["homeserver", "direct msg/s", "1 facade msg/s", "2 facades msg/s",
+                   "1 facade / direct", "2 facades / direct", "send → new_message p50 ms",
+                   "p95 ms", "direct send → transaction p50 ms"], rows), ""]  # fmt: skip
+    for mode, m in modes.items():
+        cpu = _get(m, "throughput", "cpu_ms_per_message") or {}
+        names = sorted({n for per in cpu.values() for n in per})
+        if not names:
+            continue
+        out += [f"CPU ms per message, {mode} (user + system, /proc/<pid>/stat around each "
+                "burst; `bridge_receiving` is the benchmark process, which hosts it):", "",
+                table(["process", *(SCALEOUT_LABELS[k] for k in cpu)],
+                      [[n, *(cpu[k].get(n) for k in cpu)] for n in names]), ""]  # fmt: skip
+    if skipped := so.get("skipped"):
+        out += [f"Not measured (time budget): {', '.join(skipped)}.", ""]
     return out
 
 
@@ -623,6 +692,36 @@ def plots(steps: dict[str, dict[str, Any]]) -> list[str]:
         fig.savefig(ASSETS / "directory.png", dpi=110)
         plt.close(fig)
         made.append("![Sync time vs directory size](benchmarks/directory.png)")
+    modes = _get(r.get("scaleout"), "modes") or {}
+    if any(_get(m, "throughput", "msgs_per_s") for m in modes.values()):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        ax = axes[0]
+        width = 0.8 / len(SCALEOUT_LABELS)
+        for i, (kind, label) in enumerate(SCALEOUT_LABELS.items()):
+            values = [_get(m, "throughput", "msgs_per_s", kind) or 0 for m in modes.values()]
+            ax.bar([x + i * width for x in range(len(modes))], values, width, label=label)
+        ax.set_xticks([x + width for x in range(len(modes))], list(modes))
+        ax.set_title("throughput, 32 senders", fontsize=10)
+        ax.set_ylabel("messages/s")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+        ax = axes[1]
+        for mode, m in modes.items():
+            samples = _get(m, "latency", "samples_ms") or {}
+            if samples.get("bridge"):
+                ecdf(ax, samples["bridge"], f"{mode}: send → new_message")
+            if samples.get("synapse"):
+                ecdf(ax, samples["synapse"], f"{mode}: direct → transaction")
+        ax.set_title("latency by homeserver mode", fontsize=10)
+        ax.set_xlabel("ms")
+        ax.set_ylabel("fraction ≤ x")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(ASSETS / "scaleout.png", dpi=110)
+        plt.close(fig)
+        made.append("![Throughput and latency, monolithic Synapse vs workers]"
+                    "(benchmarks/scaleout.png)")  # fmt: skip
     conv = _get(r.get("conversations"), "curve")
     if conv:
         fig, ax = plt.subplots(figsize=(5, 3.6))

@@ -3,6 +3,7 @@
 python -m bridge [-c config.yaml]                 run the bridge
 python -m bridge -g [-c config.yaml] [-r reg.yaml] write secrets and registration.yaml
 python -m bridge dev                              local Synapse + bridge under .dev/
+python -m bridge dev --synapse-workers            the same with Synapse split into workers
 python -m bridge sync snapshot.json [--dry-run]   reconcile the CRM directory
 python -m bridge token <crmUserId>                mint a development JWT
 python -m bridge doctor [-c config.yaml] [-r reg.yaml]  check the deployment, say how to fix it
@@ -47,6 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--synapse-port", type=int, default=8008)
     dev.add_argument("--bridge-port", type=int, default=29340)
     dev.add_argument("--no-demo", action="store_true", help="no /demo web client and no demo data")
+    dev.add_argument(
+        "--synapse-workers",
+        action="store_true",
+        help="Synapse split into workers (main, event persister, appservice sender, generic "
+        "worker, a router) on PostgreSQL and a Redis of its own",
+    )
+    dev.add_argument(
+        "--synapse-postgres",
+        default="postgres://postgres@127.0.0.1:5432/postgres",
+        help="with --synapse-workers: the PostgreSQL server whose database "
+        "'bridge_dev_synapse' (created if missing) Synapse uses",
+    )
     sync = sub.add_parser("sync", help="reconcile Matrix with a CRM snapshot file")
     sync.add_argument("snapshot", help="JSON file with {users: [...], projects: [...]}")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")

@@ -4,6 +4,8 @@ Readiness is the database and the homeserver. Redis is reported but does not gat
 process whose Redis is away keeps serving its own sockets and REST (bridge/redis_state.py),
 so it answers 200 with ``"status": "degraded"`` and ``"redis": false``. Taking it out of the
 load balancer would turn a partial outage (no cross-process fan-out) into a full one.
+A process that may have missed body invalidations, or could not publish its own
+(chat/invalidation.py), is degraded too until its subscription is back.
 
 ``role`` says what this process does with the homeserver's transactions
 (matrix/receiver.py): ``receiver`` (holds the receiver lock), ``standby`` (configured to
@@ -18,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .api.ratelimit import RATE_LIMITER
+from .chat.invalidation import BUS
 from .context import READY, RECEIVER, REDIS_STATE
 from .realtime.service import SIO
 
@@ -37,12 +40,19 @@ def facts(app: web.Application) -> dict[str, Any]:
     redis = app.get(REDIS_STATE)
     redis_up = None if redis is None else redis.up
     limiter = app.get(RATE_LIMITER)
-    # The rate limiter notices a Redis outage on its own (api/ratelimit.py): it says so too.
+    # The rate limiter notices a Redis outage on its own (api/ratelimit.py): it says so too,
+    # and so does the body cache's invalidation bus (chat/invalidation.py).
     # A database error made the Socket.IO listener drop another process's event lately
     # (realtime/manager.py): its clients were told to resync.
     sio = app.get(SIO)
     listener_ok = not bool(getattr(sio.manager, "degraded", False)) if sio is not None else True
-    degraded = redis_up is False or bool(limiter and limiter.degraded) or not listener_ok
+    bus = app.get(BUS)
+    degraded = (
+        redis_up is False
+        or bool(limiter and limiter.degraded)
+        or not listener_ok
+        or bool(getattr(bus, "degraded", False))
+    )
     status = "starting" if not ok else "degraded" if degraded else "ok"
     receiver = app.get(RECEIVER)
     return {

@@ -8,6 +8,7 @@ unique ids so they can share both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,15 +21,21 @@ import asyncpg
 import pytest
 import yaml
 
+from bench.common import postgres_database
 from bridge.app import BridgeServer
 from bridge.config import Config
 from bridge.context import MATRIX
 from bridge.db import create_database
 from bridge.devstack.synapse import SynapseProcess, free_port
+from bridge.devstack.workers import SynapseWorkers
 from bridge.startup import ping_until_ok
 
 POSTGRES_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Replication lag of the worker-mode stack's client reader (bridge/devstack/lag.py), so the
+# core tests meet a reader behind the event persister; docs/architecture.md, "Synapse with
+# workers", lists what it showed and how the bridge hides it. 0 turns it off.
+READER_LAG_MS = int(os.environ.get("TEST_SYNAPSE_READER_LAG_MS") or 300)
 
 
 def unique(prefix: str = "t") -> str:
@@ -121,7 +128,9 @@ def generate_config(directory: Path, **overrides: object) -> tuple[Path, Path]:
 class Stack:
     """What the session-wide fixtures started, for tests to reach into."""
 
-    def __init__(self, synapse: SynapseProcess, config: Config, server: BridgeServer) -> None:
+    def __init__(
+        self, synapse: SynapseProcess | SynapseWorkers, config: Config, server: BridgeServer
+    ) -> None:
         self.synapse = synapse
         self.config = config
         self.server = server
@@ -142,27 +151,13 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synapse_and_config(stack_dir: Path) -> Iterator[tuple[SynapseProcess, Path]]:
-    synapse_port, bridge_port = free_port(), free_port()
-    config_path, registration_path = generate_config(
-        stack_dir / "bridge",
-        **{
-            "homeserver.address": f"http://127.0.0.1:{synapse_port}",
-            "homeserver.domain": "localhost",
-            "homeserver.retry_budget": 20,
-            "appservice.address": f"http://127.0.0.1:{bridge_port}",
-            "appservice.port": bridge_port,
-            "realtime.offline_grace": 1,
-        },
-    )
-    # Synapse runs in its data directory, whose path is first on its sys.path: the test module
-    # that delays marked messages (tests/synapse_lag.py) is imported from there.
-    (stack_dir / "synapse").mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(__file__).with_name("synapse_lag.py"), stack_dir / "synapse")
+    synapse_port = free_port()
+    config_path, registration_path = stack_config(synapse_port, stack_dir / "bridge")
     synapse = SynapseProcess(
         stack_dir / "synapse",
         port=synapse_port,
         registration_files=[registration_path],
-        extra_config={"modules": [{"module": "synapse_lag.LaggingSends", "config": {}}]},
+        extra_config=with_lagging_sends(stack_dir / "synapse"),
     )
     synapse.start()
     try:
@@ -172,9 +167,68 @@ def synapse_and_config(stack_dir: Path) -> Iterator[tuple[SynapseProcess, Path]]
         synapse.stop()
 
 
+def stack_config(synapse_port: int, directory: Path) -> tuple[Path, Path]:
+    """The bridge's config and registration for a session homeserver on ``synapse_port``."""
+    bridge_port = free_port()
+    return generate_config(
+        directory,
+        **{
+            "homeserver.address": f"http://127.0.0.1:{synapse_port}",
+            "homeserver.domain": "localhost",
+            "homeserver.retry_budget": 20,
+            "appservice.address": f"http://127.0.0.1:{bridge_port}",
+            "appservice.port": bridge_port,
+            "realtime.offline_grace": 1,
+        },
+    )
+
+
+def with_lagging_sends(data_dir: Path) -> dict:
+    """Synapse runs in its data directory, whose path is first on its sys.path: the test
+    module that delays marked messages (tests/synapse_lag.py) is imported from there."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).with_name("synapse_lag.py"), data_dir)
+    return {"modules": [{"module": "synapse_lag.LaggingSends", "config": {}}]}
+
+
 @pytest.fixture(scope="session")
 async def stack(synapse_and_config: tuple[SynapseProcess, Path]) -> AsyncIterator[Stack]:
-    synapse, config_path = synapse_and_config
+    async with bridge_stack(*synapse_and_config) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+async def workers_stack(stack_dir: Path) -> AsyncIterator[Stack]:
+    """The same as ``stack``, against Synapse with workers (bridge/devstack/workers.py) on a
+    PostgreSQL database of its own, reads on a worker apart from sends (``readers=1``):
+    tests/test_synapse_workers.py runs the core tests on it."""
+    port = free_port()
+    config_path, registration_path = stack_config(port, stack_dir / "workers-bridge")
+    data_dir = stack_dir / "workers-synapse"
+    async with postgres_database("test_synapse_workers") as created:
+        database = {
+            "name": "psycopg2",
+            "args": {"user": "postgres", "host": "127.0.0.1", "port": 5432,
+                     "database": created["name"], "cp_min": 1, "cp_max": 5},
+        }  # fmt: skip
+        synapse = SynapseWorkers(
+            data_dir, port=port, database=database, registration_files=[registration_path],
+            extra_config=with_lagging_sends(data_dir), readers=1, reader_lag_ms=READER_LAG_MS,
+        )  # fmt: skip
+        synapse.start()
+        try:
+            await synapse.wait_ready()
+            async with bridge_stack(synapse, config_path) as started:
+                yield started
+        finally:
+            synapse.stop()
+
+
+@contextlib.asynccontextmanager
+async def bridge_stack(
+    synapse: SynapseProcess | SynapseWorkers, config_path: Path
+) -> AsyncIterator[Stack]:
+    """The in-process bridge of a session stack, on a PostgreSQL schema of its own."""
     schema = await create_schema()
     config = Config.load(config_path, environ={})
     config.set("database.url", POSTGRES_DSN)

@@ -28,6 +28,7 @@ from bench.common import postgres_database
 from bridge.api.auth import JwtVerifier
 from bridge.config import Config
 from bridge.devstack.synapse import SynapseProcess, free_port
+from bridge.devstack.workers import SynapseWorkers
 from bridge.ids import IdMapper
 from tests.conftest import (
     POSTGRES_DSN,
@@ -158,7 +159,7 @@ class PrivatePostgres:
 
 @dataclass
 class FaultStack:
-    synapse: SynapseProcess
+    synapse: SynapseProcess | SynapseWorkers
     bridge: BridgeProcess
     config: Config
     directory: Directory
@@ -213,8 +214,9 @@ async def fault_stack(
     synapse_config: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[FaultStack]:
-    """Synapse on ``synapse_db`` ("sqlite" or "postgres"; ``synapse_config`` on top of the
-    devstack's), the bridge as a child process on ``bridge_db``: PostgreSQL "shared" (a
+    """Synapse on ``synapse_db`` ("sqlite", "postgres", or "workers": PostgreSQL, split into
+    workers as bridge/devstack/workers.py does; ``synapse_config`` on top of the devstack's),
+    the bridge as a child process on ``bridge_db``: PostgreSQL "shared" (a
     schema on the machine's server) or "private" (a cluster of its own, restartable:
     ``fs.postgres``), or "sqlite" (a file beside its config), and Redis: "private"
     (stoppable), "shared" (the machine's) or None."""
@@ -246,7 +248,7 @@ async def fault_stack(
             stack.push_async_callback(drop_schema, schema)
             bridge_dsn, bridge_args = POSTGRES_DSN, postgres_args(schema)
         database = None
-        if synapse_db == "postgres":
+        if synapse_db in ("postgres", "workers"):
             created = await stack.enter_async_context(postgres_database("fault_synapse"))
             database = {
                 "name": "psycopg2",
@@ -260,10 +262,18 @@ async def fault_stack(
         config.set("database.url", bridge_dsn)
         config.set("database.args", bridge_args)
         config.set("redis.url", private.url if private else REDIS_URL if redis else None)
-        synapse = SynapseProcess(
-            root / "synapse", port=synapse_port, registration_files=[registration],
-            database=database, extra_config=synapse_config,
-        )  # fmt: skip
+        synapse: SynapseProcess | SynapseWorkers
+        if synapse_db == "workers":
+            assert database is not None
+            synapse = SynapseWorkers(
+                root / "synapse", port=synapse_port, registration_files=[registration],
+                database=database, extra_config=synapse_config, readers=1,
+            )  # fmt: skip
+        else:
+            synapse = SynapseProcess(
+                root / "synapse", port=synapse_port, registration_files=[registration],
+                database=database, extra_config=synapse_config,
+            )  # fmt: skip
         synapse.start()
         stack.callback(synapse.stop)
         bridge = BridgeProcess(config, root, "bridge")

@@ -110,14 +110,17 @@ async def join_when_invited(client: AsyncClient, room_id: str, timeout: float = 
     await client.sync(timeout=0, full_state=True, set_presence="offline")
 
 
-async def matrix_send(client: AsyncClient, room_id: str, body: str, txn_id: str) -> None:
-    """Send like Element: retried with the same transaction id until Synapse accepts it."""
+async def matrix_send(
+    client: AsyncClient, room_id: str, body: str, txn_id: str
+) -> RoomSendResponse:
+    """Send like Element: retried with the same transaction id until Synapse accepts it
+    (also the "not in room" of a worker that has not replicated the sender's join yet)."""
     for _ in range(20):
         resp = await client.room_send(
             room_id, "m.room.message", {"msgtype": "m.text", "body": body}, tx_id=txn_id
         )
         if isinstance(resp, RoomSendResponse):
-            return
+            return resp
         await asyncio.sleep(0.5)
     raise AssertionError(f"Synapse refused {body!r}: {resp}")
 

@@ -384,9 +384,15 @@ async def test_upload_and_post_in_one_call(stack) -> None:
             assert status == 201 and doc["type"] == "file" and doc["content"] == ""
 
             # Element sees m.image / m.file with the mxc url, and can download the bytes.
-            resp = await element.room_messages(conv.room_id, start="", limit=10)
-            assert isinstance(resp, RoomMessagesResponse)
-            by_id = {ev.event_id: ev.source["content"] for ev in resp.chunk}
+            # Polled: once, in a make test-min run, /messages right after the 201 did not
+            # list the second upload yet; Element would see it on its next sync.
+            async def both() -> dict[str, Any] | None:
+                resp = await element.room_messages(conv.room_id, start="", limit=10)
+                assert isinstance(resp, RoomMessagesResponse)
+                by_id = {ev.event_id: ev.source["content"] for ev in resp.chunk}
+                return by_id if {message["eventId"], doc["eventId"]} <= set(by_id) else None
+
+            by_id = await eventually(both, timeout=10)
             img = by_id[message["eventId"]]
             assert img["msgtype"] == "m.image" and img["url"].startswith("mxc://localhost/")
             assert img["info"] == {"mimetype": "image/png", "size": len(image)}

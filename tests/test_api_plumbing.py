@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
+import pkgutil
 import time
 
 import aiohttp
 import pytest
+from jsonschema import Draft202012Validator
 from redis.asyncio import Redis
+from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from bridge.api.openapi import spec
+import bridge.api
+from bridge.api.contract import contract_of
+from bridge.api.openapi import facade_routes, spec
 from bridge.api.plumbing import RATE_LIMITER
 from bridge.api.ratelimit import RateLimiter
 from bridge.chat.indexer import backfill, store_receipts
@@ -161,22 +168,44 @@ async def test_cors_allows_only_configured_origins(stack) -> None:
 
 @pytest.mark.integration
 async def test_openapi_matches_the_router(stack) -> None:
-    served = set()
-    for route in stack.app.router.routes():
-        path = route.resource.canonical if route.resource else ""
-        if not path.startswith("/api/") or path.startswith("/api/admin/"):
-            continue
-        if route.method in ("HEAD", "OPTIONS") or path in META_ROUTES:
-            continue
-        served.add((route.method.lower(), path))
-    described = {(method, path) for path, item in spec()["paths"].items() for method in item}
+    """Every facade route is declared (or says why not), every declared handler is routed,
+    and the document served is the one generated from the declarations."""
+    routed = facade_routes(stack.app.router)
+    undeclared = [(m, p) for m, p, route in routed if contract_of(route.handler) is None]
+    assert undeclared == []
+    served = {
+        (method, path)
+        for method, path, route in routed
+        if path not in META_ROUTES and contract_of(route.handler).documented
+    }
+    assert {p for m, p, r in routed if not contract_of(r.handler).documented} == META_ROUTES
+    document = spec(stack.app.router)
+    # Valid OpenAPI 3.1 (the 3.1 meta-schema), and every schema valid JSON Schema 2020-12.
+    assert [e.message for e in Draft202012Validator(OPENAPI_31).iter_errors(document)] == []
+    for schema in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    described = {(method, path) for path, item in document["paths"].items() for method in item}
     assert served == described
+    handlers = {route.handler for _, _, route in routed}
+    declared = [f for f in _declared_handlers() if f not in handlers]
+    assert declared == [], "declared but not routed"
     async with aiohttp.ClientSession() as session:
         async with session.get(stack.bridge_url + "/api/openapi.json") as resp:
-            assert resp.status == 200 and (await resp.json()) == spec()
+            assert resp.status == 200 and (await resp.json()) == document
         async with session.get(stack.bridge_url + "/api/docs") as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
             assert "/api/openapi.json" in await resp.text()
+
+
+def _declared_handlers() -> list[object]:
+    """Every function of bridge.api that carries a declaration."""
+    found = []
+    for info in pkgutil.iter_modules(bridge.api.__path__, "bridge.api."):
+        module = importlib.import_module(info.name)
+        for _, value in inspect.getmembers(module, callable):
+            if contract_of(value) is not None and value.__module__ == info.name:
+                found.append(value)
+    return found
 
 
 @pytest.mark.integration

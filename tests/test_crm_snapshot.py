@@ -65,6 +65,9 @@ def test_power_levels_from_roles_and_archiving() -> None:
     old_room = power_levels({"@a:x": 100}, False, bot, False)
     assert old_room["users"][bot] == 100
     assert creators_have_implicit_power("12") and not creators_have_implicit_power("10")
+    # Any member may pin (issue 19); nobody in an archived room.
+    assert power_levels({}, False, bot, True, 0)["events"]["m.room.pinned_events"] == 0
+    assert archived["events"]["m.room.pinned_events"] == 100
 
 
 def test_member_ops_only_touch_what_differs() -> None:
@@ -95,3 +98,32 @@ def test_member_ops_only_touch_what_differs() -> None:
         ("kick", "@stranger:hs.org"),
     ]
     assert isinstance(ops[0], MemberOp)
+
+
+def test_people_fields_name_derived_or_split() -> None:
+    from bridge.crm.snapshot import parse_user
+
+    problems: list[str] = []
+    parts = parse_user(
+        {"id": 1, "firstName": "Ann", "lastName": "Lee", "email": "a@x", "role": "admin",
+         "position": "CTO", "profileImage": "https://p/a.png", "companyId": 42},
+        "u", problems, ROLES,
+    )  # fmt: skip
+    assert parts is not None and not problems
+    assert (parts.name, parts.first_name, parts.last_name) == ("Ann Lee", "Ann", "Lee")
+    assert (parts.position, parts.profile_image, parts.company_id) == (
+        "CTO",
+        "https://p/a.png",
+        "42",
+    )
+    whole = parse_user({"id": 2, "name": "Mary Ann Smith", "email": "m@x", "role": "admin"},
+                       "u", problems, ROLES)  # fmt: skip
+    assert whole is not None and (whole.first_name, whole.last_name) == ("Mary", "Ann Smith")
+    assert whole.company_id is None and not problems
+    parse_user({"id": 3, "email": "n@x", "role": "admin"}, "u", problems, ROLES)
+    parse_user({"id": 4, "name": "X", "email": "n@x", "role": "admin", "companyId": True},
+               "v", problems, ROLES)  # fmt: skip
+    assert problems == [
+        "u.name: required, a non-empty string (or firstName/lastName)",
+        "v.companyId: must be a non-empty string or an integer",
+    ]

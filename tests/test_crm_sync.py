@@ -328,3 +328,45 @@ async def test_pull_mode_reads_the_same_snapshot_from_the_crm(bridge, aiohttp_se
     await room_matches(bridge, body)
     again = await pull_once(bridge.app, str(server.make_url("/directory")), "crm-secret")
     assert again["writes"] == {"planned": 0, "made": 0}
+
+
+async def test_a_sync_jobs_status_is_read_through_either_process(bridge) -> None:
+    """``?wait=false`` on one process; the job is polled through another on the same
+    database (its status lives there), and through the first."""
+    config = Config(copy.deepcopy(bridge.server.config.data))
+    port = free_port()
+    config.set("appservice.port", port)
+    config.set("appservice.address", f"http://127.0.0.1:{port}")
+    other = BridgeServer(config)
+    await other.start(ping=False)
+    headers = {"Authorization": f"Bearer {config['admin_api.token']}"}
+    snapshot = directory(n_users=6, n_projects=3)
+    try:
+        status, started = await bridge.sync(snapshot, wait="false")
+        assert status == 202, started
+        seen: dict[str, list[dict[str, Any]]] = {"first": [], "other": []}
+        async with aiohttp.ClientSession(headers=headers) as session:
+
+            async def poll(name: str, url: str) -> dict[str, Any]:
+                async with session.get(f"{url}/api/admin/v1/sync/jobs/{started['job']}") as r:
+                    assert r.status == 200, await r.text()
+                    job = await r.json()
+                seen[name].append(job)
+                return job
+
+            for _ in range(600):
+                jobs = [await poll("other", f"http://127.0.0.1:{port}"),
+                        await poll("first", bridge.url)]  # fmt: skip
+                if all(j["state"] != "running" for j in jobs):
+                    break
+                await asyncio.sleep(0.1)
+            async with session.get(f"http://127.0.0.1:{port}/api/admin/v1/sync/jobs/nope") as r:
+                missing = r.status, await r.json()
+    finally:
+        await other.stop()
+    done_here, done_there = seen["first"][-1], seen["other"][-1]
+    assert done_there["state"] == "done" and done_there == done_here, (done_there, done_here)
+    assert not done_there["result"]["errors"] and done_there["done"] == done_there["total"] > 0
+    assert done_there["result"]["writes"]["made"] == done_there["total"]
+    assert missing[0] == 404 and missing[1]["errcode"] == "M_NOT_FOUND", missing
+    await room_matches(bridge, snapshot)

@@ -133,7 +133,8 @@ async def test_export_round_trip_of_a_project_room(stack: Stack, tmp_path: Path)
     # The export keeps the bare media paths (a signed URL would expire); the API signs them.
     assert image["type"] == "image" and image["attachments"] == [unsigned(attachment)]
     assert image["sender"] == {
-        "_id": bob.crm_user_id, "name": "Bob Export", "email": bob.email, "avatar": None
+        "_id": bob.crm_user_id, "name": "Bob Export", "email": bob.email, "avatar": None,
+        "firstName": "Bob", "lastName": "Export", "profileImage": None, "position": None,
     }  # fmt: skip
     assert exported[2]["sender"]["name"] == "Carol on Element"
     # The same objects the API serves, field for field.

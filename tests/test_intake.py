@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
 from bridge.config import Config
-from bridge.context import DISPATCHER, HOMESERVER, TXN_LOG
+from bridge.context import DISPATCHER, HOMESERVER, RECEIPTS, TXN_LOG
+from bridge.matrix.early_receipts import EarlyReceipts
 from bridge.registration import generate
 
 
@@ -174,6 +175,49 @@ async def test_ephemeral_events_reach_handlers(client: TestClient) -> None:
     resp = await client.put("/_matrix/app/v1/transactions/e1", json=body, headers=auth(client))
     assert resp.status == 200
     assert got == ["m.typing", "m.presence"]
+
+
+def receipt_at(event_id: str, reader: str = "@bob:localhost") -> dict:
+    content = {event_id: {"m.read": {reader: {"ts": 1700000001000}}}}
+    return {"type": "m.receipt", "room_id": "!room:localhost", "content": content}
+
+
+async def test_a_receipt_before_its_event_waits_for_it(client: TestClient) -> None:
+    """Synapse with workers can deliver a receipt one transaction before the message it
+    reads (two replication streams, docs/architecture.md "Synapse with workers"): it is
+    applied when the message arrives, not dropped."""
+    body = {"events": [], "ephemeral": [receipt_at("$later")]}
+    resp = await client.put("/_matrix/app/v1/transactions/w1", json=body, headers=auth(client))
+    assert resp.status == 200
+    receipts = client.app[RECEIPTS]
+    assert await receipts.get("!room:localhost", "@bob:localhost") is None
+    body = {"events": [message("$later")]}
+    resp = await client.put("/_matrix/app/v1/transactions/w2", json=body, headers=auth(client))
+    assert resp.status == 200
+    read = await receipts.get("!room:localhost", "@bob:localhost")
+    assert read is not None and read.event_id == "$later"
+    # A receipt at a message already indexed goes straight through, as before.
+    body = {"events": [message("$now")], "ephemeral": [receipt_at("$now")]}
+    resp = await client.put("/_matrix/app/v1/transactions/w3", json=body, headers=auth(client))
+    read = await receipts.get("!room:localhost", "@bob:localhost")
+    assert read is not None and read.event_id == "$now"
+
+
+async def test_early_receipts_are_bounded() -> None:
+    async def unknown(room_id: str, event_id: str) -> bool:
+        return event_id == "$known"
+
+    early = EarlyReceipts(unknown, max_held=2, max_age=60)
+    both = receipt_at("$known")
+    both["content"].update(receipt_at("$a")["content"])
+    passed = await early.split(both)
+    assert passed is not None and set(passed["content"]) == {"$known"}
+    for event_id in ("$b", "$c"):
+        assert await early.split(receipt_at(event_id)) is None
+    assert len(early) == 2 and early.expired == 1  # $a, the oldest, went
+    assert early.release(["$a"]) == []
+    assert [set(r["content"]) for r in early.release(["$c", "$b"])] == [{"$c"}, {"$b"}]
+    assert await early.split({"type": "m.typing", "room_id": "!r", "content": {}}) is not None
 
 
 async def test_malformed_transaction_is_400(client: TestClient) -> None:

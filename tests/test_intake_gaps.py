@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import build_app
 from bridge.config import Config
 from bridge.context import CONFIG, DISPATCHER
+from bridge.matrix.gaps import MAX_GAP, MAX_OPEN, GapTracker
 from bridge.registration import generate
 from tests.test_intake import message
 
@@ -180,3 +181,20 @@ async def test_a_gap_across_a_bridge_restart_is_noticed(tmp_path: Path, aiohttp_
     assert await second.put("9", "$r9") == 200
     assert await second.put("11", "$r11") == 200
     assert second.seen == ["$r10", "$r9", "$r11"]
+
+
+def test_open_gaps_are_capped() -> None:
+    """Jumps that keep coming faster than refusals fill them: the oldest are given up on,
+    so the map of open gaps stays bounded (MAX_OPEN)."""
+    now = [0.0]
+    tracker = GapTracker(timeout=3600, clock=lambda: now[0])
+    n = 1
+    tracker.handled(str(n))
+    for _ in range(50):
+        n += MAX_GAP  # skips MAX_GAP - 1 ids each time
+        tracker.handled(str(n))
+        assert len(tracker.open) <= MAX_OPEN
+    assert len(tracker.open) == MAX_OPEN
+    assert min(tracker.open) > n - MAX_OPEN - 50  # the newest gaps are the ones kept
+    tracker.handled(str(max(tracker.open)))  # a kept one arriving still counts as filled
+    assert len(tracker.open) == MAX_OPEN - 1

@@ -183,3 +183,31 @@ async def test_socket_errors_carry_an_errcode(stack) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_socket_typing_and_join_count_against_the_users_limit(stack) -> None:
+    app = stack.app
+    alice, bob = await crm_user(app, "Alice Spammer"), await crm_user(app, "Bob Spammed")
+    cid = _cid(await project_chat(app, [alice, bob]))
+    # A facade with a small budget and a long window (no window ends mid-test).
+    limits = {"api.rate_limit.requests": 4, "api.rate_limit.window_seconds": 3600}
+    async with second_facade(stack.config, **limits) as facade:
+        url = facade.config["appservice.address"]
+        a = await Recorder("alice").connect(url, token(facade.app, alice))
+        try:
+            for _ in range(4):
+                typed = await a.call("typing", {"conversationId": cid, "isTyping": True})
+                assert typed == {"conversationId": cid, "isTyping": True}, typed
+            refused = await a.call("typing", {"conversationId": cid, "isTyping": True})
+            assert refused["errcode"] == "M_LIMIT_EXCEEDED" and refused["retryAfter"] >= 1
+            error = await a.wait("error", lambda e: e.get("errcode") == "M_LIMIT_EXCEEDED")
+            assert error == refused
+            # A conversation that does not exist counts too: refusing costs no query.
+            for _ in range(4):
+                joined = await a.call("join_conversation", {"conversationId": cid})
+                assert joined == {"conversationId": cid}, joined
+            refused = await a.call("join_conversation", {"conversationId": "nowhere"})
+            assert refused["errcode"] == "M_LIMIT_EXCEEDED" and refused["retryAfter"] >= 1
+            assert len(a.of("joined_conversation")) == 4
+        finally:
+            await a.close()

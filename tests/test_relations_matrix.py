@@ -135,7 +135,8 @@ async def test_element_edits_reacts_replies_threads_pins_and_deletes(stack) -> N
             assert got["replyTo"] == {
                 "_id": root, "content": "hello team, edited",
                 "sender": {"_id": carol_id, "name": "Carol Admin", "email": carol.email,
-                           "avatar": None},
+                           "avatar": None, "firstName": "Carol", "lastName": "Admin",
+                           "profileImage": None, "position": None},
             }  # fmt: skip
             assert got["sender"]["_id"] == dan_id
             assert (await page())[reply]["replyTo"]["_id"] == root
@@ -167,7 +168,8 @@ async def test_element_edits_reacts_replies_threads_pins_and_deletes(stack) -> N
             assert isinstance(pinned, RoomPutStateResponse), pinned
             await a_sock.wait("message_update", lambda m: m["_id"] == root and m["isPinned"])
             assert (await page())[root]["isPinned"] is True
-            status, pins, _ = await a.get(f"/api/chat/pinned-messages/{cid}")
+            status, pinned_body, _ = await a.get(f"/api/chat/pinned-messages/{cid}")
+            pins = pinned_body["data"]
             assert status == 200 and [m["_id"] for m in pins] == [root]
             assert pins[0]["content"] == "hello team, edited"
             mark = len(a_sock.events)
@@ -176,7 +178,7 @@ async def test_element_edits_reacts_replies_threads_pins_and_deletes(stack) -> N
             await after(
                 a_sock, mark, "message_update", lambda m: m["_id"] == root and not m["isPinned"]
             )
-            assert (await a.get(f"/api/chat/pinned-messages/{cid}"))[1] == []
+            assert (await a.get(f"/api/chat/pinned-messages/{cid}"))[1]["data"] == []
 
             # Deleting one's own message: gone from history, lastMessage falls back.
             await node.stop_on(reply)

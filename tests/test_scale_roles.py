@@ -4,9 +4,14 @@ PostgreSQL schema, Redis and Synapse.
 
 * admin calls made on different processes wait for one engine lock (PostgreSQL advisory);
 * simultaneous DM requests on two processes give one room;
-* a redaction leaves ``lastMessage`` and the body caches of every process;
+* a redaction leaves ``lastMessage`` and the body caches of every process, and a deleted
+  message leaves another facade's pinned list within 1 s, even when the first publish of
+  its invalidation failed (then within the bus's retry);
+* a sync job's status is read through either process (test_crm_sync.py);
 * ``GET /api/chat/conversations`` on a facade process makes no homeserver call (counted
-  by the process itself, ``/metrics``).
+  by the process itself, ``/metrics``);
+* ``GET /api/users`` with 1,500 users the presence board has never seen asks Synapse for
+  no presence inside the request; the background refresh then asks at its bounded rate.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
+from bridge.chat.invalidation import BUS
 from bridge.context import (
     CONVERSATIONS,
     DATABASE,
@@ -31,13 +38,16 @@ from bridge.context import (
     USERS,
 )
 from bridge.crm.engine_lock import advisory_key, deployment_of
+from bridge.db.crm_user import CrmUser
 from bridge.db.unread import UNREAD_CAP
 from bridge.devstack.synapse import free_port
 from bridge.matrix.homeserver import q
+from bridge.presence_board import RATE
 from tests.api_support import api_for, crm_user, project_chat
 from tests.conftest import POSTGRES_DSN, unique
 from tests.helpers import eventually
-from tests.realtime_support import BridgeProcess, Directory, facade_config
+from tests.realtime_support import BridgeProcess, Directory, conversation_of, facade_config
+from tests.relations_support import person, users
 
 pytestmark = pytest.mark.integration
 
@@ -228,6 +238,104 @@ async def test_a_redaction_leaves_last_message_on_every_process(stack, facades) 
         await eventually(replay_has_no_body, timeout=10, interval=0.5)
 
 
+async def _pinned_contents(app, url: str, user, cid: str) -> list[str]:
+    async with api_for(app, url, user) as api:
+        status, listed, _ = await api.get(f"/api/chat/pinned-messages/{cid}")
+    assert status == 200, listed
+    return [m["content"] for m in listed]
+
+
+async def _redact(app, room_id: str, event_id: str, mxid: str) -> float:
+    """Delete as Element would (the intake process sees it); when Synapse accepted it."""
+    path = f"/_matrix/client/v3/rooms/{q(room_id)}/redact/{q(event_id)}/{unique('txn')}"
+    await app[HOMESERVER].put(path, {"reason": "test"}, as_user=mxid)
+    return asyncio.get_running_loop().time()
+
+
+async def _gone_after(app, url: str, user, cid: str, content: str, since: float) -> float:
+    """Seconds from ``since`` until ``content`` left the pinned list read through ``url``."""
+    loop = asyncio.get_running_loop()
+    while content in await _pinned_contents(app, url, user, cid):
+        assert loop.time() - since < 15, f"{content!r} still pinned on {url}"
+        await asyncio.sleep(0.05)
+    return loop.time() - since
+
+
+async def _ready(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url + "/health/ready") as resp:
+        return await resp.json()
+
+
+async def test_a_deleted_message_leaves_another_facades_pinned_list(stack, facades) -> None:
+    app = stack.app
+    directory = Directory(stack.bridge_url, stack.config["admin_api.token"])
+    # Pinning takes a manager or an admin (the room's power levels).
+    alice_id, bob_id = await asyncio.gather(
+        person(directory, "Alice Pin", "admin"), person(directory, "Bob Pin", "employee")
+    )
+    project = await directory.project(unique("p"), "Pins", [alice_id, bob_id], alice_id)
+    alice, bob = await users(app, alice_id, bob_id)
+    cid, room_id = conversation_of(project), project["roomId"]
+    sent = {}
+    async with api_for(app, facades[0], alice) as a:
+        for content in ("pinned then deleted", "pinned, deleted while Redis fails"):
+            status, sent[content], _ = await a.post(
+                "/api/chat/send", {"conversationId": cid, "content": content}
+            )
+            assert status == 201, sent[content]
+            status, body, _ = await a.post(
+                "/api/chat/pin-message", {"messageId": sent[content]["_id"]}
+            )
+            assert status == 200, body
+
+    async def listed_on_c() -> bool:
+        return set(sent) <= set(await _pinned_contents(app, facades[1], bob, cid))
+
+    # Facade C reads both bodies once, so they sit in its body cache.
+    await eventually(listed_on_c, timeout=15)
+
+    # 1. The intake process publishes the invalidation: C drops the message within 1 s.
+    content = "pinned then deleted"
+    since = await _redact(app, room_id, sent[content]["eventId"], alice.mxid)
+    took = await _gone_after(app, facades[1], bob, cid, content, since)
+    print(f"deleted message left facade C's pinned list after {took:.2f} s")
+    assert took <= 1.0, took
+
+    # 2. The intake process cannot publish (its Redis client points nowhere): it says it is
+    # degraded, keeps the id, and publishes it once its link is back.
+    bus = app[BUS]
+    working, broken = (
+        bus.redis,
+        Redis.from_url(
+            f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5, socket_connect_timeout=0.5
+        ),
+    )
+    content = "pinned, deleted while Redis fails"
+    bus.redis = broken
+    try:
+        await _redact(app, room_id, sent[content]["eventId"], alice.mxid)
+        await eventually(lambda: _true(bus.degraded), timeout=15)
+        assert (await _ready(stack.bridge_url))["status"] == "degraded"
+        # The intake process bypasses its own cache meanwhile: it serves no deleted text.
+        assert content not in await _pinned_contents(app, stack.bridge_url, bob, cid)
+        # Facade C never heard: it still serves the text from its cache (the gap closed below).
+        assert content in await _pinned_contents(app, facades[1], bob, cid)
+    finally:
+        bus.redis = working
+        back = asyncio.get_running_loop().time()
+        await broken.aclose()
+    took = await _gone_after(app, facades[1], bob, cid, content, back)
+    print(f"after a failed publish, gone from facade C {took:.2f} s after Redis was back")
+    # The bus retries its subscription at most every 2 s and then sends what it kept.
+    assert took <= 3.5, took
+    await eventually(lambda: _true(not bus.degraded), timeout=5)
+    assert (await _ready(stack.bridge_url))["status"] == "ok"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_listing_conversations_on_a_facade_makes_no_homeserver_call(
     stack, facade_processes
 ) -> None:
@@ -286,3 +394,52 @@ async def test_unread_count_is_capped_for_display(stack) -> None:
         if c["_id"] == chat.conversation_id
     )
     assert mine["unreadCount"] == 0
+
+
+def presence_asks(calls: dict[str, int]) -> int:
+    return sum(n for labels, n in calls.items() if "/presence/" in labels and "GET" in labels)
+
+
+async def test_the_user_directory_asks_no_presence_inside_the_request(
+    stack, facade_processes
+) -> None:
+    app, facade = stack.app, facade_processes[0]
+    tag = unique("dir")
+    # Directory rows the presence board has never seen: Synapse is asked about each in
+    # the end (it answers for users it does not know too), but never inside the request.
+    people = [
+        CrmUser(
+            crm_user_id=f"{tag}-{i}",
+            mxid=app[IDS].puppet_mxid(f"{tag}-{i}"),
+            name=f"Directory {i}",
+            email=f"{tag}-{i}@example.com",
+        )
+        for i in range(1500)
+    ]
+    for row in people:
+        await app[USERS].upsert(row)
+    reader = await crm_user(app, "Directory Reader")
+    try:
+        before = presence_asks(await homeserver_calls(facade))
+        started = asyncio.get_running_loop().time()
+        async with api_for(app, facade.url, reader) as api:
+            status, listed, _ = await api.get("/api/users")
+        took = asyncio.get_running_loop().time() - started
+        during = presence_asks(await homeserver_calls(facade)) - before
+        assert status == 200, listed
+        ids = {u["_id"] for u in listed}
+        assert {row.crm_user_id for row in people} <= ids
+        # Only what the refresh started beside the answer (a batch of 8, or two).
+        assert during <= 16, during
+        await asyncio.sleep(3.0)
+        elapsed = asyncio.get_running_loop().time() - started
+        later = presence_asks(await homeserver_calls(facade)) - before
+        print(
+            f"/api/users of {len(listed)} users: {took:.2f} s, presence asks {during} by "
+            f"the answer, {later} after {elapsed:.1f} s (rate {RATE}/s)"
+        )
+        assert 0 < later <= RATE * elapsed + 8, later
+    finally:
+        for row in people:
+            row.active = False
+            await app[USERS].upsert(row)

@@ -5,7 +5,8 @@ against the user's limit, validates the body (models.py), finds the message only
 conversation the user takes part in (an outsider gets the same 404 as for an unknown id),
 acts as the user's puppet and indexes the resulting event at once (the transaction that
 brings it back later changes nothing more). Who may delete others' messages or pin follows
-the room's power levels: the homeserver decides, and its 403 is ours.
+the room's power levels: the homeserver decides, and its 403 is ours; in a DM nobody may
+delete the other's messages, whatever the levels (dm_levels.py).
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..chat import enrich
+from ..chat import enrich, serialize
 from ..chat.indexer import index_event
-from ..chat.serialize import CRM_FIELD
-from ..context import MATRIX
-from ..db.conversation import Conversation
+from ..chat.serialize import CRM_FIELD, iso
+from ..context import DATABASE, MATRIX
+from ..db import room_lock
+from ..db.conversation import DIRECT, Conversation
 from ..db.crm_user import CrmUser
 from ..db.relation import ANNOTATION, REPLACE
 from ..db.room_event import SENT
-from ..errors import Forbidden, InvalidParam, NotFound
+from ..errors import Forbidden, NotFound
 from ..ids import conversation_id_for_room, event_id_for_message, message_id_for_event
 from ..matrix import relations
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import PINNED, RELATIONS
-from .messaging import MAX_CONTENT_BYTES, with_durations
+from .messaging import with_durations
 from .models import EditBody, MessageRef, ReactBody, parse
 from .quota import count
 
@@ -114,10 +116,6 @@ async def edit(
 ) -> dict[str, Any]:
     await count(service, user, "edit-message", quota)
     req = parse(EditBody, body)
-    if not req.content.strip():
-        raise InvalidParam("content must not be empty")
-    if len(req.content.encode("utf-8")) > MAX_CONTENT_BYTES:
-        raise InvalidParam(f"content is too long (at most {MAX_CONTENT_BYTES // 1024} KiB)")
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     if event["sender"] != user.mxid:
         raise Forbidden("Only the sender may edit a message")
@@ -164,6 +162,9 @@ async def delete(
     req = parse(MessageRef, body)
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     event_id = event["event_id"]
+    if conversation.kind == DIRECT and event["sender"] not in user.mxids:
+        # Whatever the room's levels say (an old DM's, or a creator's implicit power).
+        raise Forbidden("In a direct conversation you may delete only your own messages")
     try:
         redaction_id = await service.app[MATRIX].redact(
             conversation.room_id, event_id, as_user=user.mxid
@@ -252,11 +253,15 @@ async def _set_pinned(
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     event_id, room_id = event["event_id"], conversation.room_id
     matrix = service.app[MATRIX]
-    async with _lock(service, f"pins\x1f{room_id}"):
+    # In this process, then across processes (PostgreSQL): a read-modify-write of the list.
+    async with (
+        _lock(service, f"pins\x1f{room_id}"),
+        room_lock.hold(service.app[DATABASE], "pins", room_id),
+    ):
         # The state itself, not our copy: a pin made elsewhere a moment ago must survive.
         state = await matrix.get_state_event(room_id, PINNED, as_user=user.mxid) or {}
         listed = state.get("pinned") if isinstance(state.get("pinned"), list) else []
-        pins = [p for p in listed if isinstance(p, str)]
+        pins = _not_stale(service, room_id, [p for p in listed if isinstance(p, str)])
         wanted = [*pins, event_id] if pin and event_id not in pins else pins
         if not pin:
             wanted = [p for p in pins if p != event_id]
@@ -268,6 +273,7 @@ async def _set_pinned(
             except MatrixError as e:
                 _forbidden_or_raise(e, "You may not pin messages in this conversation")
                 raise
+            _wrote_pins(service, room_id, pins, wanted)
             pinned_event = _event(state_id, room_id, user.mxid, PINNED, {"pinned": wanted})
             await _sent(service, {**pinned_event, "state_key": ""})
         elif (await service.app[RELATIONS].pins_of([room_id]))[room_id] is None:
@@ -275,16 +281,49 @@ async def _set_pinned(
     return await _message(service, user, conversation, event)
 
 
+# How long after its own write this process takes the pinned list it replaced, read back,
+# for a reader's lag rather than a change made elsewhere.
+PIN_LAG_S = 30.0
+
+
+def _not_stale(service: ChatService, room_id: str, read: list[str]) -> list[str]:
+    """The pinned list to change: what the homeserver answered, unless that is one of the
+    lists this process replaced moments ago. With Synapse's workers the state is read from
+    a worker that may not have replicated the last writes yet; changing that stale list
+    would drop the pins just made (docs/architecture.md, "Synapse with workers"). A list
+    changed elsewhere is none of them, and is taken as read."""
+    chain, at = service.pin_writes.get(room_id, ([], 0.0))
+    if read in chain[:-1] and time.monotonic() - at < PIN_LAG_S:
+        return list(chain[-1])
+    return read
+
+
+def _wrote_pins(service: ChatService, room_id: str, based_on: list[str], wrote: list[str]) -> None:
+    writes = service.pin_writes
+    chain, at = writes.pop(room_id, ([], 0.0))
+    fresh = chain and chain[-1] == based_on and time.monotonic() - at < PIN_LAG_S
+    writes[room_id] = ([*chain[-20:], wrote] if fresh else [based_on, wrote], time.monotonic())
+    if len(writes) > 10000:
+        writes.pop(next(iter(writes)))
+
+
+def _pin_answer(user: CrmUser, message: dict[str, Any], by: str) -> dict[str, Any]:
+    """The message at the top level (as before), and ``data`` with who (un)pinned it, which
+    the CRM messenger reads."""
+    done = {by: serialize.user_object(user), f"{by.removesuffix('By')}At": iso(time.time() * 1000)}
+    return {**message, "success": True, "data": {**message, **done}}
+
+
 async def pin(
     service: ChatService, user: CrmUser, body: Any, *, quota: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return await _set_pinned(service, user, body, True, quota)
+    return _pin_answer(user, await _set_pinned(service, user, body, True, quota), "pinnedBy")
 
 
 async def unpin(
     service: ChatService, user: CrmUser, body: Any, *, quota: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return await _set_pinned(service, user, body, False, quota)
+    return _pin_answer(user, await _set_pinned(service, user, body, False, quota), "unpinnedBy")
 
 
 async def pinned(service: ChatService, user: CrmUser, conversation_id: str) -> list[dict[str, Any]]:

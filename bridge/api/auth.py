@@ -29,6 +29,7 @@ log = logging.getLogger("bridge.api.auth")
 
 _SYMMETRIC = ("HS256", "HS384", "HS512")
 VERIFIED_TOKENS = 10_000
+USER_NOT_SYNCED = "M_USER_NOT_SYNCED"
 
 
 @dataclass
@@ -171,7 +172,8 @@ def verifier(app: web.Application) -> JwtVerifier:
 
 
 async def authenticate(app: web.Application, token: str | None) -> CrmUser:
-    """The active CRM user behind a bearer token: 401 without a valid one, 403 if deactivated."""
+    """The active CRM user behind a bearer token: 401 without a valid one, 403 if the
+    directory does not know its user or deactivated them."""
     if not token:
         raise MissingToken()
     return await user_for(app, verifier(app).verify(token))
@@ -198,7 +200,9 @@ async def user_for(app: web.Application, crm_user_id: str, *, fresh: bool = Fals
     else:
         seen.pop(crm_user_id, None)
     if user is None:
-        raise UnknownToken("The token's user is not known to the chat", errcode="M_UNKNOWN_TOKEN")
+        # 403, not 401: the token is good, and the CRM's frontend logs a person out of the
+        # whole CRM on any 401 (the directory may simply not have synced them yet).
+        raise Forbidden("Your account is not in the chat directory yet", errcode=USER_NOT_SYNCED)
     if not user.active:
         raise Forbidden("This account is deactivated", errcode="M_USER_DEACTIVATED")
     return user

@@ -19,7 +19,8 @@ from ..db.cleared import ClearPoint
 from ..db.crm_user import CrmUser
 from ..errors import BridgeError
 from ..ids import message_id_for_event
-from .models import ClearChatResult, ConversationRef, parse
+from ..realtime.emit import to_own_sockets
+from .models import ChatCleared, ClearChatResult, ConversationRef, parse
 from .quota import count
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ async def clear_chat(
         clearedAt=iso(ts) or "",
         messageId=message_id_for_event(event_id) if event_id else None,
     )
+    # The user's other tabs and devices empty the conversation too; nobody else's change.
+    await to_own_sockets(
+        service.app, user, "chat_cleared",
+        ChatCleared(conversationId=conversation.conversation_id, clearedBy=user.crm_user_id),
+    )  # fmt: skip
     return result.model_dump(by_alias=True)
 
 

@@ -23,6 +23,7 @@ from ..db.crm_user import CrmUser, now_ms
 from ..db.direct_claim import DirectClaim, DirectClaimStore
 from ..errors import BadRequest, HomeserverUnavailable, InvalidParam, NotFound, ServiceUnavailable
 from ..matrix.homeserver import MatrixError
+from .dm_levels import LEVELS_VERSION, creation_override
 
 if TYPE_CHECKING:
     from ..chat.service import ChatService
@@ -156,6 +157,8 @@ async def _create(
         # Recorded before the other side joins: if that fails, the next request finds this
         # room and finishes the join instead of creating another one.
         conversation = await app[CONVERSATIONS].add(room_id, DIRECT, key=key)
+        if made is not None and earlier is None:
+            await _levels_checked(app, room_id)  # made with the current rule
     except _Kept:
         raise
     except BaseException:
@@ -183,7 +186,9 @@ async def _create_room(
     other: CrmUser,
 ) -> str:
     body = {
-        "preset": "trusted_private_chat",
+        # Not trusted_private_chat: its invitee may redact the creator's messages.
+        "preset": "private_chat",
+        "power_level_content_override": creation_override(),
         "is_direct": True,
         "invite": [other.mxid],
         "visibility": "private",
@@ -205,6 +210,10 @@ async def _create_room(
         raise _Kept() from None
     await app[ROOM_MEMBERS].set(room_id, user.mxid, "join")
     return room_id
+
+
+async def _levels_checked(app: web.Application, room_id: str) -> None:
+    await app[CONVERSATIONS].set_levels_version(room_id, LEVELS_VERSION)
 
 
 class _Kept(HomeserverUnavailable):

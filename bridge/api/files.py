@@ -139,6 +139,8 @@ async def store_files(
                 "mimetype": mimetype,
                 "size": len(data),
                 "url": media_url(mxc),
+                # As messages carry it (models.Attachment); a fresh upload's is not known.
+                "duration": None,
             }
         )
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,12 @@ from ..context import EVENT_INDEX, MATRIX
 from ..db.cleared import ClearPoint
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
-from ..db.relation import REPLACE, THREAD
-from ..db.room_event import SENT, RoomEvent
+from ..db.relation import REDACTION, REPLACE, THREAD
+from ..db.room_event import SENT, SHOWN_TYPES, RoomEvent
 from ..errors import InvalidParam, NotFound
 from ..ids import event_id_for_message, message_id_for_event, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
-from ..matrix.relations import MESSAGE_TYPES, is_timeline_message
+from ..matrix.relations import MESSAGE_TYPES, RELATIONS, is_timeline_message
 from ..tasks import drop
 from . import clear, live_walk
 
@@ -48,6 +49,10 @@ MAX_EMPTY_CHUNKS = 20
 # A cursor the index does not hold yet, no older than its newest message by this much, is
 # on its way (a message just sent).
 IN_FLIGHT_MS = 60_000
+# The newest page takes indexed messages the homeserver's answer lacks (a reader behind the
+# event persister, Synapse with workers) when they are newer than all it returned and no
+# older than this: a reader further behind than that is a homeserver fault, not lag.
+LAG_WINDOW_MS = 30_000
 # Edits and thread replies are never messages of a page (their originals come with the
 # latest edit bundled). A homeserver with MSC3874 (Synapse: experimental_features:
 # msc3874_enabled) leaves them out, so a page of edited messages costs it no more than one
@@ -364,10 +369,15 @@ async def _page(
             service, conversation, user, "b", token, 0, limit + 1, event_id, point
         )
     else:
+        # From the newest: the messages still in flight go on top, then the page is cut,
+        # so page N counts them as page 1 did and a walk by page neither skips nor repeats.
         skip = (_page_number(query, limit) - 1) * limit
         events = await _collect(
-            service, conversation, user, "b", None, skip, limit + 1, None, point, first
+            service, conversation, user, "b", None, 0, skip + limit + 1, None, point, first
         )
+        events = await _in_flight(service, conversation, user, events, point, ahead) + events
+        events = events[skip:]
+    events = await _not_deleted(service, events)
     has_more = len(events) > limit
     events = events[:limit]
     events.reverse()
@@ -376,6 +386,65 @@ async def _page(
     messages = await service.messages_from_events(conversation, events, viewer=user, prefetch=ahead)
     back = message_id_for_event(events[0]["event_id"]) if has_more and events else None
     return {"messages": messages, "hasMore": has_more, "nextCursor": back}
+
+
+async def _not_deleted(service: ChatService, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page without messages the bridge has seen deleted (its own delete route, or a
+    transaction) that the homeserver still serves whole: with Synapse's workers a reader
+    behind the event persister serves a message as it was until the redaction replicates
+    (docs/architecture.md, "Synapse with workers")."""
+    live = [e["event_id"] for e in events if e.get("content")]
+    if not live:
+        return events
+    gone = {
+        r.target
+        for r in await service.app[RELATIONS].store.about(live, (REDACTION,))
+        if r.key == "message"
+    }
+    return [e for e in events if e.get("event_id") not in gone] if gone else events
+
+
+async def _in_flight(
+    service: ChatService,
+    conversation: Conversation,
+    user: CrmUser,
+    events: list[dict[str, Any]],
+    point: ClearPoint | None,
+    ahead: Awaitable[PagePrefetch] | None = None,
+) -> list[dict[str, Any]]:
+    """Messages for the top of the newest page (newest first) that the homeserver's answer
+    lacks although the bridge has indexed them: its own sends, or transactions.
+
+    With Synapse's workers a send returns once the event persister has stored the event,
+    and a client reader answers /messages from its own stream position, which replication
+    moves on a moment later; meanwhile the page a client asks for right after sending would
+    lack the message (docs/architecture.md, "Synapse with workers"). Only messages newer
+    than everything the homeserver returned count: a message stored late at a lower depth
+    is older than the page's newest, and the homeserver places it itself. The bodies come
+    from the body cache (the send path's copy) or by id, which every worker reads from the
+    database. On a homeserver that answers at once, nothing is missing and nothing is read.
+    """
+    if ahead is not None:  # the index rows the page's prefetch read meanwhile
+        rows = list((await ahead).rows)
+    else:
+        rows = await service.app[EVENT_INDEX].newest(conversation.room_id, MAX_LIMIT + 1)
+    shown = {e.get("event_id") for e in events}
+    newest = max((e.get("origin_server_ts") or 0 for e in events), default=0)
+    floor = max(newest, int(time.time() * 1000) - LAG_WINDOW_MS)
+    missing = [
+        r for r in rows if r.event_id not in shown and r.origin_ts > floor
+        and r.event_type in SHOWN_TYPES
+    ]  # fmt: skip
+    if not missing:
+        return []
+    fetched = await asyncio.gather(
+        *(service.fetch_event(conversation.room_id, r.event_id, user.mxid) for r in missing)
+    )
+    out = []
+    for event in fetched:  # newest first, as the index gave them
+        if event and is_timeline_message(event) and not await clear.hidden(service, point, event):
+            out.append(event)
+    return out
 
 
 async def whole_history(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..chat import enrich, serialize
 from ..chat.cursor import cursor_of
 from ..chat.indexer import index_event
-from ..chat.serialize import AUDIO_FIELD, CRM_FIELD, MESSAGE_TYPES, VOICE_FIELD, ReadState
+from ..chat.serialize import AUDIO_FIELD, CRM_FIELD, VOICE_FIELD, ReadState
 from ..context import EVENT_INDEX, LOCAL_ECHO, MATRIX, RECEIPTS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
@@ -21,7 +21,15 @@ from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS
 from . import imports
 from .files import check_files, store_files
-from .models import AttachmentIn, parse
+from .models import (
+    MAX_ATTACHMENTS,
+    MAX_CONTENT,
+    MAX_CONTENT_BYTES,
+    AttachmentIn,
+    MarkReadBody,
+    SendBody,
+    parse,
+)
 from .quota import count
 
 if TYPE_CHECKING:
@@ -31,12 +39,6 @@ CONVERSATION_NOT_FOUND = "Conversation not found"
 
 log = logging.getLogger("bridge.api.messaging")
 
-MAX_CONTENT = 20000
-# The text is stored twice in the event (body and the CRM field), and Synapse refuses events
-# over 64 KiB: keep the UTF-8 size well under half of that.
-MAX_CONTENT_BYTES = 24 * 1024
-MAX_ATTACHMENTS = 10
-MAX_CLIENT_MESSAGE_ID = 128
 UPLOAD = "/api/chat/upload"
 
 
@@ -44,6 +46,11 @@ def _conversation_id(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidParam("conversationId is required")
     return value
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields a caller gave (None is "not given", as in the seed's backend)."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _check_text(content: Any) -> None:
@@ -54,25 +61,6 @@ def _check_text(content: Any) -> None:
             f"content is too long (at most {MAX_CONTENT} characters and "
             f"{MAX_CONTENT_BYTES // 1024} KiB)"
         )
-
-
-def _check(content: Any, kind: Any, attachments: Any, client_message_id: Any) -> None:
-    if kind not in MESSAGE_TYPES:
-        raise InvalidParam("type must be one of text, file, image, link, voice")
-    if kind == "voice" and not attachments:
-        raise InvalidParam("A voice message needs its audio file in attachments")
-    _check_text(content)
-    if attachments is not None and not isinstance(attachments, list):
-        raise InvalidParam("attachments must be an array")
-    if attachments and len(attachments) > MAX_ATTACHMENTS:
-        raise InvalidParam(f"At most {MAX_ATTACHMENTS} attachments per message")
-    if not content.strip() and not attachments:
-        raise InvalidParam("content must not be empty")
-    if client_message_id is not None and (
-        not isinstance(client_message_id, str)
-        or not 0 < len(client_message_id) <= MAX_CLIENT_MESSAGE_ID
-    ):
-        raise InvalidParam(f"clientMessageId must be a string of 1-{MAX_CLIENT_MESSAGE_ID} chars")
 
 
 async def _resolve_attachments(
@@ -196,9 +184,6 @@ def _txn_id(service: ChatService, user: CrmUser, client_message_id: str | None) 
     return f"crmc{digest[:40]}"
 
 
-MAX_MENTIONS = 50
-
-
 def _message_ref(value: Any, name: str) -> str | None:
     if value is None:
         return None
@@ -208,15 +193,11 @@ def _message_ref(value: Any, name: str) -> str | None:
 
 
 async def _mention_mxids(
-    service: ChatService, conversation: Any, mentions: Any
+    service: ChatService, conversation: Any, mentions: list[str] | None
 ) -> list[str] | None:
     """CRM user ids → their puppets' mxids; only participants may be mentioned."""
     if mentions is None:
         return None
-    if not isinstance(mentions, list) or not all(isinstance(m, str) for m in mentions):
-        raise InvalidParam("mentions must be an array of user ids")
-    if len(mentions) > MAX_MENTIONS:
-        raise InvalidParam(f"At most {MAX_MENTIONS} mentions per message")
     by_id = {u.crm_user_id: u.mxid for u in await service.participants(conversation)}
     unknown = [m for m in mentions if m not in by_id]
     if unknown:
@@ -259,35 +240,29 @@ async def _relates_to(
 async def send(
     service: ChatService,
     user: CrmUser,
-    conversation_id: Any,
-    content: Any,
-    kind: Any = "text",
-    attachments: Any = None,
-    client_message_id: Any = None,
+    body: Any,
     *,
-    reply_to: Any = None,
-    mentions: Any = None,
-    thread_id: Any = None,
     quota: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Post a message; ``body`` is REST's JSON body or the socket's payload (``SendBody``)."""
     await count(service, user, "send", quota)
-    conversation_id = _conversation_id(conversation_id)
-    _check(content, kind, attachments, client_message_id)
-    reply_event = _message_ref(reply_to, "replyTo")
-    thread_root = _message_ref(thread_id, "threadId")
-    conversation = await service.conversation_for(user, conversation_id, recent=True)
-    if client_message_id is not None:
-        earlier = await service.client_messages.get(user.crm_user_id, client_message_id)
+    req = parse(SendBody, body)
+    reply_event = _message_ref(req.replyTo, "replyTo")
+    thread_root = _message_ref(req.threadId, "threadId")
+    conversation = await service.conversation_for(user, req.conversationId, recent=True)
+    if req.clientMessageId is not None:
+        earlier = await service.client_messages.get(user.crm_user_id, req.clientMessageId)
         if earlier is not None:
             return await _replay(
                 service, user, conversation, earlier.conversation_id, earlier.event_id
             )
-    mentioned = await _mention_mxids(service, conversation, mentions)
+    mentioned = await _mention_mxids(service, conversation, req.mentions)
     relation, replied_sender = await _relates_to(
         service, user, conversation, reply_event, thread_root
     )
+    attachments = [a.model_dump() for a in req.attachments or []]
     return await _post(
-        service, user, conversation, content, kind, attachments or [], client_message_id,
+        service, user, conversation, req.content, req.type, attachments, req.clientMessageId,
         relation=relation, mentioned=mentioned, replied_sender=replied_sender,
         thread_root=thread_root,
     )  # fmt: skip
@@ -445,10 +420,9 @@ async def mark_read(
 ) -> list[str]:
     """Move the user's read receipt (and fully-read marker) forward; returns newly read ids."""
     await count(service, user, "mark-read", quota)
-    conversation_id = _conversation_id(conversation_id)
-    if message_id is not None and not isinstance(message_id, str):
-        raise InvalidParam("messageId must be a string")
-    conversation = await service.conversation_for(user, conversation_id)
+    req = parse(MarkReadBody, _given(conversationId=conversation_id, messageId=message_id))
+    conversation = await service.conversation_for(user, req.conversationId)
+    message_id = req.messageId
     index = service.app[EVENT_INDEX]
     if message_id is not None:
         event_id = event_id_for_message(message_id)

@@ -1,7 +1,8 @@
 """``/api/chat/online-users``: who of the people the user talks with is online now.
 
-Presence is Matrix's, the same as ``/api/users`` shows (pushed ``m.presence`` first, then
-asked and briefly cached), for CRM users and Matrix-only members alike.
+Presence is Matrix's, the same as ``/api/users`` shows (the shared board: pushed
+``m.presence``, and the background refresh of users it has not seen), for CRM users and
+Matrix-only members alike.
 """
 
 from __future__ import annotations

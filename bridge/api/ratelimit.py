@@ -49,6 +49,7 @@ class RateLimiter:
         # Redis failed; counting in-process until it answers again (readiness reports it).
         self.degraded = False
         self._retry_at = 0.0
+        # "user:route" -> (window, count): past _LOCAL_KEYS, keys of older windows go.
         self._local: dict[str, tuple[int, int]] = {}
         # Told the route of every request refused (metrics), when set.
         self.on_limited: Callable[[str], None] | None = None

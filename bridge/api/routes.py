@@ -10,12 +10,15 @@ import aiohttp_cors
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ..chat.service import CHAT
 from ..config import redis_prefix
 from ..context import CONFIG
 from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from . import (
+    dm_levels,
     openapi,
+    project_chats,
     routes_chat,
     routes_directory,
     routes_relations,
@@ -23,6 +26,7 @@ from . import (
 )
 from .auth import SEEN_USERS, VERIFIER, JwtVerifier
 from .direct import DM_LOCKS
+from .online import Online
 from .plumbing import RATE_LIMITER
 from .ratelimit import RateLimiter
 
@@ -62,6 +66,10 @@ def setup(app: web.Application) -> None:
 
     app.cleanup_ctx.append(redis_ctx)
     routes_directory.setup(app)
+    project_chats.setup(app)
+    dm_levels.setup(app)
+    if CHAT in app:
+        app[CHAT].online = Online(app)
     registered = [
         *app.router.add_routes(routes_chat.routes),
         *app.router.add_routes(routes_relations.routes),

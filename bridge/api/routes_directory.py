@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,10 @@ from ..context import CONFIG, CONVERSATIONS, DISPATCHER, PROJECTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.project import Project
 from ..presence_board import PRESENCE_BOARD, PresenceBoard
+from ..tasks import stop
+from .contract import PEOPLE, declare
+from .models import DirectoryUser
+from .models import Project as ProjectModel
 from .plumbing import RATE_LIMITER, authed, json_response
 
 log = logging.getLogger("bridge.api.directory")
@@ -22,7 +27,8 @@ routes = web.RouteTableDef()
 
 
 async def presence_of(app: web.Application, mxids: list[str]) -> dict[str, dict[str, Any]]:
-    """Matrix presence per mxid: pushed m.presence first, asked only when unseen."""
+    """Matrix presence per mxid, from the shared board only: no homeserver call inside a
+    request (presence_board.py refreshes unseen users in the background)."""
     return await app[PRESENCE_BOARD].get_many(mxids)
 
 
@@ -46,6 +52,27 @@ async def with_sockets(app: web.Application) -> set[str]:
         return set()
 
 
+# Up to this many people, each one's sockets are looked up; beyond, the online set is read.
+_ASK_EACH = 20
+
+
+async def sockets_among(app: web.Application, crm_user_ids: list[str]) -> set[str]:
+    """Which of these CRM users have a socket open in any process (see with_sockets)."""
+    from ..realtime import REALTIME
+
+    realtime = app.get(REALTIME)
+    if realtime is None or not crm_user_ids:
+        return set()
+    try:
+        if len(crm_user_ids) > _ASK_EACH:
+            # One call for the deployment's online set, not one lookup per person.
+            return set(crm_user_ids) & set(await realtime.registry.online())
+        return set(await realtime.registry.connected_among(crm_user_ids))
+    except Exception as e:
+        log.debug("Socket registry unavailable for presence: %s", e)
+        return set()
+
+
 def directory_entry(
     user: CrmUser, presence: dict[str, Any], connected: bool = False
 ) -> dict[str, Any]:
@@ -59,6 +86,12 @@ def directory_entry(
 
 
 @routes.get("/api/users")
+@declare(
+    "The directory: every other active user, with Matrix presence",
+    tags=PEOPLE,
+    ok={200: (list[DirectoryUser], "Users")},
+    errors=(503,),
+)
 @authed("users")
 async def users(request: web.Request, user: CrmUser) -> web.Response:
     everyone = [u for u in await request.app[USERS].all(active_only=True)]
@@ -87,6 +120,12 @@ def _project_entry(
 
 
 @routes.get("/api/projects")
+@declare(
+    "The user's projects",
+    tags=PEOPLE,
+    ok={200: (list[ProjectModel], "Projects")},
+    errors=(503,),
+)
 @authed("projects")
 async def projects(request: web.Request, user: CrmUser) -> web.Response:
     """Four queries whatever the number of projects."""
@@ -101,6 +140,12 @@ async def projects(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/auth/me")
+@declare(
+    "The authenticated user",
+    tags=PEOPLE,
+    ok={200: (DirectoryUser, "The user")},
+    errors=(503,),
+)
 @authed("me")
 async def me(request: web.Request, user: CrmUser) -> web.Response:
     presence, connected = await asyncio.gather(
@@ -113,6 +158,13 @@ def setup(app: web.Application) -> None:
     app[PRESENCE_BOARD] = PresenceBoard(
         app, redis_prefix(app[CONFIG]), lambda: app[RATE_LIMITER].redis
     )
+
+    async def refresh_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(app[PRESENCE_BOARD].refresh(), name="presence-refresh")
+        yield
+        await stop(task)
+
+    app.cleanup_ctx.append(refresh_ctx)
 
     async def on_presence(event: dict[str, Any]) -> None:
         if event.get("type") != "m.presence" or not isinstance(event.get("content"), dict):

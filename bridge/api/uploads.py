@@ -17,8 +17,9 @@ from ..errors import BridgeError, NotFound
 from ..matrix.homeserver import MatrixError
 from . import messaging
 from .auth import user_for
+from .contract import FILES, declare
 from .files import check_files, read_form, sanitize_filename, sniff, store_files
-from .models import UploadResult
+from .models import MediaPath, MediaQuery, Message, Upload, UploadChatForm, UploadForm
 from .plumbing import RATE_LIMITER, authed, json_response
 
 routes = web.RouteTableDef()
@@ -28,6 +29,14 @@ _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 @routes.post("/api/chat/upload")
+@declare(
+    "Upload files to the Matrix media repository",
+    tags=FILES,
+    form=UploadForm,
+    ok={201: (Upload, "Attachment objects for /api/chat/send")},
+    errors=(400, 413, 415, 503),
+    description="Types are checked by content against api.upload_types.",
+)
 @authed("upload")
 async def upload(request: web.Request, user: CrmUser) -> web.Response:
     files, _ = await read_form(request)
@@ -37,10 +46,18 @@ async def upload(request: web.Request, user: CrmUser) -> web.Response:
     # route the CRM's /api/upload/single here (docs/operator-guide.md).
     answer = {"files": out, "attachments": out, **first}
     answer.update(fileUrl=first["url"], mimeType=first["mimetype"])
-    return json_response(UploadResult.model_validate(answer).model_dump(), status=201)
+    return json_response(answer, status=201)
 
 
 @routes.post("/api/chat/upload/chat")
+@declare(
+    "Upload files and post them as one message",
+    tags=FILES,
+    form=UploadChatForm,
+    ok={201: (Message, "The message, as /api/chat/send answers")},
+    errors=(400, 404, 413, 415, 503),
+    description="Send's rate limit and checks; types are checked by content.",
+)
 @authed(None)
 async def upload_chat(request: web.Request, user: CrmUser) -> web.Response:
     """Upload and post in one call: the same rate limit and checks as /send (the service)."""
@@ -60,6 +77,15 @@ async def upload_chat(request: web.Request, user: CrmUser) -> web.Response:
 
 
 @routes.get("/api/chat/media/{server}/{mediaId}")
+@declare(
+    "Download an attachment: a signed URL as answers hand out (no token), or the Bearer "
+    "header (?token= is deprecated)",
+    tags=FILES,
+    path=MediaPath,
+    query=MediaQuery,
+    ok={200: (bytes, "The file")},
+    errors=(404, 503),
+)
 async def download(request: web.Request) -> web.StreamResponse:
     """A signed URL (``?u&exp&sig``, what answers and events hand out) needs no token; the
     header token keeps working, and so does the deprecated ``?token=``."""

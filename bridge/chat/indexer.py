@@ -39,6 +39,7 @@ from ..db.relation import REPLACE, THREAD
 from ..db.room_event import BACKFILL, TRANSACTION, Arrival, RoomEvent
 from ..matrix import relations
 from ..matrix.dispatcher import Event
+from ..matrix.early_receipts import EarlyReceipts
 from ..matrix.relations import (
     MESSAGE_TYPES,
     PINNED,
@@ -166,6 +167,11 @@ def setup(app: web.Application) -> None:
 
     app[DISPATCHER].on_timeline(on_timeline)
     app[DISPATCHER].on_ephemeral(on_ephemeral)
+
+    async def known(room_id: str, event_id: str) -> bool:
+        return await read_position(app, room_id, event_id) is not None
+
+    app[DISPATCHER].hold_early_receipts(EarlyReceipts(known))
     relations.ensure(app).listeners.append(on_relation)
 
     # Only the receiver indexes (facade processes read the index): at start, and again on

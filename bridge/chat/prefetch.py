@@ -18,6 +18,7 @@ from ..context import EVENT_INDEX, RECEIPTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.receipt import ReadMark
 from ..db.relation import Relation
+from ..db.room_event import RoomEvent
 from ..matrix.relations import RELATIONS
 
 # Index rows read beyond the page: events of the index a page does not show (encrypted ones)
@@ -39,6 +40,8 @@ class PagePrefetch:
     # Every mxid in ``asked`` that belongs to a CRM user (puppet or linked account).
     users: dict[str, CrmUser]
     asked: frozenset[str]
+    # The rows themselves, newest first (the newest page's messages still in flight).
+    rows: tuple[RoomEvent, ...] = ()
 
 
 def rows_for(skip: int, limit: int) -> int | None:
@@ -50,8 +53,10 @@ def rows_for(skip: int, limit: int) -> int | None:
 async def newest(app: web.Application, room_id: str, rows: int) -> PagePrefetch:
     index, relations = app[EVENT_INDEX], app[RELATIONS]
 
+    events: list[RoomEvent] = []
+
     async def newest_relations() -> tuple[list[str], set[str], list[Relation]]:
-        events = await index.newest(room_id, rows)
+        events.extend(await index.newest(room_id, rows))
         ids = [e.event_id for e in events]
         return ids, {e.sender for e in events}, await relations.store.about(ids)
 
@@ -60,4 +65,4 @@ async def newest(app: web.Application, room_id: str, rows: int) -> PagePrefetch:
     )
     asked = senders | {r.sender for r in found} | {m.mxid for m in marks}
     users = await app[USERS].get_by_mxids(sorted(asked))
-    return PagePrefetch(frozenset(ids), found, pins, marks, users, frozenset(asked))
+    return PagePrefetch(frozenset(ids), found, pins, marks, users, frozenset(asked), tuple(events))

@@ -63,19 +63,57 @@ def mxc_of_url(url: str) -> str | None:
     return f"mxc://{server}/{media_id}"
 
 
+# Every user object the facade and the socket send is built by one of the two functions
+# below, with these keys (the seed's four, and the CRM messenger's name parts and picture).
+USER_FIELDS = (
+    "_id",
+    "name",
+    "firstName",
+    "lastName",
+    "email",
+    "avatar",
+    "profileImage",
+    "position",
+)
+
+
 def user_object(user: CrmUser) -> dict[str, Any]:
-    return {"_id": user.crm_user_id, "name": user.name, "email": user.email, "avatar": user.avatar}
+    first, last = user.first_name, user.last_name
+    if first is None and last is None:  # recorded before the directory had name parts
+        first, _, last = user.name.strip().partition(" ")
+    picture = user.profile_image or user.avatar
+    return {
+        "_id": user.crm_user_id,
+        "name": user.name,
+        "firstName": first or "",
+        "lastName": (last or "").strip(),
+        "email": user.email,
+        "avatar": user.avatar or picture,
+        "profileImage": picture,
+        "position": user.position,
+    }
 
 
 def matrix_user_object(mxid: str, profile: dict[str, Any]) -> dict[str, Any]:
-    """A Matrix account that is no CRM user: its mxid is its id."""
+    """A Matrix account that is no CRM user: its mxid is its id, its display name is its
+    first name (a Matrix profile has no name parts)."""
     name = profile.get("displayname") or mxid.removeprefix("@").split(":", 1)[0]
+    avatar = media_url(profile.get("avatar_url"))
     return {
         "_id": mxid,
         "name": name,
+        "firstName": name,
+        "lastName": "",
         "email": None,
-        "avatar": media_url(profile.get("avatar_url")),
+        "avatar": avatar,
+        "profileImage": avatar,
+        "position": None,
     }
+
+
+def with_presence(user: dict[str, Any], online: bool, last_seen_ms: float | None) -> dict[str, Any]:
+    """A participant: the user object, and whether they are online and since when."""
+    return {**user, "isOnline": online, "lastSeen": iso(last_seen_ms)}
 
 
 def project_object(project: Project) -> dict[str, Any]:

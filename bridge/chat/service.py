@@ -12,7 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -40,6 +40,7 @@ from ..errors import NotFound
 from ..ids import conversation_id_for_room, room_id_for_conversation
 from ..matrix.homeserver import MatrixError
 from ..matrix.relations import RELATIONS, rel_type_of
+from ..tasks import drop
 from . import enrich, preview, serialize
 from .prefetch import PagePrefetch
 from .serialize import ReadState
@@ -51,6 +52,7 @@ _PROFILE_TTL = 300.0
 _PROFILE_RETRY = 30.0
 _PROFILE_CACHE_SIZE = 10000
 _EVENT_CACHE_SIZE = 20000
+_BY_ROOM_CAP = 50000
 
 
 class EventCache:
@@ -83,19 +85,40 @@ class EventCache:
         self._events.clear()
 
 
+class OnlineSource(Protocol):
+    """Who is online: person id (CRM user id, or mxid) -> their accounts; answers
+    (online, last seen in ms) per person id. The facade provides it (api/online.py)."""
+
+    async def __call__(
+        self, people: dict[str, set[str]]
+    ) -> dict[str, tuple[bool, float | None]]: ...
+
+
 class ChatService:
     def __init__(self, app: web.Application) -> None:
         self.app = app
+        # Participants' isOnline/lastSeen; without one, everybody shows offline.
+        self.online: OnlineSource | None = None
         self.events = EventCache()
+        # Every map here is capped; past its cap it is emptied (entries refill on demand).
+        # Profiles by mxid: _PROFILE_CACHE_SIZE, each for _PROFILE_TTL.
         self._profiles: dict[str, tuple[float, dict[str, Any]]] = {}
         self.fetch_limit = asyncio.Semaphore(8)
+        # Conversation identity by room (never changes): _BY_ROOM_CAP.
         self._by_room: dict[str, Conversation] = {}
+        # (user, conversation) participation checks of the last 2 s: 50,000.
         self._members_seen: dict[tuple[str, str], tuple[float, Conversation]] = {}
-        # Serialise a user's react/unreact of one key, and the pins of a room (actions.py).
+        # Serialise a user's react/unreact of one key, and the pins of a room (actions.py):
+        # past 10,000 the unlocked ones are dropped.
         self.relation_locks: dict[str, asyncio.Lock] = {}
-        # History: events the homeserver returned per message kept, per room (history.py).
+        # The pinned lists this process went through per room, oldest first, and when it
+        # last wrote one (actions.py): 21 lists a room, 10,000 rooms (oldest dropped).
+        self.pin_writes: dict[str, tuple[list[list[str]], float]] = {}
+        # History: events the homeserver returned per message kept, per room (history.py):
+        # 20,000 rooms.
         self.history_stretch: dict[str, float] = {}
-        # (puppet, room) pairs whose clear point this process checked against Matrix.
+        # (puppet, room) pairs whose clear point this process checked against Matrix
+        # (clear.py): 100,000.
         self.clear_checked: set[tuple[str, str]] = set()
 
     # Stores, opened by the app's database context.
@@ -315,6 +338,8 @@ class ChatService:
             return cached
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
         if conversation is not None:
+            if len(self._by_room) >= _BY_ROOM_CAP:
+                self._by_room.clear()
             self._by_room[room_id] = conversation
         return conversation
 
@@ -413,14 +438,28 @@ class ChatService:
             )
         out = []
         lasts: list[enrich.Item] = []
+        people: dict[str, set[str]] = {}
+        for mxids_in_room in joined.values():
+            for mxid in mxids_in_room:
+                people.setdefault(objects[mxid]["_id"], set()).add(mxid)
+        # Who is online is asked while the rest is built and decorated; each participant's
+        # object (one per person, shared by their conversations) is completed at the end.
+        asking = (
+            asyncio.ensure_future(self.online(people))
+            if self.online is not None and people
+            else None
+        )
+        shown: dict[str, dict[str, Any]] = {}
+        for person_id, mxids_of in people.items():
+            shown[person_id] = serialize.with_presence(objects[next(iter(mxids_of))], False, None)
         for c in conversations:
             participants: list[dict[str, Any]] = []
             seen: set[str] = set()
             for mxid in joined.get(c.room_id, []):
-                obj = objects[mxid]
-                if obj["_id"] not in seen:
-                    seen.add(obj["_id"])
-                    participants.append(obj)
+                person_id = objects[mxid]["_id"]
+                if person_id not in seen:
+                    seen.add(person_id)
+                    participants.append(shown[person_id])
             last = None
             event = last_events.get(c.room_id)
             if event is not None:
@@ -440,7 +479,15 @@ class ChatService:
                 )
             )
         # Pins the bridge never saw are not asked of Synapse for a listing (one call a room).
-        await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
+        try:
+            await enrich.decorate(self, lasts, user, user.mxid, fetch_pins=False, known=users)
+            online = await asking if asking is not None else {}
+        finally:
+            if asking is not None and not asking.done():
+                drop(asking)
+        for person_id, (is_online, seen_ms) in online.items():
+            if person_id in shown:
+                shown[person_id].update(serialize.with_presence({}, is_online, seen_ms))
         return out
 
     async def _fill_preview(self, c: Conversation, reader: str) -> dict[str, Any] | None:

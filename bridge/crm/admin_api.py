@@ -2,7 +2,8 @@
 
 Errors go through the shared error middleware (``{"message", "errcode"}``); a missing or
 wrong token is a 401, compared in constant time. A full sync can run as a job
-(``?wait=false``) so the CLI can draw progress while it runs.
+(``?wait=false``) so the CLI can draw progress while it runs. The job's status lives in the
+database (db/sync_job.py): any process answers the poll, whichever one runs the job.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import asyncio
 import hmac
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, IDS, PROJECTS, USERS
+from .. import safejson
+from ..context import CONFIG, DATABASE, IDS, PROJECTS, USERS
 from ..db.crm_user import CrmUser
 from ..db.project import Project
+from ..db.sync_job import SyncJob, SyncJobStore
 from ..errors import MissingToken, NotFound, UnknownToken, read_json
 from . import operations
 from .snapshot import InvalidSnapshot, parse_project, parse_snapshot, parse_user
@@ -26,8 +30,15 @@ from .snapshot import InvalidSnapshot, parse_project, parse_snapshot, parse_user
 log = logging.getLogger("bridge.crm.admin_api")
 
 PREFIX = "/api/admin/v1"
-JOBS = web.AppKey("crm_sync_jobs", dict)
+# This process's running jobs, cancelled at shutdown (at most one runs at a time per engine
+# lock; the set empties as they finish).
+JOBS = web.AppKey("crm_sync_jobs", set)
 _KEPT_JOBS = 20
+# How often a running job writes its progress (and heartbeat); a job not written for
+# _LOST_AFTER_S is reported failed: its process stopped.
+_HEARTBEAT_S = 0.5
+_LOST_AFTER_S = 30.0
+_STALE_AFTER_S = 86400.0
 routes = web.RouteTableDef()
 
 
@@ -58,6 +69,8 @@ def user_json(app: web.Application, user: CrmUser) -> dict[str, Any]:
     return {
         "id": user.crm_user_id, "name": user.name, "email": user.email, "avatar": user.avatar,
         "role": user.role, "active": user.active, "matrixId": user.matrix_id, "mxid": user.mxid,
+        "firstName": user.first_name, "lastName": user.last_name, "position": user.position,
+        "profileImage": user.profile_image, "companyId": user.company_id,
     }  # fmt: skip
 
 
@@ -153,45 +166,82 @@ async def post_sync(request: web.Request) -> web.Response:
     if dry_run or request.query.get("wait", "true").lower() != "false":
         return web.json_response(await operations.sync(app, snapshot, dry_run=dry_run, force=force))
     job_id = uuid.uuid4().hex[:12]
-    job: dict[str, Any] = {"id": job_id, "state": "running", "done": 0, "total": 0}
+    store = SyncJobStore(app[DATABASE])
+    await store.start(job_id, _now_ms())
+    seen = {"done": 0, "total": 0}
 
     def progress(done: int, total: int) -> None:
-        job.update(done=done, total=total)
+        seen.update(done=done, total=total)
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(_HEARTBEAT_S)
+            await store.progress(job_id, seen["done"], seen["total"], _now_ms())
 
     async def run() -> None:
+        beat = asyncio.create_task(heartbeat())
+        state, result, message = "failed", None, "The process running this sync stopped"
         try:
-            job["result"] = await operations.sync(app, snapshot, force=force, progress=progress)
-            job["state"] = "done"
+            summary = await operations.sync(app, snapshot, force=force, progress=progress)
+            state, result, message = "done", safejson.dumps(summary), None
+        except asyncio.CancelledError:
+            raise
         except Exception as e:
             log.exception("Sync job %s failed", job_id)
-            job.update(state="failed", message=str(e) or type(e).__name__)
+            message = str(e) or type(e).__name__
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            try:
+                await store.progress(job_id, seen["done"], seen["total"], _now_ms())
+                await store.finish(job_id, state, result, message, _now_ms())
+                await store.prune(_KEPT_JOBS, _now_ms() - int(_STALE_AFTER_S * 1000))
+            except Exception:
+                # Unrecorded, the job reads as failed once its heartbeat is _LOST_AFTER_S old.
+                log.exception("Could not record the end of sync job %s (%s)", job_id, state)
 
-    jobs = app[JOBS]
-    job["task"] = asyncio.create_task(run())
-    jobs[job_id] = job
-    for old in list(jobs)[:-_KEPT_JOBS]:
-        if jobs[old]["state"] != "running":
-            del jobs[old]
+    task = asyncio.create_task(run(), name=f"sync-job-{job_id}")
+    app[JOBS].add(task)
+    task.add_done_callback(app[JOBS].discard)
     return web.json_response({"job": job_id, "status": f"{PREFIX}/sync/jobs/{job_id}"}, status=202)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def job_json(job: SyncJob, now_ms: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": job.job_id, "state": job.state, "done": job.done, "total": job.total,
+    }  # fmt: skip
+    if job.state == "running" and now_ms - job.updated_at > _LOST_AFTER_S * 1000:
+        body.update(state="failed", message="The process running this sync stopped")
+    if job.result is not None:
+        body["result"] = safejson.loads(job.result)
+    if job.message is not None:
+        body["message"] = job.message
+    return body
 
 
 @routes.get(PREFIX + "/sync/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     check_token(request)
-    job = request.app[JOBS].get(request.match_info["job_id"])
+    job = await SyncJobStore(request.app[DATABASE]).get(request.match_info["job_id"])
     if job is None:
         raise NotFound("No such sync job")
-    return web.json_response({k: v for k, v in job.items() if k != "task"})
+    return web.json_response(job_json(job, _now_ms()))
 
 
 def setup(app: web.Application) -> None:
-    app[JOBS] = {}
+    app[JOBS] = set()
 
     async def jobs_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         yield
-        for job in app[JOBS].values():
-            if not job["task"].done():
-                job["task"].cancel()
+        running = list(app[JOBS])
+        for task in running:
+            task.cancel()
+        # Each records itself as failed (its finally) before the database closes.
+        await asyncio.gather(*running, return_exceptions=True)
 
     app.cleanup_ctx.append(jobs_ctx)
     app.add_routes(routes)

@@ -16,22 +16,34 @@ from ..context import CONFIG, HOMESERVER, IDS, MATRIX, REVOCATIONS, ROOM_MEMBERS
 from ..db.crm_user import CrmUser
 from ..matrix.homeserver import MatrixError
 from .plan import UserChange
-from .snapshot import UserSpec
+from .snapshot import UserSpec, split_name
 from .writer import Writer
 
 log = logging.getLogger("bridge.crm.puppets")
 
-_CRM_FIELDS = ("name", "email", "avatar", "role", "active", "matrix_id")
+_CRM_FIELDS = (
+    "name", "email", "avatar", "role", "active", "matrix_id", "first_name", "last_name",
+    "position", "profile_image", "company_id",
+)  # fmt: skip
 
 
-def displayname(app: web.Application, name: str) -> str:
-    return app[CONFIG]["bridge.displayname_template"].format(name=name)
+def displayname(app: web.Application, spec: UserSpec) -> str:
+    """``bridge.displayname_template`` with {name}, {firstName}, {lastName}, {position}."""
+    return app[CONFIG]["bridge.displayname_template"].format(
+        name=spec.name, firstName=spec.first_name, lastName=spec.last_name,
+        position=spec.position or "",
+    ).strip()  # fmt: skip
 
 
 def spec_of(user: CrmUser) -> UserSpec:
+    first, last = user.first_name, user.last_name
+    if first is None and last is None:  # recorded before the directory had name parts
+        first, last = split_name(user.name)
     return UserSpec(
         crm_user_id=user.crm_user_id, name=user.name, email=user.email, role=user.role,
         avatar=user.avatar, active=user.active, matrix_id=user.matrix_id,
+        first_name=first or "", last_name=last or "", position=user.position,
+        profile_image=user.profile_image, company_id=user.company_id,
     )  # fmt: skip
 
 
@@ -47,7 +59,7 @@ def plan_user(
     if not spec.active and not registered:
         return change  # never existed on Matrix: nothing to create, nothing to undo
     change.register = not registered
-    name = displayname(app, spec.name)
+    name = displayname(app, spec)
     if row is None or row.applied_displayname != name:
         change.displayname = name
     change.avatar_changed = (row.applied_avatar if row else None) != spec.avatar
@@ -62,11 +74,19 @@ def _row_for(spec: UserSpec, mxid: str, old: CrmUser | None) -> CrmUser:
         return CrmUser(
             crm_user_id=spec.crm_user_id, mxid=mxid, name=spec.name, email=spec.email,
             avatar=spec.avatar, role=spec.role, active=spec.active, matrix_id=spec.matrix_id,
+            **_people_fields(spec),
         )  # fmt: skip
     return replace(
         old, name=spec.name, email=spec.email, avatar=spec.avatar, role=spec.role,
-        active=spec.active, matrix_id=spec.matrix_id,
+        active=spec.active, matrix_id=spec.matrix_id, **_people_fields(spec),
     )  # fmt: skip
+
+
+def _people_fields(spec: UserSpec) -> dict[str, str | None]:
+    return {
+        "first_name": spec.first_name, "last_name": spec.last_name, "position": spec.position,
+        "profile_image": spec.profile_image, "company_id": spec.company_id,
+    }  # fmt: skip
 
 
 def crm_fields_changed(spec: UserSpec, row: CrmUser | None) -> bool:

@@ -45,6 +45,7 @@ from .rooms import (
     create_room_body,
     creators_have_implicit_power,
     desired_room,
+    member_level,
     power_levels,
     read_room,
 )
@@ -278,7 +279,9 @@ class Directory:
                 desired.members[mxid] = _retained_member(mxid, crm_user_of)
                 levels[mxid] = int(old_levels.get(mxid, 0))
             levels.pop(ids.bot_mxid, None)
-            desired.power_levels = power_levels(levels, spec.archived, ids.bot_mxid, implicit)
+            desired.power_levels = power_levels(
+                levels, spec.archived, ids.bot_mxid, implicit, member_level(self.role_levels)
+            )
         change = ProjectChange(
             spec=spec, row=row, desired=desired, alias=alias, room_id=room_id,
             room_version=version, create=room_id is None, adopt=adopt, applied=applied,

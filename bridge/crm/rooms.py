@@ -30,6 +30,7 @@ _PL_DEFAULTS: dict[str, Any] = {
     "notifications": {"room": 50},
 }  # fmt: skip
 OWNER_LEVEL = 100
+PINNED_EVENTS = "m.room.pinned_events"
 REMOVED_REASON = "Removed from the project in the CRM"
 
 
@@ -67,8 +68,17 @@ def link_content(project: ProjectSpec) -> dict[str, Any]:
     return {"id": project.project_id, "emoji": project.emoji, "color": project.color}
 
 
+def member_level(role_levels: Mapping[str, int]) -> int:
+    """The level every member has (the employee's): what it takes to pin in a project."""
+    return int(role_levels.get("employee", min(role_levels.values(), default=0)))
+
+
 def power_levels(
-    levels: Mapping[str, int], archived: bool, bot_mxid: str, creator_implicit: bool
+    levels: Mapping[str, int],
+    archived: bool,
+    bot_mxid: str,
+    creator_implicit: bool,
+    pin_level: int = 0,
 ) -> dict[str, Any]:
     owner = OWNER_LEVEL
     # Archived: nobody below the bot may post; the bot keeps the room's keys.
@@ -85,7 +95,11 @@ def power_levels(
             "kick": owner,
             "ban": owner,
             "redact": 50,
-            "events": dict.fromkeys(_OWNER_ONLY_EVENTS, owner),
+            # Any member may pin, as in every team chat (an archived room: nobody).
+            "events": {
+                **dict.fromkeys(_OWNER_ONLY_EVENTS, owner),
+                PINNED_EVENTS: owner if archived else pin_level,
+            },
             "notifications": {"room": 50},
         }
     )
@@ -123,7 +137,9 @@ def desired_room(
         name=project.name,
         topic=project.description or "",
         link=link_content(project),
-        power_levels=power_levels(levels, project.archived, ids.bot_mxid, creator_implicit),
+        power_levels=power_levels(
+            levels, project.archived, ids.bot_mxid, creator_implicit, member_level(role_levels)
+        ),
         members=members,
     )
 

@@ -24,6 +24,11 @@ class UserSpec:
     avatar: str | None = None
     active: bool = True
     matrix_id: str | None = None
+    first_name: str = ""
+    last_name: str = ""
+    position: str | None = None
+    profile_image: str | None = None
+    company_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,16 +109,50 @@ def parse_user(
             problems.append(f"{where}.matrixId: not a Matrix user id (@name:server)")
         elif puppet_domain_regex and re.fullmatch(puppet_domain_regex, matrix_id):
             problems.append(f"{where}.matrixId: is run by the bridge, not a person's account")
+    name, first_name, last_name = _names(raw, where, problems)
+    company_raw = raw.get("companyId")
+    company_id = _id(company_raw)
+    if company_raw is not None and company_id is None:
+        problems.append(f"{where}.companyId: must be a non-empty string or an integer")
     user = UserSpec(
         crm_user_id=crm_user_id or "",
-        name=_req_str(raw, "name", where, problems),
+        name=name,
         email=_req_str(raw, "email", where, problems),
         role=role if isinstance(role, str) else "",
         avatar=_opt_str(raw, "avatar", where, problems) or None,
         active=active if isinstance(active, bool) else True,
         matrix_id=matrix_id or None,
+        first_name=first_name,
+        last_name=last_name,
+        position=_opt_str(raw, "position", where, problems) or None,
+        profile_image=_opt_str(raw, "profileImage", where, problems) or None,
+        company_id=company_id,
     )
     return user if crm_user_id else None
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """First and last name from a full one: the first word, and the rest ("" if none)."""
+    first, _, last = name.strip().partition(" ")
+    return first, last.strip()
+
+
+def _names(raw: dict[str, Any], where: str, problems: list[str]) -> tuple[str, str, str]:
+    """(name, firstName, lastName): ``name`` is derived from the parts when absent, the
+    parts are split from ``name`` when only it is given; one of the two is required."""
+    first = _opt_str(raw, "firstName", where, problems) or ""
+    last = _opt_str(raw, "lastName", where, problems) or ""
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        problems.append(f"{where}.name: must be a string")
+        name = None
+    name = (name or "").strip() or f"{first.strip()} {last.strip()}".strip()
+    if not name:
+        problems.append(f"{where}.name: required, a non-empty string (or firstName/lastName)")
+        return "", "", ""
+    if not first.strip() and not last.strip():
+        first, last = split_name(name)
+    return name, first.strip(), last.strip()
 
 
 def parse_project(

@@ -97,6 +97,20 @@ class ConversationStore:
         )  # fmt: skip
         return await self.get_by_room(room_id) or conversation
 
+    async def directs_below(self, levels_version: int, limit: int = 500) -> list[str]:
+        """Rooms of DMs whose power levels were not brought to this version yet."""
+        rows = await self.db.fetch(
+            "SELECT room_id FROM conversation WHERE kind=$1 AND levels_version < $2 "
+            "ORDER BY room_id LIMIT $3",
+            DIRECT, levels_version, limit,
+        )  # fmt: skip
+        return [r["room_id"] for r in rows]
+
+    async def set_levels_version(self, room_id: str, levels_version: int) -> None:
+        await self.db.execute(
+            "UPDATE conversation SET levels_version=$2 WHERE room_id=$1", room_id, levels_version
+        )
+
     async def touch(self, room_id: str, event_id: str, ts: int, preview: str | None = None) -> None:
         """A message was indexed: it is the last message (with its preview) unless the current
         one comes later in the live order (seq; a message mark-read indexed early comes back

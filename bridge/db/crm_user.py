@@ -9,8 +9,10 @@ from mautrix.util.async_db import Database
 
 COLUMNS = (
     "crm_user_id, mxid, name, email, avatar, role, active, matrix_id, registered, "
-    "applied_displayname, applied_avatar, avatar_mxc, created_at, updated_at"
+    "applied_displayname, applied_avatar, avatar_mxc, created_at, updated_at, "
+    "first_name, last_name, position, profile_image, company_id"
 )
+_COUNT = len(COLUMNS.split(","))
 
 
 def now_ms() -> int:
@@ -35,18 +37,30 @@ class CrmUser:
     avatar_mxc: str | None = None
     created_at: int = field(default_factory=now_ms)
     updated_at: int = field(default_factory=now_ms)
+    # The CRM's name parts (split from ``name`` when it sends only that), job title,
+    # picture URL and company (employees of one company see each other).
+    first_name: str | None = None
+    last_name: str | None = None
+    position: str | None = None
+    profile_image: str | None = None
+    company_id: str | None = None
 
     def values(self) -> tuple:
         return (
             self.crm_user_id, self.mxid, self.name, self.email, self.avatar, self.role,
             self.active, self.matrix_id, self.registered, self.applied_displayname,
             self.applied_avatar, self.avatar_mxc, self.created_at, self.updated_at,
+            self.first_name, self.last_name, self.position, self.profile_image, self.company_id,
         )  # fmt: skip
 
     @property
     def mxids(self) -> list[str]:
         """Every Matrix account that speaks for this user: the puppet, then the linked one."""
         return [self.mxid, self.matrix_id] if self.matrix_id else [self.mxid]
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _row(row) -> CrmUser | None:
@@ -94,7 +108,7 @@ class CrmUserStore:
 
     async def upsert(self, user: CrmUser) -> None:
         user.updated_at = now_ms()
-        placeholders = ", ".join(f"${i + 1}" for i in range(14))
+        placeholders = ", ".join(f"${i + 1}" for i in range(_COUNT))
         updates = ", ".join(
             f"{col}=excluded.{col}"
             for col in COLUMNS.replace(" ", "").split(",")
@@ -105,6 +119,31 @@ class CrmUserStore:
             f"ON CONFLICT (crm_user_id) DO UPDATE SET {updates}",
             *user.values(),
         )
+
+    async def employees(
+        self, company_id: str | None, exclude: str, words: list[str], limit: int
+    ) -> list[CrmUser]:
+        """Active users of a company (all of them when ``company_id`` is None), but one,
+        whose name, email or position contains every word (case-insensitive)."""
+        where = ["active", "crm_user_id <> $1"]
+        args: list[object] = [exclude]
+        if company_id is not None:
+            args.append(company_id)
+            where.append(f"company_id = ${len(args)}")
+        for word in words:
+            args.append(f"%{_like_escape(word.lower())}%")
+            n = len(args)
+            where.append(
+                f"(LOWER(name) LIKE ${n} ESCAPE '\\' OR LOWER(COALESCE(position, '')) "
+                f"LIKE ${n} ESCAPE '\\' OR LOWER(email) LIKE ${n} ESCAPE '\\')"
+            )
+        args.append(limit)
+        rows = await self.db.fetch(
+            f"SELECT {COLUMNS} FROM crm_user WHERE {' AND '.join(where)} "
+            f"ORDER BY name, crm_user_id LIMIT ${len(args)}",
+            *args,
+        )
+        return [user for user in map(_row, rows) if user]
 
     async def get_by_mxids(self, mxids: list[str]) -> dict[str, CrmUser]:
         """CRM users behind puppets or linked accounts, keyed by each mxid asked for."""

@@ -17,6 +17,7 @@ import aiohttp
 
 from ..api.auth import JwtVerifier
 from .synapse import SynapseProcess
+from .workers import SynapseWorkers
 
 log = logging.getLogger("bridge.devstack.demo")
 
@@ -75,7 +76,7 @@ class DemoSeeder:
         bridge_url: str,
         admin_token: str,
         verifier: JwtVerifier,
-        synapse: SynapseProcess,
+        synapse: SynapseProcess | SynapseWorkers,
         state_dir: Path,
         prefix: str = "demo-",
     ) -> None:

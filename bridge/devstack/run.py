@@ -16,6 +16,7 @@ from ..logs import configure_logging
 from ..registration import generate
 from .demo_data import DemoSeeder
 from .synapse import SynapseProcess
+from .workers import SynapseWorkers, ensure_database
 
 log = logging.getLogger("bridge.devstack")
 
@@ -56,11 +57,22 @@ async def run_dev(args: argparse.Namespace) -> int:
     config.set("demo.sign_in", demo)
     config.validate()
     configure_logging(config)
-    synapse = SynapseProcess(
-        state / "synapse",
-        port=args.synapse_port,
-        registration_files=[state / "registration.yaml"],
-    )
+    synapse: SynapseProcess | SynapseWorkers
+    if getattr(args, "synapse_workers", False):
+        # Its own state directory: a homeserver on PostgreSQL, not the SQLite one's.
+        database = await ensure_database(args.synapse_postgres, "bridge_dev_synapse")
+        synapse = SynapseWorkers(
+            state / "synapse-workers",
+            port=args.synapse_port,
+            database=database,
+            registration_files=[state / "registration.yaml"],
+        )
+    else:
+        synapse = SynapseProcess(
+            state / "synapse",
+            port=args.synapse_port,
+            registration_files=[state / "registration.yaml"],
+        )
     first_start = not synapse.config_path.exists()
     log.info("Starting Synapse on %s (state in %s)", synapse.url, synapse.data_dir)
     synapse.start()
@@ -98,7 +110,7 @@ async def run_dev(args: argparse.Namespace) -> int:
 
 
 async def seed_demo(
-    server: BridgeServer, synapse: SynapseProcess, state: Path, bridge_url: str
+    server: BridgeServer, synapse: SynapseProcess | SynapseWorkers, state: Path, bridge_url: str
 ) -> None:
     """Push the demo directory (idempotent), then print where to open it."""
     seeder = DemoSeeder(

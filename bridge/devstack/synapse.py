@@ -193,6 +193,10 @@ class SynapseProcess:
             self.process.wait()
         self.log_file.close()
 
+    def pids(self) -> dict[str, int]:
+        """The process's pid by role (one role here; SynapseWorkers has several)."""
+        return {"synapse": self.process.pid} if self.process else {}
+
     def pause(self) -> None:
         """SIGSTOP: the process stays, its sockets stay open, nothing answers (a stall)."""
         if self.process and self.process.poll() is None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .early_receipts import EarlyReceipts
 
 log = logging.getLogger("bridge.matrix.dispatcher")
 
@@ -22,6 +25,11 @@ class EventDispatcher:
     def __init__(self) -> None:
         self._timeline: list[EventHandler] = []
         self._ephemeral: list[EventHandler] = []
+        self._early: EarlyReceipts | None = None
+
+    def hold_early_receipts(self, early: EarlyReceipts) -> None:
+        """Receipts at events not indexed yet wait for them (bridge/matrix/early_receipts.py)."""
+        self._early = early
 
     def on_timeline(self, handler: EventHandler) -> EventHandler:
         """Room events: messages and state. Usable as a decorator."""
@@ -42,6 +50,13 @@ class EventDispatcher:
         for event in events:
             for handler in self._timeline:
                 await handler(event)
+        if self._early is not None:
+            # Receipts that waited for this transaction's events, then this transaction's
+            # own, minus those at events still to come.
+            released = self._early.release([e["event_id"] for e in events if "event_id" in e])
+            ephemeral = released + [
+                part for e in ephemeral if (part := await self._early.split(e)) is not None
+            ]
         for event in ephemeral:
             for handler in self._ephemeral:
                 await handler(event)

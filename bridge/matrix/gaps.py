@@ -29,6 +29,9 @@ log = logging.getLogger("bridge.matrix.gaps")
 
 # Beyond this many missing ids at once, the jump is not a stranded transaction.
 MAX_GAP = 100
+# Most missing ids waiting at once; jumps that keep coming faster than refusals fill them
+# are not stranded transactions either.
+MAX_OPEN = 2 * MAX_GAP
 
 
 def parse_id(txn_id: str) -> int | None:
@@ -41,13 +44,15 @@ class GapTracker:
     timeout: float  # seconds a gap stays open before a refusal; 0 turns recovery off
     clock: Callable[[], float] = time.monotonic
     last: int | None = None  # the highest id handled in this epoch
-    # Missing id -> when it was found missing.
+    # Missing id -> when it was found missing. Capped at MAX_OPEN (the oldest are given up
+    # on, with a warning); emptied by a new epoch or when recovery turns itself off.
     open: dict[int, float] = field(default_factory=dict)
     # The id answered 503, and the gaps that refusal is meant to fill.
     refused: int | None = None
     awaited: set[int] = field(default_factory=set)
     asked: int = 0  # how many gaps that refusal asked for
-    # Gaps given up on: one arriving late is not a drop in ids (a new epoch).
+    # Gaps given up on: one arriving late is not a drop in ids (a new epoch). Capped: at
+    # most MAX_GAP are remembered.
     abandoned: set[int] = field(default_factory=set)
     disabled: bool = False
 
@@ -90,6 +95,7 @@ class GapTracker:
             if self.last is not None and 1 < n - self.last <= MAX_GAP + 1 and not self.disabled:
                 now = self.clock()
                 self.open.update((gap, now) for gap in range(self.last + 1, n))
+                self._cap_open()
             self.last = n
         else:
             # Ids dropped: the homeserver counts again (restart on SQLite). Old gaps belong
@@ -98,6 +104,19 @@ class GapTracker:
             self.refused, self.awaited, self.asked = None, set(), 0
         if self.refused is not None and n >= self.refused:
             self._settle()
+
+    def _cap_open(self) -> None:
+        if len(self.open) <= MAX_OPEN:
+            return
+        dropped = sorted(self.open)[: len(self.open) - MAX_OPEN]
+        for gap in dropped:
+            del self.open[gap]
+            self.awaited.discard(gap)
+        log.warning(
+            "More than %d transactions missing at once; giving up on the oldest: %s",
+            MAX_OPEN,
+            _ids(set(dropped)),
+        )
 
     def _settle(self) -> None:
         """The refused transaction came back: what the recovery did not bring is lost."""

@@ -187,7 +187,8 @@ class Homeserver:
         self.rate_limited = 0
         # Non-idempotent requests given up because they may have reached the homeserver.
         self.not_retried = 0
-        # Accepted writes by endpoint ("typing", "send", "presence", ...), to measure them.
+        # Accepted writes by endpoint ("typing", "send", "presence", ...), to measure them;
+        # keyed by a fixed set of kinds, so bounded.
         self.writes_by_kind: Counter[str] = Counter()
         # When the homeserver last answered anything (ours or the monitor's probes), and
         # whether the monitor holds it up.

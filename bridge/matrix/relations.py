@@ -10,6 +10,7 @@ repeats an idempotent update.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -49,6 +50,11 @@ class Effect:
     deleted: list[str] = field(default_factory=list)
     # A redaction: copies of the changed messages may hold what it took away (a bundled edit).
     redaction: bool = False
+    # A change of the room's pins: which messages it pinned and unpinned, by whom and when.
+    pinned: list[str] = field(default_factory=list)
+    unpinned: list[str] = field(default_factory=list)
+    by: str | None = None
+    at: int | None = None
 
 
 Listener = Callable[[Effect], Awaitable[None]]
@@ -60,7 +66,20 @@ class Relations:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.listeners: list[Listener] = []
+        # Room -> its pins (the index's copy): capped at 20,000 rooms (emptied past it).
         self._pins: dict[str, list[str]] = {}
+        self._room_locks: dict[str, asyncio.Lock] = {}
+
+    def room_lock(self, room_id: str) -> asyncio.Lock:
+        """Serialises, in this process, the two ways one redaction or pin change is applied
+        (the facade's own send and the transaction): each reads what the other writes, so
+        interleaved, the second would see the change done without its record and tell the
+        listeners nothing (a lost message_pinned or message_deleted)."""
+        locks = self._room_locks
+        if len(locks) > 10000:
+            for key in [k for k, lock in locks.items() if not lock.locked()]:
+                del locks[key]
+        return locks.setdefault(room_id, asyncio.Lock())
 
     @property
     def store(self) -> RelationStore:
@@ -179,10 +198,12 @@ async def apply(app: web.Application, event: dict[str, Any]) -> Effect | None:
     kind = event.get("type")
     room_id = event["room_id"]
     if kind == "m.room.redaction":
-        return await _redact(app, event)
+        async with app[RELATIONS].room_lock(room_id):
+            return await _redact(app, event)
     if "state_key" in event:
         if kind == PINNED and event.get("state_key") == "":
-            return await _pinned(app, event)
+            async with app[RELATIONS].room_lock(room_id):
+                return await _pinned(app, event)
         return None
     found = relations_in(event)
     if not found:
@@ -247,19 +268,29 @@ async def _pinned(app: web.Application, event: dict[str, Any]) -> Effect:
     relations = app[RELATIONS]
     done = await relations.store.get(event["event_id"], PINNED)
     if done is not None:
-        return Effect(room_id, changed=json.loads(done.key or "[]"))
+        recorded = json.loads(done.key or "[]")
+        if isinstance(recorded, list):  # recorded before pins and unpins were told apart
+            return Effect(room_id, changed=recorded)
+        return Effect(
+            room_id, changed=recorded["p"] + recorded["u"], pinned=recorded["p"],
+            unpinned=recorded["u"], by=done.sender, at=done.origin_ts,
+        )  # fmt: skip
     content = event.get("content") if isinstance(event.get("content"), dict) else {}
     listed = content.get("pinned") if isinstance(content.get("pinned"), list) else []
     pins = list(dict.fromkeys(p for p in listed if _event_id(p)))
     before = (await relations.pins_of([room_id]))[room_id] or []
     await relations.set_pins(room_id, pins)
-    changed = [p for p in pins if p not in before] + [p for p in before if p not in pins]
+    pinned = [p for p in pins if p not in before][:100]
+    unpinned = [p for p in before if p not in pins][:100]
     ts = int(event.get("origin_server_ts") or time.time() * 1000)
     await relations.store.add(
         Relation(event["event_id"], PINNED, room_id, event["sender"], room_id,
-                 json.dumps(changed[:200]), ts)
+                 json.dumps({"p": pinned, "u": unpinned}), ts)
     )  # fmt: skip
-    return Effect(room_id, changed=changed)
+    return Effect(
+        room_id, changed=pinned + unpinned, pinned=pinned, unpinned=unpinned,
+        by=event["sender"], at=ts,
+    )  # fmt: skip
 
 
 async def read_position(app: web.Application, room_id: str, event_id: str) -> RoomEvent | None:

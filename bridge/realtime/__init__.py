@@ -16,6 +16,8 @@
 * manager.py   the gate at delivery and the control messages, over either manager
 * transport.py the Redis manager: pipelined outbox, resubscribing and resyncing after an
                outage (../redis_state.py tells every Redis user whether Redis answers now)
+* crm_rooms.py the CRM's own rooms (join_room/leave_room) and POST /api/admin/v1/events
+* emit.py      events the facade's service functions send themselves (chat_cleared)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..matrix.relations import Effect, is_timeline_message
 from ..matrix.relations import ensure as ensure_relations
 from ..metrics import METRICS
 from ..redis_state import RedisState
-from . import handlers
+from . import crm_rooms, handlers
 from .access import Access
 from .fanout import is_conversation_change
 from .local import LocalSockets
@@ -67,6 +69,7 @@ def setup(app: web.Application) -> None:
     sio.manager.gate = access
     app[ACCESS] = access
     handlers.register(app, sio, sockets, access, PRESENCE, TYPING)
+    app.add_routes(crm_rooms.admin_routes(sio))
     app.cleanup_ctx.append(context(app))
 
     async def shut_down(app: web.Application) -> None:
@@ -123,6 +126,9 @@ def setup(app: web.Application) -> None:
             realtime.live.submit(
                 room_id, lambda: fanout.messages_deleted(room_id, deleted, realtime.slow)
             )
+        if (effect.pinned or effect.unpinned) and effect.by:
+            pins = (list(effect.pinned), list(effect.unpinned), effect.by, effect.at)
+            realtime.live.submit(room_id, lambda: fanout.pins_changed(room_id, *pins))
         if effect.changed:
             changed = list(effect.changed)
             realtime.live.submit(

@@ -54,6 +54,8 @@ class Access:
         self.app = app
         self.sio = sio
         self.sockets = sockets
+        # Room -> (when read, joined mxids): capped at _JOINED_CACHE (emptied past it), and
+        # an entry is dropped when its room's membership changes.
         self._joined: dict[str, tuple[float, frozenset[str]]] = {}
         self.held_back = 0  # deliveries the gate refused (stale room memberships)
         # Sockets held back and looked at again after _JOINED_TTL (at most one per socket

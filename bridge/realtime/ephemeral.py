@@ -34,6 +34,10 @@ MAX_READ_IDS = 200
 MAX_UPDATED = 20
 
 
+# Most Matrix users Relays remembers as online (a directory's worth, and then some).
+_ONLINE_CAP = 100000
+
+
 class Relays:
     def __init__(
         self, app: web.Application, sio: socketio.AsyncServer, announced: AnnouncedReceiptStore
@@ -41,8 +45,13 @@ class Relays:
         self.app = app
         self.sio = sio
         self.announced = announced
+        # Who types in each room, as the last m.typing said. Pruned: a room whose list
+        # empties is dropped, so the map holds only rooms where someone types right now.
         self._typing: dict[str, set[str]] = {}
-        self._online: dict[str, bool] = {}
+        # Matrix users last announced online. Pruned: an offline one is dropped (absent
+        # means offline), and past _ONLINE_CAP the map is emptied (the cost: a user may be
+        # announced online once more).
+        self._online: set[str] = set()
 
     async def _person(self, mxid: str) -> tuple[str, dict[str, Any]]:
         """(userId, user object) for a puppet, a linked account or any Matrix user."""
@@ -67,8 +76,9 @@ class Relays:
         if conversation is None:
             return
         now = {i for i in ids if isinstance(i, str)}
-        before = self._typing.get(room_id, set())
-        self._typing[room_id] = now
+        before = self._typing.pop(room_id, set())
+        if now:
+            self._typing[room_id] = now
         changes = [(m, True) for m in sorted(now - before)] + [
             (m, False) for m in sorted(before - now)
         ]
@@ -163,9 +173,14 @@ class Relays:
         if user is not None and (user.mxid == mxid or await connected(user.crm_user_id)):
             return
         online = state == "online"
-        if self._online.get(mxid, False) == online:
+        if (mxid in self._online) == online:
             return
-        self._online[mxid] = online
+        if online:
+            if len(self._online) >= _ONLINE_CAP:
+                self._online.clear()
+            self._online.add(mxid)
+        else:
+            self._online.discard(mxid)
         person_id, person = await self._person(mxid)
         await self.announce(person_id, person, [mxid], online)
 

@@ -21,6 +21,8 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from ..api.models import MessagePinned, MessageUnpinned, User
+from ..chat.serialize import iso
 from ..chat.service import CHAT
 from ..context import CONVERSATIONS, EVENT_INDEX, USERS
 from ..db.conversation import Conversation
@@ -101,6 +103,31 @@ class Fanout:
             )  # fmt: skip
         if conversation.last_event_id in event_ids:
             self.schedule_change(room_id, slow)  # lastMessage shows the new text
+
+    async def pins_changed(
+        self, room_id: str, pinned: list[str], unpinned: list[str], by: str, at: int | None
+    ) -> None:
+        """A change of the room's pins, from the CRM or from Element: ``message_pinned`` and
+        ``message_unpinned`` to the conversation, naming who did it (``message_update``
+        carries the messages themselves)."""
+        conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
+        if conversation is None or CHAT not in self.app:
+            return
+        person = await self.app[CHAT].user_object(by)
+        room = conversation_room(conversation.conversation_id)
+        cid = conversation.conversation_id
+        for event_id in pinned:
+            payload = MessagePinned(
+                conversationId=cid, messageId=message_id_for_event(event_id),
+                pinnedBy=User.model_validate(person), pinnedAt=iso(at) or "",
+            )  # fmt: skip
+            await self.sio.emit("message_pinned", payload.model_dump(by_alias=True), to=room)
+        for event_id in unpinned:
+            gone = MessageUnpinned(
+                conversationId=cid, messageId=message_id_for_event(event_id),
+                unpinnedBy=User.model_validate(person),
+            )  # fmt: skip
+            await self.sio.emit("message_unpinned", gone.model_dump(by_alias=True), to=room)
 
     async def messages_deleted(self, room_id: str, event_ids: list[str], slow: Lanes) -> None:
         """A redaction: ``message_deleted``, then the conversation (lastMessage, unread)."""

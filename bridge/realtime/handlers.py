@@ -4,7 +4,9 @@ Event names and payloads are the seed's. A failed operation emits ``error {messa
 errcode}`` to the socket (plus ``retryAfter`` seconds when rate-limited) and answers the
 ack, when the client asked for one, with the same body. Sends and read markers go through
 the chat service, which applies the same rate limit as REST; typing goes through the
-throttle (typing.py). Access that ends while a socket is open is handled in access.py.
+throttle (typing.py). ``typing`` and ``join_conversation`` each count against the user's
+limit for their action (api/quota.py, the budget REST requests draw on) before they query
+anything. Access that ends while a socket is open is handled in access.py.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from ..api import messaging
+from ..api import actions, messaging
 from ..api.auth import user_for, verifier
+from ..api.quota import count
 from ..chat.media_urls import media_signer
 from ..chat.service import CHAT
 from ..context import EVENT_INDEX
@@ -38,6 +41,7 @@ from ..errors import (
 from ..ids import event_id_for_message, message_id_for_event
 from ..matrix.homeserver import for_user
 from .access import EXPIRED, Access
+from .crm_rooms import room_name, socket_room
 from .local import LocalSockets, Socket
 from .presence import PresenceTracker
 from .rooms import (
@@ -197,6 +201,7 @@ def register(
     @answered
     async def join_conversation(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
+        await count(app[CHAT], socket.user, "join-conversation", None)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
             raise InvalidParam("conversationId is required")
@@ -216,24 +221,48 @@ def register(
         await sio.leave_room(sid, conversation_room(conversation_id))
         return {"conversationId": conversation_id}
 
+    @sio.on("join_room")
+    @answered
+    async def join_room(sid: str, data: Any = None) -> Any:
+        """The CRM's own rooms: the user's and their company's (crm_rooms.py)."""
+        socket = socket_of(sid)
+        name = room_name(data)
+        await sio.enter_room(sid, socket_room(socket.user, name))
+        return {"room": name}
+
+    @sio.on("leave_room")
+    @answered
+    async def leave_room(sid: str, data: Any = None) -> Any:
+        socket = socket_of(sid)
+        name = room_name(data)
+        room = socket_room(socket.user, name)
+        if room != user_room(socket.user.crm_user_id):  # the bridge's own: the socket stays
+            await sio.leave_room(sid, room)
+        return {"room": name}
+
+    # The same service functions as REST (api/actions.py), rate limits included.
+    @sio.on("pin_message")
+    @answered
+    async def pin_message(sid: str, data: Any = None) -> Any:
+        return await actions.pin(app[CHAT], socket_of(sid).user, data)
+
+    @sio.on("unpin_message")
+    @answered
+    async def unpin_message(sid: str, data: Any = None) -> Any:
+        return await actions.unpin(app[CHAT], socket_of(sid).user, data)
+
+    @sio.on("delete_message")
+    @answered
+    async def delete_message(sid: str, data: Any = None) -> Any:
+        return await actions.delete(app[CHAT], socket_of(sid).user, data)
+
     @sio.on("send_message")
     @answered
     async def send_message(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
         if not isinstance(data, dict):
             raise InvalidParam("send_message needs {conversationId, content, type}")
-        message = await messaging.send(
-            app[CHAT],
-            socket.user,
-            data.get("conversationId"),
-            data.get("content"),
-            data.get("type", "text"),
-            data.get("attachments"),
-            data.get("clientMessageId"),
-            reply_to=data.get("replyTo"),
-            mentions=data.get("mentions"),
-            thread_id=data.get("threadId"),
-        )
+        message = await messaging.send(app[CHAT], socket.user, data)
         await sio.emit("message_sent", message, to=sid)
         return media_signer(app).sign_tree(message, socket.user.crm_user_id)
 
@@ -241,6 +270,7 @@ def register(
     @answered
     async def typing(sid: str, data: Any = None) -> Any:
         socket = socket_of(sid)
+        await count(app[CHAT], socket.user, "typing", None)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
             raise InvalidParam("typing needs {conversationId, isTyping}")

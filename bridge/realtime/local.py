@@ -24,6 +24,7 @@ class Socket:
 
 class LocalSockets:
     def __init__(self) -> None:
+        # Open sockets only: an entry leaves on disconnect (a user's when their last goes).
         self._by_sid: dict[str, Socket] = {}
         self._by_user: dict[str, set[str]] = {}
 

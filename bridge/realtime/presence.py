@@ -45,7 +45,9 @@ class PresenceTracker:
         self.refresh_s = max(1.0, float(refresh_s))
         self.lease_ms = int(self.refresh_s * 3 * 1000)
         # This process's open sockets, by CRM user id.
+        # An entry leaves when the user's last socket here closes.
         self.local: dict[str, set[str]] = {}
+        # Presence writes in flight only (each removes itself when done).
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False

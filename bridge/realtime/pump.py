@@ -69,12 +69,15 @@ class Lanes:
         self.lookup_timeout = lookup_timeout
         self.on_drop = on_drop
         self._workers = asyncio.Semaphore(workers)
+        # Key -> its lane, only while the lane has jobs (an emptied lane is deleted).
         self._lanes: dict[str, _Lane] = {}
         self._queued = 0  # jobs submitted and not finished, in all lanes
         self._idle = asyncio.Event()
         self._idle.set()
         self._reports: set[asyncio.Task[None]] = set()
-        # When drops of a key were last reported, and the keys with a report due.
+        # When drops of a key were last reported, and the keys with a report due: past
+        # 10,000 keys the reports older than REPORT_INTERVAL are pruned; a due key leaves
+        # when its report is sent.
         self._reported_at: dict[str, float] = {}
         self._due: set[str] = set()
         self._stopped = False

@@ -52,6 +52,8 @@ class SocketRegistry(Protocol):
 
 class MemoryRegistry:
     def __init__(self) -> None:
+        # This process's open sockets by user and users set online: an entry leaves when
+        # its last socket closes and the user is released (bounded by open sockets).
         self._sockets: dict[str, dict[str, int]] = {}
         self._online: set[str] = set()
 

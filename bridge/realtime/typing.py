@@ -41,7 +41,9 @@ class TypingThrottle:
         self.matrix = matrix
         self.timeout_ms = timeout_ms
         self.interval = interval
+        # (room, mxid) -> throttle state: past _KEPT entries the idle ones are pruned.
         self._states: dict[tuple[str, str], _State] = {}
+        # Writes in flight only (each removes itself when done).
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def set(self, room_id: str, mxid: str, typing: bool) -> None:

@@ -124,6 +124,7 @@ class OpenWebsockets:
     """
 
     def __init__(self) -> None:
+        # Websocket transports open now: each is removed when its request ends.
         self._open: set[asyncio.BaseTransport] = set()
 
     def handler(self, sio: socketio.AsyncServer) -> Callable[[web.Request], Awaitable[Any]]:

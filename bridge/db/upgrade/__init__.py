@@ -13,6 +13,8 @@ from . import (
     v09_cleared,
     v10_timeline,
     v11_published_mark,
+    v12_sync_job,
+    v13_people,
 )
 from .table import upgrade_table
 
@@ -29,4 +31,6 @@ __all__ = [
     "v09_cleared",
     "v10_timeline",
     "v11_published_mark",
+    "v12_sync_job",
+    "v13_people",
 ]

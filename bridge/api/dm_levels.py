@@ -1,0 +1,142 @@
+"""Power levels of DM rooms: both people may post and pin, neither may delete the other's
+messages.
+
+DMs used to be created with ``trusted_private_chat``, which gives the invitee the creator's
+power (level 100; in room version 12 Synapse makes the invitee an additional creator), so
+either could redact the other's messages. New DMs use ``private_chat`` (the invitee stays at
+0) with pins open to everybody. Existing DMs are brought to that rule once, on start of the
+process that receives transactions: every member above the redact level who is not a
+creator lowers itself (a user may always lower their own level). A creator's power in room
+version 12 is implicit and cannot be lowered: for those rooms, and always, the facade's
+delete (``actions.delete``) refuses the other's messages in a DM whatever the levels say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ..context import CONFIG, CONVERSATIONS, MATRIX, ROOM_MEMBERS
+from ..errors import HomeserverUnavailable
+from ..matrix.homeserver import MatrixError
+from ..tasks import stop
+
+log = logging.getLogger("bridge.api.dm_levels")
+
+# Bumped when the rule changes; rooms below it are checked again.
+LEVELS_VERSION = 1
+PINNED_EVENTS = "m.room.pinned_events"
+# Synapse's own defaults for a new room's events map (it is replaced whole by an override).
+_DEFAULT_EVENTS = {
+    "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+    "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+    "m.room.server_acl": 100, "m.room.encryption": 100,
+}  # fmt: skip
+LEVELS_TASK = web.AppKey("dm_levels_task", asyncio.Task)
+
+
+def creation_override() -> dict[str, Any]:
+    """``power_level_content_override`` of a new DM (preset ``private_chat``)."""
+    return {"events": {**_DEFAULT_EVENTS, PINNED_EVENTS: 0}, "redact": 100}
+
+
+async def fix_room(app: web.Application, room_id: str) -> bool:
+    """Bring one DM to the rule; True when it now follows it (or cannot be read at all)."""
+    matrix = app[MATRIX]
+    members = await app[ROOM_MEMBERS].of_room(room_id)
+    ours = [m for m, membership in members.items() if membership == "join"]
+    if not ours:
+        return True  # nobody of ours left to act, nor to be wronged
+    # The bot is not in DMs: read as a member.
+    state = await matrix.get_state(room_id, as_user=ours[0])  # type: ignore[arg-type]
+    creator, levels, joined = None, None, []
+    creators: set[str] = set()
+    for event in state:
+        kind, content = event.get("type"), event.get("content") or {}
+        if kind == "m.room.create":
+            creator = event.get("sender")
+            extra = content.get("additional_creators")
+            creators = {creator, *(extra if isinstance(extra, list) else [])}
+        elif kind == "m.room.power_levels" and event.get("state_key") == "":
+            levels = content
+        elif kind == "m.room.member" and content.get("membership") == "join":
+            joined.append(event["state_key"])
+    if levels is None:
+        return True
+    redact = int(levels.get("redact", 50))
+    users = dict(levels.get("users") or {})
+    too_high = [m for m, lvl in users.items() if m not in creators and int(lvl) >= redact]
+    events = dict(levels.get("events") or {})
+    pins_closed = int(events.get(PINNED_EVENTS, levels.get("state_default", 50))) > 0
+    if not too_high and not pins_closed:
+        return True
+    # Each lowers itself, and opens pins while it still may.
+    for mxid in too_high:
+        if mxid not in joined:
+            continue
+        users[mxid] = 0
+        events[PINNED_EVENTS] = 0
+        await matrix.send_state(
+            room_id,  # type: ignore[arg-type]
+            "m.room.power_levels",
+            {**levels, "users": users, "events": events},
+            as_user=mxid,
+        )
+        levels = {**levels, "users": dict(users), "events": dict(events)}
+        pins_closed = False
+    if pins_closed and creator in joined:
+        events[PINNED_EVENTS] = 0
+        await matrix.send_state(
+            room_id,  # type: ignore[arg-type]
+            "m.room.power_levels",
+            {**levels, "events": events},
+            as_user=creator,
+        )
+    log.info("DM %s: power levels brought to the DM rule", room_id)
+    return True
+
+
+async def fix_all(app: web.Application) -> int:
+    """Every DM not yet at LEVELS_VERSION; returns how many were checked."""
+    store = app[CONVERSATIONS]
+    checked = 0
+    while rooms := await store.directs_below(LEVELS_VERSION):
+        for room_id in rooms:
+            try:
+                await fix_room(app, room_id)
+            except MatrixError as e:
+                # Gone, or no member of ours left to act: nothing more to do there.
+                log.warning("Cannot check the power levels of DM %s: %s", room_id, e)
+            await store.set_levels_version(room_id, LEVELS_VERSION)
+            checked += 1
+    return checked
+
+
+async def _run(app: web.Application) -> None:
+    delay = 2.0
+    while True:
+        try:
+            checked = await fix_all(app)
+            if checked:
+                log.info("Checked the power levels of %d DM(s)", checked)
+            return
+        except (HomeserverUnavailable, OSError) as e:
+            log.info("DM power levels: homeserver not available (%s); retrying", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+def setup(app: web.Application) -> None:
+    async def levels_ctx(app: web.Application) -> AsyncIterator[None]:
+        # One process per deployment: the one that receives transactions.
+        if app[CONFIG]["appservice.receive_transactions"]:
+            app[LEVELS_TASK] = asyncio.create_task(_run(app))
+        yield
+        if (task := app.get(LEVELS_TASK)) is not None:
+            await stop(task)
+
+    app.cleanup_ctx.append(levels_ctx)
