@@ -124,7 +124,7 @@ async def test_kill_at_each_failpoint(tmp_path: Path) -> None:
     """One stack, each failpoint in turn (fresh facades and conversation each time)."""
     async with fault_stack(tmp_path, redis="private", **LIMITS) as fs:
         for n, point in enumerate(POINTS):
-            await burst_through_a_crash(fs, point, total=160, kill_at=20, tag=str(n))
+            await burst_through_a_crash(fs, point, total=100, kill_at=20, tag=str(n))
 
 
 @pytest.mark.soak

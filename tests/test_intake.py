@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,33 @@ async def test_malformed_event_does_not_wedge_intake(client: TestClient) -> None
     assert (await index.get("$weird")).msgtype is None
     assert await index.get("$nd") is None
     assert (await index.get("$fine")).msgtype == "m.text"
+
+
+async def test_a_transaction_outlasting_the_shutdown_wait_is_not_acknowledged(
+    client: TestClient,
+) -> None:
+    """Shutdown waits (bounded) for the transaction being handled, then stops the real-time
+    lanes; one that finishes after that wait gave up may have lost its edits, deletes and
+    receipts in the stopped lanes, so it answers 503 unrecorded and the homeserver sends it
+    to the next receiver."""
+    from bridge.matrix.intake import close
+
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(event: dict) -> None:
+        entered.set()
+        await release.wait()
+
+    client.app[DISPATCHER].on_timeline(slow)
+    body = {"events": [message("$slow")]}
+    put = asyncio.create_task(
+        client.put("/_matrix/app/v1/transactions/s1", json=body, headers=auth(client))
+    )
+    await asyncio.wait_for(entered.wait(), 10)
+    await close(client.app, timeout=0.1)  # gives up waiting: the lanes would stop now
+    release.set()
+    resp = await put
+    assert resp.status == 503, await resp.text()
+    assert (await resp.json())["errcode"]
+    assert await client.app[TXN_LOG].get("s1") is None

@@ -9,6 +9,7 @@ evict the sockets, and restarts it to check sockets are authorised afresh.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import aiohttp
 import socketio
 
 from bridge.api.auth import VERIFIER
-from bridge.context import MATRIX
+from bridge.context import MATRIX, ROOM_MEMBERS
 from bridge.ids import room_id_for_conversation
 from bridge.realtime import ACCESS, SIO
 from bridge.realtime.rooms import conversation_room
@@ -182,12 +183,53 @@ async def test_a_stale_room_membership_is_held_back_at_delivery(stack) -> None:
         await settle(1.0)
         assert o.of("new_message") == [] and o.of("conversation_update") == []
         assert app[ACCESS].held_back > held
-        # And the gate took the socket out of the room.
-        rooms = app[SIO].manager.get_rooms(sid, "/")
-        assert conversation_room(cid) not in rooms, rooms
+
+        # And the gate took the socket out of the room, once a second look agreed.
+        async def out() -> bool:
+            return conversation_room(cid) not in app[SIO].manager.get_rooms(sid, "/")
+
+        await eventually(out, timeout=10)
+        assert o.of("resync") == []
     finally:
         await a.close()
         await o.close()
+
+
+async def test_a_member_read_as_not_joined_for_a_moment_stays_in_and_hears_resync(
+    stack,
+) -> None:
+    """room_member lagging the homeserver for a moment (as after a receiver restart) holds
+    one event back, never takes a member's socket out of the conversation in silence: the
+    second look finds them joined, the socket hears ``resync`` and gets what follows."""
+    app, url = stack.app, stack.bridge_url
+    alice, bob = await crm_user(app, "Alice Sender"), await crm_user(app, "Bob Lagged")
+    conversation = await project_chat(app, [alice, bob])
+    cid, room_id = conversation.conversation_id, conversation.room_id
+    b = await Recorder("bob").connect(url, token(app, bob))
+    members = app[ROOM_MEMBERS]
+    try:
+        async with api_for(app, url, alice) as api:
+
+            async def send(content: str) -> dict[str, Any]:
+                status, sent, _ = await api.post(
+                    "/api/chat/send", {"conversationId": cid, "content": content}
+                )
+                assert status == 201, sent
+                return sent
+
+            await members.set(room_id, bob.mxid, "invite")  # the read that lags
+            app[ACCESS].forget(room_id)
+            held = app[ACCESS].held_back
+            await send("while the row lags")
+            await eventually(lambda: asyncio.sleep(0, app[ACCESS].held_back > held), timeout=10)
+            await members.set(room_id, bob.mxid, "join")  # caught up
+            await b.wait("resync", lambda d: d["conversationId"] == cid, timeout=10)
+            sid = b.client.get_sid("/")
+            assert conversation_room(cid) in app[SIO].manager.get_rooms(sid, "/")
+            after = await send("after the lag")
+            await b.wait("new_message", lambda m: m["_id"] == after["_id"], timeout=10)
+    finally:
+        await b.close()
 
 
 async def test_a_leave_made_in_matrix_takes_sockets_out_on_every_process(stack) -> None:

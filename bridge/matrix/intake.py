@@ -74,6 +74,9 @@ class _Intake:
     # Shutting down: transactions are refused (the homeserver retries them with the next
     # process), so nothing is acknowledged after the real-time side stopped taking work.
     closing: bool = False
+    # Shutdown stopped waiting for the transaction being handled: the real-time side may
+    # have stopped taking its work (edits, deletes, receipts), so it is not acknowledged.
+    abandoned: bool = False
 
 
 _INTAKE = web.AppKey("intake", _Intake)
@@ -194,6 +197,11 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
             # Not recorded: the homeserver will send it again and we handle it then.
             log.exception("Handling transaction %s failed; the homeserver will retry", txn_id)
             raise
+        if intake.abandoned:
+            # Handled after the shutdown gave up on it: its real-time work may have been
+            # dropped. Not acknowledged: the homeserver sends it to the next receiver,
+            # which handles it again (idempotent) and emits it.
+            raise ServiceUnavailable("Shutting down; the homeserver retries with the next process")
         async with receiver.fenced() as conn:
             await txn_log.record(txn_id, digest, len(events) + len(ephemeral), conn=conn)
         intake.gaps.handled(txn_id)
@@ -251,6 +259,7 @@ async def close(app: web.Application, timeout: float = 2.0) -> None:
     try:
         await asyncio.wait_for(intake.lock.acquire(), timeout)
     except TimeoutError:
-        log.warning("A transaction was still being handled at shutdown")
+        intake.abandoned = True
+        log.warning("A transaction was still being handled at shutdown; it is not acknowledged")
     else:
         intake.lock.release()

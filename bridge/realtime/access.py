@@ -16,6 +16,7 @@ gate also checks, at delivery, that a conversation's events reach only its parti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -57,6 +58,10 @@ class Access:
         # an entry is dropped when its room's membership changes.
         self._joined: dict[str, tuple[float, frozenset[str]]] = {}
         self.held_back = 0  # deliveries the gate refused (stale room memberships)
+        # Sockets held back and looked at again after _JOINED_TTL (at most one per socket
+        # and room; each goes when its look is done).
+        self._rechecks: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # Announced to every process.
     async def revoke(self, crm_user_id: str, conversation_id: str) -> None:
@@ -131,9 +136,39 @@ class Access:
         allowed = {sid for sid, user in users.items() if user.mxid in joined}
         for sid in sids - allowed:
             self.held_back += 1
-            log.info("Socket %s was in %s without taking part; taking it out", sid, room)
-            await self.sio.leave_room(sid, room)
+            if (sid, room) not in self._rechecks:
+                # One read is not enough to take a socket out: room_member can lag the
+                # homeserver for a moment (a receiver restarting, a repair rewriting it),
+                # and out of the room the socket would miss every later event in silence.
+                self._rechecks.add((sid, room))
+                asyncio.get_running_loop().call_later(
+                    _JOINED_TTL, self._recheck_later, sid, room, room_id
+                )
         return allowed
+
+    def _recheck_later(self, sid: str, room: str, room_id: str) -> None:
+        task = asyncio.create_task(self._recheck(sid, room, room_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recheck(self, sid: str, room: str, room_id: str) -> None:
+        """A socket held back once: still not joined, it leaves the room; joined after all
+        (the read lagged), it missed an event, so it hears ``resync`` for the conversation."""
+        try:
+            socket = self.sockets.get(sid)
+            if socket is None:
+                return
+            if socket.user.mxid in await self._joined_to(room_id, fresh=True):
+                payload = {"conversationId": conversation_of_room(room), "reason": "membership"}
+                await self.sio.emit("resync", payload, to=sid, ignore_queue=True)
+            else:
+                log.info("Socket %s was in %s without taking part; taking it out", sid, room)
+                await self.sio.leave_room(sid, room)
+        except Exception:
+            # The database away: the next event held back schedules another look.
+            log.warning("Could not check again whether socket %s takes part in %s", sid, room)
+        finally:
+            self._rechecks.discard((sid, room))
 
     # Media URLs signed per user (bridge/chat/media_urls.py).
     def personal(self, event: str, data: Any) -> bool:

@@ -95,11 +95,11 @@ class Fanout:
             *(chat.fetch_event(room_id, e, reader) for e in dict.fromkeys(event_ids))
         )
         found = [e for e in events if e and e.get("content")]
-        room = conversation_room(conversation.conversation_id)
         for message in await chat.messages_from_events(conversation, found):
-            await self.sio.emit(
-                "message_update", {**message, "conversationId": conversation.conversation_id},
-                to=room,
+            # Through the delivery lanes: never ahead of the message it changes (log.py).
+            await self.log.change(
+                room_id, "message_update",
+                {**message, "conversationId": conversation.conversation_id},
             )  # fmt: skip
         if conversation.last_event_id in event_ids:
             self.schedule_change(room_id, slow)  # lastMessage shows the new text
@@ -134,13 +134,13 @@ class Fanout:
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
         if conversation is None:
             return
-        room = conversation_room(conversation.conversation_id)
         for event_id in dict.fromkeys(event_ids):
             payload = {
                 "conversationId": conversation.conversation_id,
                 "messageId": message_id_for_event(event_id),
             }
-            await self.sio.emit("message_deleted", payload, to=room)
+            # Through the delivery lanes: never ahead of the message it removes (log.py).
+            await self.log.change(room_id, "message_deleted", payload)
         self.schedule_change(room_id, slow)
 
     async def resync(self, key: str, reason: str) -> None:

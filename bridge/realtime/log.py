@@ -17,6 +17,11 @@
   after it with ``cursor`` = that row's seq. Announcing twice delivers once.
 * **Gaps.** The process that receives transactions announces, on start and when Redis is
   back, every room whose newest row is past its mark (``recover``).
+* **Changes.** ``message_update`` and ``message_deleted`` ride the same channel as control
+  messages ``{kind: "change", room, event, data}`` and each process emits them to its own
+  sockets from the room's delivery lane: behind the delivery of every message announced
+  before them. (Emitted directly, a delete overtook the lane still delivering its message,
+  and a socket got ``message_deleted`` before the ``new_message`` it removes.)
 
 A failure in a delivery lane (the database away) sends this process's sockets of that
 conversation ``resync`` (they refetch instead of missing a message in silence) and marks
@@ -52,6 +57,9 @@ from .transport import BridgeRedisManager
 log = logging.getLogger("bridge.realtime.log")
 
 LOG_KIND = "log"
+CHANGE_KIND = "change"
+# The events a change announcement may carry (anything else is ignored).
+CHANGE_EVENTS = frozenset({"message_update", "message_deleted"})
 # Rows one announcement may make this process build from the index; more: ``resync``.
 MAX_GAP = 200
 # Rooms remembered per map (LRU); a forgotten room starts again from its next announcement.
@@ -177,7 +185,25 @@ class DeliveryLog:
             log.info("Announced %d conversations whose messages were not announced", announced)
         return announced
 
+    async def change(self, room_id: str, event: str, data: dict[str, Any]) -> None:
+        """Announce a change to messages of the log (an edit, a delete): every process
+        emits it from the room's delivery lane, after the messages announced before it."""
+        payload = {"kind": CHANGE_KIND, "room": room_id, "event": event, "data": data}
+        await self.sio.emit(CONTROL_EVENT, payload, to=CONTROL_ROOM)
+
     # Delivering, in each process.
+    async def change_arrived(self, payload: dict[str, Any]) -> None:
+        room_id, event, data = payload.get("room"), payload.get("event"), payload.get("data")
+        if not isinstance(room_id, str) or event not in CHANGE_EVENTS or not isinstance(data, dict):
+            return
+        room = conversation_room(conversation_id_for_room(room_id))
+
+        async def emit() -> None:
+            if self._has_sockets(room):
+                await self.sio.emit(str(event), data, to=room, ignore_queue=True)
+
+        self.lanes.submit(room_id, emit)
+
     async def arrived(self, payload: dict[str, Any]) -> None:
         """An announcement (ours or another process's): queued on the room's lane."""
         room_id, upto = payload.get("room"), payload.get("upto")

@@ -23,7 +23,7 @@ from ..presence_board import PRESENCE_BOARD
 from .access import Access
 from .ephemeral import Relays
 from .fanout import Fanout
-from .log import LOG_KIND, DeliveryLog
+from .log import CHANGE_KIND, LOG_KIND, DeliveryLog
 from .presence import PresenceTracker
 from .pump import Lanes
 from .registry import FallbackRegistry, MemoryRegistry, RedisRegistry, SocketRegistry
@@ -136,6 +136,7 @@ def context(app: web.Application):
             )
             deliveries.on_drop = delivery_log.resync
             sio.manager.handlers[LOG_KIND] = delivery_log.arrived
+            sio.manager.handlers[CHANGE_KIND] = delivery_log.change_arrived
             if isinstance(sio.manager, BridgeRedisManager):
                 sio.manager.on_sockets_dropped.append(delivery_log.forget_delivered)
             relays = Relays(app, sio, AnnouncedReceiptStore(app[DATABASE]))
