@@ -150,18 +150,23 @@ class DeliveryLog:
             return
         manager = self.sio.manager
         if isinstance(manager, BridgeRedisManager) and not await manager.flush():
-            # Some announcement may not have left: the mark stays behind, and the gap is
-            # announced again (recover), which no socket sees twice.
+            # Some announcement may not have left: the marks wait for the next batch (if it
+            # never leaves, the gap is announced again by recover, no socket sees it twice).
+            await self._requeue(due)
             return
         failpoint("log.published")
         try:
             await self.marks.advance(due)
         except Exception as e:
             log.warning("Could not write the published marks (%r); retrying", e)
-            for room_id, seq in due.items():
-                self._due[room_id] = max(seq, self._due.get(room_id, -1))
-            await asyncio.sleep(1.0)
-            self._wake.set()
+            await self._requeue(due)
+
+    async def _requeue(self, due: dict[str, int]) -> None:
+        """Marks not written: kept for the next batch, tried again in a second."""
+        for room_id, seq in due.items():
+            self._due[room_id] = max(seq, self._due.get(room_id, -1))
+        await asyncio.sleep(1.0)
+        self._wake.set()
 
     async def recover(self, active_since: int = 0) -> int:
         """Announce every conversation (active since ``active_since``, ms) whose newest
