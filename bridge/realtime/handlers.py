@@ -236,7 +236,9 @@ def register(
         """The CRM's own rooms: the user's and their company's (crm_rooms.py)."""
         socket = socket_of(sid)
         name = room_name(data)
-        await sio.enter_room(sid, socket_room(socket.user, name))
+        # Read afresh: the company may have changed since the socket connected.
+        user = await user_for(app, socket.user.crm_user_id, fresh=True)
+        await sio.enter_room(sid, socket_room(user, name))
         return {"room": name}
 
     @sio.on("leave_room")
