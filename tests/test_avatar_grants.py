@@ -9,6 +9,7 @@ from nio import RoomSendResponse
 
 from bridge.chat.service import CHAT
 from bridge.context import EVENT_INDEX, MATRIX
+from bridge.db.media import Media, MediaStore
 from tests.api_support import api_for, crm_user, media_path, png, project_chat
 from tests.conftest import unique
 from tests.helpers import eventually, matrix_user
@@ -77,3 +78,24 @@ async def test_an_avatar_naming_a_posted_file_does_not_publish_it(stack) -> None
     finally:
         await poster.close()
         await mallory.close()
+
+
+async def test_avatar_grants_follow_the_profile_on_both_engines(db) -> None:
+    """The store's rules, on SQLite and PostgreSQL: a grant per (file, owner), none for an
+    upload or a posted file, dropped when the profile shows another avatar or the file is
+    posted in a room."""
+    media = MediaStore(db)
+    own, posted, uploaded = "mxc://hs/own", "mxc://hs/posted", "mxc://hs/uploaded"
+    await media.posted_in(posted, "!a:hs")
+    await media.add(Media(uploaded, "crm-1", "u.png", "u.png", "image/png", 3))
+    await media.avatar_is("@m:hs", posted)
+    await media.avatar_is("@n:hs", uploaded)
+    assert await media.avatar_owners(posted) == [] and await media.avatar_owners(uploaded) == []
+    await media.avatar_is("@m:hs", own)
+    await media.avatar_is("@m:hs", own)  # read again: one grant
+    assert await media.avatar_owners(own) == ["@m:hs"]
+    await media.avatar_is("@m:hs", None)  # the avatar was removed
+    assert await media.avatar_owners(own) == []
+    await media.avatar_is("@m:hs", own)
+    await media.posted_in(own, "!b:hs")  # then posted in a room: readable by its members only
+    assert await media.avatar_owners(own) == []
