@@ -16,6 +16,7 @@ from . import (
     v12_sync_job,
     v13_people,
     v14_guests,
+    v15_avatar_grants,
 )
 from .table import upgrade_table
 
@@ -35,4 +36,5 @@ __all__ = [
     "v12_sync_job",
     "v13_people",
     "v14_guests",
+    "v15_avatar_grants",
 ]
