@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from nio import AsyncClient, RoomMessagesResponse
 
-from bridge.api.imports import _named, allowed, check_address
+from bridge.api.imports import _named, allowed, check_address, checked
 from bridge.context import CONFIG, MATRIX
 from bridge.devstack.synapse import free_port
 from tests.api_support import api_for, crm_user, media_and_sends, media_path, png, project_chat
@@ -56,6 +56,12 @@ async def file_server(limit: int) -> AsyncIterator[str]:
     app.router.add_get("/files/report.png", disguised)
     app.router.add_get("/files/huge.pdf", huge)
     app.router.add_get("/files/slow.png", slow)
+
+    async def lazy(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.6)  # each well inside the timeout, but not all of them in a row
+        return web.Response(body=png(), content_type="image/png")
+
+    app.router.add_get("/files/lazy.png", lazy)
     app.router.add_get("/private/secret.png", cat)
 
     async def moved_in(request: web.Request) -> web.Response:
@@ -64,6 +70,11 @@ async def file_server(limit: int) -> AsyncIterator[str]:
     async def moved_out(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": f"{base}/private/secret.png"})
 
+    async def moved_up(request: web.Request) -> web.Response:
+        # Looks under /files/ as a string, but a client would go to /private/secret.png.
+        return web.Response(status=302, headers={"Location": f"{base}/files/../private/secret.png"})
+
+    app.router.add_get("/files/moved-up", moved_up)
     app.router.add_get("/files/moved-in", moved_in)  # a redirect that stays in the list
     app.router.add_get("/files/moved-out", moved_out)
     runner = web.AppRunner(app, access_log=None)
@@ -188,6 +199,10 @@ async def test_refused_imports_answer_4xx_and_send_nothing(stack) -> None:
             # (prefixes, url, status, errcode, words in the message)
             (listed, f"{files}/private/secret.png", 400, "M_INVALID_PARAM", "import_from"),
             (listed, f"{files}/files/moved-out", 400, "M_IMPORT_FAILED", "redirects outside"),
+            (listed, f"{files}/files/moved-up", 400, "M_IMPORT_FAILED", "redirects outside"),
+            # Path traversal: what aiohttp would send is /private/secret.png.
+            (listed, f"{files}/files/../private/secret.png", 400, "M_INVALID_PARAM", "import_from"),
+            (listed, f"{files}/files/%2e%2e/private/secret.png", 400, "M_INVALID_PARAM", "import"),
             (listed, f"{files}/files/huge.pdf", 413, "M_TOO_LARGE", "larger"),
             (listed, f"{files}/files/slow.png", 400, "M_IMPORT_FAILED", "longer than"),
             (listed, f"{files}/files/missing.png", 400, "M_IMPORT_FAILED", "HTTP 404"),
@@ -207,6 +222,14 @@ async def test_refused_imports_answer_4xx_and_send_nothing(stack) -> None:
                 got, error, _ = await a.post("/api/chat/send", send_body(cid, target))
             assert (got, error["errcode"]) == (status, errcode), (target, error)
             assert words in error["message"], error
+        # Seven imports of 0.6 s each: one deadline (1.5 s) for all of them, 3 at a time,
+        # so the third wave is past it; one after another, each with its own, all would pass.
+        body = send_body(cid, f"{files}/files/lazy.png")
+        body["attachments"] *= 7
+        with importing(app, listed, timeout=1.5):
+            got, error, _ = await a.post("/api/chat/send", body)
+        assert (got, error["errcode"]) == (400, "M_IMPORT_FAILED"), error
+        assert "longer than 1.5 s" in error["message"], error
         # Nothing was sent: not one event in the room, not one send to the homeserver.
         assert media_and_sends(app)[1] == sends
         assert await timeline(app, conv.room_id, alice.mxid) == before
@@ -225,9 +248,34 @@ def test_prefix_matching_and_address_rules() -> None:
     assert not allowed("https://user@crm.example.com/uploads/a.png", listed)
     assert not allowed("ftp://crm.example.com/uploads/a.png", listed)
     assert allowed("http://10.0.0.7:8080/files/a.png", listed)
+    assert allowed("https://CRM.example.com:443/uploads/a%20b.png", listed)
+    # Dot segments and encoded dots, slashes or backslashes: aiohttp (yarl) would normalise
+    # them away and request a path outside the prefix.
+    for traversal in (
+        "https://crm.example.com/uploads/../admin/export.csv",
+        "https://crm.example.com/uploads/%2e%2e/admin/export.csv",
+        "https://crm.example.com/uploads/%2E%2E/admin/export.csv",
+        "https://crm.example.com/uploads/.%2e/admin/export.csv",
+        "https://crm.example.com/uploads/..%2fadmin/export.csv",
+        "https://crm.example.com/uploads/..%5cadmin/export.csv",
+        "https://crm.example.com/uploads/..\\admin/export.csv",
+        "https://crm.example.com/uploads/./a.png",
+        "https://crm.example.com/uploads/..",
+        "http://10.0.0.7:8080/files/../../etc/passwd",
+        "https://crm.example.com:8443/uploads/a.png",
+    ):
+        assert not allowed(traversal, listed), traversal
+    # What is sent is exactly the URL that was checked.
+    sent = checked("https://crm.example.com/uploads/a%20b.png?v=1#top", listed)
+    assert sent is not None and str(sent) == "https://crm.example.com/uploads/a%20b.png?v=1"
     # Only the address a prefix names may be private; loopback and the rest stay refused.
     named = _named(listed)
     assert check_address("10.0.0.7", named) and check_address("93.184.216.34", named)
     for refused in ("10.0.0.8", "127.0.0.1", "169.254.169.254", "192.168.1.1", "::1",
-                    "::ffff:127.0.0.1", "fe80::1", "0.0.0.0", "100.64.0.1"):  # fmt: skip
+                    "::ffff:127.0.0.1", "fe80::1", "0.0.0.0", "100.64.0.1",
+                    # 6to4 and NAT64 addresses that embed a private or loopback IPv4 one
+                    "2002:a00:1::1", "2002:7f00:1::", "64:ff9b::10.0.0.1",
+                    "64:ff9b::127.0.0.1", "64:ff9b::169.254.169.254"):  # fmt: skip
         assert not check_address(refused, named), refused
+    for public in ("2002:5db8:d822::1", "2606:4700::1"):
+        assert check_address(public, named), public

@@ -144,6 +144,27 @@ async def test_voice_notes_are_element_voice_messages_with_durations(stack) -> N
             assert status == 200 and edited["content"] == "listen", edited
             assert edited["attachments"][0]["duration"] == 4.25 and edited["edited"] is True
 
+            # A voice note from Bob's linked Element account: Bob is its sender, but an edit
+            # by his puppet would be ignored (Matrix takes edits from the original's sender
+            # only), so the bridge says where the duration can be set instead of a no-op.
+            uploaded_el, _ = await element.upload(
+                lambda *_: OGG, content_type="audio/ogg", filesize=len(OGG)
+            )
+            from_element = await element.room_send(
+                conv.room_id,
+                "m.room.message",
+                {"msgtype": "m.audio", "body": "note.ogg", "url": uploaded_el.content_uri,
+                 "info": {"mimetype": "audio/ogg", "size": len(OGG)}, VOICE: {}},
+            )  # fmt: skip
+            assert isinstance(from_element, RoomSendResponse), from_element
+            await eventually(lambda: app[EVENT_INDEX].get(from_element.event_id))
+            page = (await b.get(f"/api/chat/messages/{cid}"))[1]["messages"]
+            mine = next(m for m in page if m.get("eventId") == from_element.event_id)
+            body = {"messageId": mine["_id"], "attachmentIndex": 0, "duration": 2.0}
+            status, error, _ = await b.post("/api/chat/update-duration", body)
+            assert (status, error["errcode"]) == (403, "M_FORBIDDEN"), error
+            assert "linked Matrix account" in error["message"], error
+
             # Chrome's MediaRecorder WebM (found to be video/webm) is a voice note too.
             status, recorded, _ = await a.post(
                 "/api/chat/upload", data=form("rec.webm", WEBM, "audio/webm")

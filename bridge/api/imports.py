@@ -6,12 +6,14 @@ from the bytes) and stores it in the Matrix media repository, so the message is 
 Matrix file that Element users see. The fetch is a server-side request to a URL a client
 chose, so it is fenced:
 
-* only URLs under a configured prefix, and every redirect must land under one too;
+* only URLs under a configured prefix, and every redirect must land under one too; the URL
+  is compared as the client will send it (normalised), and a path with dot segments or an
+  encoded dot, slash or backslash is refused;
 * the address connected to is checked after resolution (no DNS trick reaches an internal
   host): loopback, link-local, private and other special addresses are refused unless a
   prefix names that very address as its host (``http://10.0.0.5:8080/files/``);
-* one timeout for the whole fetch (``attachments.import_timeout``), and the upload's size
-  limit while reading.
+* one timeout for the whole fetch (``attachments.import_timeout``), which is also the
+  deadline for all the imports of one send, and the upload's size limit while reading.
 
 Any failure is a 4xx that says what went wrong, raised before anything is sent.
 """
@@ -26,11 +28,13 @@ from urllib.parse import unquote, urljoin, urlsplit
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from ..context import CONFIG
 from ..errors import BadRequest, PayloadTooLarge
 
 MAX_REDIRECTS = 3
+CONCURRENCY = 3  # imports of one send fetched at once
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -51,24 +55,60 @@ def prefixes(app: web.Application) -> list[str]:
     return out
 
 
-def allowed(url: str, under: list[str]) -> bool:
-    """Under one of the prefixes, and a plain http(s) URL (no user info) whose host and port,
-    as parsed, are the prefix's own."""
+# In a path, these would be undone by the client or the server (``/uploads/../admin``,
+# ``%2e%2e``, an encoded slash or backslash): refused rather than guessed at.
+_DOT_SEGMENTS = (".", "..")
+_ENCODED = ("%2e", "%2f", "%5c", "\\")
+
+
+def checked(url: str, under: list[str]) -> URL | None:
+    """The URL exactly as it will be sent, if it is a plain http(s) URL (no user info, no dot
+    segments, no encoded dot, slash or backslash in its path) under one of the prefixes,
+    compared after normalisation with the prefix's own scheme, host and port; else None."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
-        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None
+    path = parts.path.lower()
+    if any(code in path for code in _ENCODED):
+        return None
+    if any(segment in _DOT_SEGMENTS for segment in path.split("/")):
+        return None
+    try:
+        normal = URL(url).with_fragment(None)
+        target = URL(str(normal), encoded=True)
+    except (ValueError, TypeError):
+        return None
     for prefix in under:
-        if not url.startswith(prefix):
+        try:
+            mine = URL(prefix)
+        except (ValueError, TypeError):
             continue
-        mine = urlsplit(prefix)
-        if (mine.hostname, mine.port) == (parts.hostname, parts.port):
-            return True
-    return False
+        same_origin = (mine.scheme, mine.host, mine.port) == (
+            target.scheme, target.host, target.port
+        )  # fmt: skip
+        if same_origin and target.raw_path.startswith(mine.raw_path):
+            return target
+    return None
+
+
+def allowed(url: str, under: list[str]) -> bool:
+    return checked(url, under) is not None
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def _special(ip: Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 addresses that carry an IPv4 one: judged by that (::ffff:127.0.0.1 is
+        # loopback too; 6to4 2002:0a00:0001:: and NAT64 64:ff9b::10.0.0.1 reach 10.0.0.1).
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and _special(embedded):
+            return True
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
 
@@ -112,41 +152,70 @@ def check_address(host: str, named: set[Address]) -> bool:
     return ip in named or not _special(ip)
 
 
-async def fetch(app: web.Application, url: str) -> tuple[str, bytes]:
-    """(the file name the URL shows, its bytes), or a 4xx saying why not."""
+async def fetch_all(app: web.Application, urls: list[str]) -> list[tuple[str, bytes]]:
+    """All of one send's imports, in order: at most CONCURRENCY at a time and one deadline
+    (``attachments.import_timeout`` from now) for them all, so a send with many attachments
+    is held no longer than one import. The first failure cancels the rest."""
+    deadline = asyncio.get_running_loop().time() + _timeout(app)
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(url: str) -> tuple[str, bytes]:
+        async with gate:
+            return await fetch(app, url, deadline)
+
+    tasks = [asyncio.ensure_future(one(url)) for url in urls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _timeout(app: web.Application) -> float:
+    return float(app[CONFIG].get("attachments.import_timeout") or 10)
+
+
+async def fetch(app: web.Application, url: str, deadline: float | None = None) -> tuple[str, bytes]:
+    """(the file name the URL shows, its bytes), or a 4xx saying why not. Given a deadline
+    (the loop's clock), the fetch ends by then."""
     under = prefixes(app)
-    if not allowed(url, under):
+    target = checked(url, under)
+    if target is None:
         raise ImportFailed(
             "Each attachment must be a file returned by /api/chat/upload, or a URL under "
             "attachments.import_from"
         )
-    config = app[CONFIG]
-    limit = int(config["api.max_upload_size"])
-    timeout = float(config.get("attachments.import_timeout") or 10)
+    limit = int(app[CONFIG]["api.max_upload_size"])
+    timeout = _timeout(app)
+    if deadline is None:
+        deadline = asyncio.get_running_loop().time() + timeout
     named = _named(under)
     connector = aiohttp.TCPConnector(resolver=_CheckedResolver(named), use_dns_cache=False)
     try:
-        async with aiohttp.ClientSession(
-            connector=connector, trust_env=False, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as session:
-            return await asyncio.wait_for(_follow(session, url, under, named, limit), timeout)
+        # One clock for the whole fetch (redirects, body): no task of its own to orphan.
+        async with asyncio.timeout_at(deadline):
+            async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+                return await _follow(session, target, under, named, limit)
     except TimeoutError as e:
-        raise ImportFailed(f"Fetching the attachment took longer than {timeout:g} s") from e
+        raise ImportFailed(f"Fetching the attachments took longer than {timeout:g} s") from e
     except aiohttp.ClientError as e:
         raise ImportFailed(f"The attachment could not be fetched ({type(e).__name__})") from e
 
 
 async def _follow(
-    session: aiohttp.ClientSession, url: str, under: list[str], named: set[Address], limit: int
+    session: aiohttp.ClientSession, url: URL, under: list[str], named: set[Address], limit: int
 ) -> tuple[str, bytes]:
     for _ in range(MAX_REDIRECTS + 1):
-        host = urlsplit(url).hostname or ""
+        host = url.host or ""
         if not check_address(host, named):
             raise ImportFailed(f"The file's host {host} is an address not allowed")
+        # The URL object as checked, sent as is (encoded): nothing normalises it after.
         async with session.get(url, allow_redirects=False) as response:
             if response.status in (301, 302, 303, 307, 308):
-                target = urljoin(url, response.headers.get("Location", ""))
-                if not allowed(target, under):
+                location = urljoin(str(url), response.headers.get("Location", ""))
+                target = checked(location, under)
+                if target is None:
                     raise ImportFailed("The attachment's URL redirects outside import_from")
                 url = target
                 continue
@@ -169,5 +238,5 @@ async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _name_of(url: str) -> str:
-    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+def _name_of(url: URL) -> str:
+    return unquote(url.raw_path.rsplit("/", 1)[-1])

@@ -90,10 +90,13 @@ async def _resolve_attachments(
                 raise InvalidParam(f"Each attachment must be a file returned by {UPLOAD}{also}")
             to_import.append(len(found))
         found.append((item, media))
+    # All fetched (under one deadline) before any is stored.
+    urls = [found[i][0].url for i in to_import]
+    fetched = dict(zip(to_import, await imports.fetch_all(service.app, urls), strict=True))
     resolved = []
     for index, (item, media) in enumerate(found):
         if index in to_import:
-            name, data = await imports.fetch(service.app, item.url)
+            name, data = fetched[index]
             checked = check_files(service.app, [(item.originalName or item.filename or name, data)])
             stored = (await store_files(service.app, user, checked))[0]
             media = await service.media.get(serialize.mxc_of_url(stored["url"]) or "")

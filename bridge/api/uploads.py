@@ -136,7 +136,7 @@ async def _serve(
     mxc = f"mxc://{server}/{media_id}"
     media = request.app[CHAT].media
     # Same answer whether the file is missing or not yours: no hint that it exists.
-    if not await media.may_download(mxc, user.crm_user_id, user.mxids):
+    if not await request.app[CHAT].may_download(mxc, user):
         raise NotFound("File not found")
     known = await media.get(mxc)
     try:

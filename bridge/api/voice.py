@@ -40,6 +40,13 @@ async def update_duration(
     req = parse(UpdateDurationBody, body)
     conversation, event = await locate(service, user, req.messageId, req.conversationId)
     if event["sender"] != user.mxid:
+        if event["sender"] in user.mxids:
+            # An edit counts only from the original's sender (Matrix, and enrich.py): one
+            # from the puppet on the linked account's message would be ignored everywhere.
+            raise Forbidden(
+                "This message was sent from your linked Matrix account: its duration can "
+                "only be set from there"
+            )
         raise Forbidden("Only the sender may set a message's duration")
     current = await message_of(service, user, conversation, event)
     attachments = current.get("attachments") or []

@@ -187,14 +187,26 @@ class ChatService:
             self._profiles[mxid] = (time.monotonic() - _PROFILE_TTL + _PROFILE_RETRY, fallback)
             return fallback
         avatar = profile.get("avatar_url") if isinstance(profile, dict) else None
-        if isinstance(avatar, str) and avatar.startswith("mxc://"):
-            # Shown as this user's avatar, so any CRM user may fetch it (as on Matrix, where
-            # profiles are visible to everyone on the server).
-            await self.media.mark_public(avatar)
+        # Shown as this user's avatar, so any CRM user may fetch it (as on Matrix, where
+        # profiles are visible to everyone on the server), while it is: never a file posted
+        # in a room or uploaded through us (db/media.py).
+        mxc = avatar if isinstance(avatar, str) and avatar.startswith("mxc://") else None
+        await self.media.avatar_is(mxid, mxc)
         if len(self._profiles) >= _PROFILE_CACHE_SIZE:
             self._profiles.clear()  # crude but bounded; entries refill on demand
         self._profiles[mxid] = (time.monotonic(), profile)
         return profile
+
+    async def may_download(self, mxc: str, user: CrmUser) -> bool:
+        """The uploader, a member of a room it was posted in, or anyone if it is the current
+        avatar of a user whose profile showed it (checked again here: a grant is honoured
+        only while the avatar is still that file, as of the profile cache)."""
+        if await self.media.may_download(mxc, user.crm_user_id, user.mxids):
+            return True
+        for owner in await self.media.avatar_owners(mxc):
+            if (await self.profile(owner)).get("avatar_url") == mxc:
+                return True
+        return False
 
     async def user_object(self, mxid_or_user: str | CrmUser) -> dict[str, Any]:
         if isinstance(mxid_or_user, CrmUser):

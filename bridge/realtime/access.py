@@ -46,10 +46,11 @@ EXPIRED = {"message": "The access token has expired", "errcode": "M_UNKNOWN_TOKE
 _JOINED_TTL = 2.0
 _JOINED_CACHE = 10000
 # Events whose payload may carry media URLs (attachments, avatars): each socket gets them
-# signed for its own user.
+# signed for its own user. Every outgoing event whose model holds a User or a Message is here
+# (tests/test_personal_events.py checks it against api/contract.py).
 PERSONAL_EVENTS = frozenset(
     {"new_message", "message_update", "message_sent", "conversation_update", "message_pinned",
-     "user_online", "user_typing"}
+     "message_unpinned", "user_online", "user_typing"}
 )  # fmt: skip
 
 

@@ -16,7 +16,8 @@ from . import (
     v12_sync_job,
     v13_people,
     v14_guests,
-    v15_relation_announced,
+    v15_avatar_grants,
+    v16_relation_announced,
 )
 from .table import upgrade_table
 
@@ -36,5 +37,6 @@ __all__ = [
     "v12_sync_job",
     "v13_people",
     "v14_guests",
-    "v15_relation_announced",
+    "v15_avatar_grants",
+    "v16_relation_announced",
 ]

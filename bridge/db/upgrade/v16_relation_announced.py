@@ -8,6 +8,6 @@ from .table import upgrade_table
 
 
 @upgrade_table.register(description="relations: announced once")
-async def upgrade_v15(conn: Connection) -> None:
+async def upgrade_v16(conn: Connection) -> None:
     # Rows from before were announced when they were handled: 1. New rows start at 0.
     await conn.execute("ALTER TABLE relation ADD COLUMN announced INTEGER NOT NULL DEFAULT 1")
