@@ -1,7 +1,8 @@
 """Taking access away: the directory tells the real-time side the moment it applies it.
 
-A member removed from a room (kicked, or left on deactivation) and a deactivated user must
-lose their open sockets' view at once, not when the homeserver's transaction brings the
+A member removed from a room (kicked, or left on deactivation), a deactivated user and a
+user moved to another company (out of the old ``company_<id>`` room) must lose their open
+sockets' view at once, not when the homeserver's transaction brings the
 leave back (that path still runs, as a second route). Listeners are registered by the
 real-time side; a failing listener is logged and never undoes the directory's change.
 """
@@ -15,12 +16,14 @@ log = logging.getLogger("bridge.revocation")
 
 MemberLeft = Callable[[str, str], Awaitable[None]]
 UserDeactivated = Callable[[str], Awaitable[None]]
+CompanyLeft = Callable[[str, str], Awaitable[None]]
 
 
 class Revocations:
     def __init__(self) -> None:
         self.on_member_left: list[MemberLeft] = []
         self.on_user_deactivated: list[UserDeactivated] = []
+        self.on_company_left: list[CompanyLeft] = []
 
     async def member_left(self, room_id: str, mxid: str) -> None:
         """``mxid`` no longer takes part in ``room_id`` (already recorded in room_member)."""
@@ -37,3 +40,11 @@ class Revocations:
                 await listener(crm_user_id)
             except Exception:
                 log.exception("Revoking the sockets of deactivated %s failed", crm_user_id)
+
+    async def company_left(self, crm_user_id: str, company_id: str) -> None:
+        """The CRM user's directory entry no longer names ``company_id`` (recorded)."""
+        for listener in list(self.on_company_left):
+            try:
+                await listener(crm_user_id, company_id)
+            except Exception:
+                log.exception("Taking %s out of company %s failed", crm_user_id, company_id)

@@ -360,3 +360,44 @@ async def test_admin_tools_pull_the_directory_where_pull_mode_is_configured(stac
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_user_moved_to_another_company_leaves_the_old_company_room(stack) -> None:
+    """The directory moves Bob to another company while his socket is in the old company's
+    room: it leaves that room at once (his socket hears the old company's events no more)
+    and may not join it again; the new company's room it may join."""
+    app, url = stack.app, stack.bridge_url
+    directory = Directory(url, stack.config["admin_api.token"])
+    acme, other_co = unique("acme"), unique("other")
+    bob_id = unique("bob")
+    await put_user(directory, bob_id, name="Bob Mover", companyId=acme)
+    (bob,) = await users(app, bob_id)
+    sock = await Recorder("bob").connect(url, token(app, bob))
+    admin = {"Authorization": f"Bearer {stack.config['admin_api.token']}"}
+    try:
+        async with aiohttp.ClientSession(headers=admin) as session:
+
+            async def push(body: Any) -> None:
+                async with session.post(f"{url}/api/admin/v1/events", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+
+            assert await sock.call("join_room", f"company_{acme}") == {"room": f"company_{acme}"}
+            await push({"companyId": acme, "event": "new_notification", "data": 1})
+            await sock.wait("new_notification", lambda d: d == 1)
+
+            moved = await put_user(directory, bob_id, name="Bob Mover", companyId=other_co)
+            assert moved["companyId"] == other_co
+            await push({"companyId": acme, "event": "new_notification", "data": 2})
+            await push({"userId": bob_id, "event": "new_lead", "data": "after"})
+            await sock.wait("new_lead", lambda d: d == "after")
+            assert sock.of("new_notification") == [1]
+
+            # The socket's connect-time view is not trusted: the old room is refused now.
+            refused = await sock.call("join_room", f"company_{acme}")
+            assert refused["errcode"] == "M_FORBIDDEN", refused
+            joined = await sock.call("join_room", f"company_{other_co}")
+            assert joined == {"room": f"company_{other_co}"}
+            await push({"companyId": other_co, "event": "new_notification", "data": 3})
+            await sock.wait("new_notification", lambda d: d == 3)
+    finally:
+        await sock.close()

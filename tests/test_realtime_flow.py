@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import aiohttp
 import socketio
 from nio import PresenceGetResponse, RoomSendResponse
 
-from bridge.context import CONVERSATIONS, ROOM_MEMBERS, USERS
+from bridge.context import CONVERSATIONS, EVENT_INDEX, ROOM_MEMBERS, USERS
 from bridge.db.crm_user import CrmUser
 from bridge.realtime import REALTIME
 from tests.api_support import api_for, token
@@ -293,3 +294,41 @@ async def test_bad_tokens_are_refused_at_connect(stack) -> None:
             "M_USER_NOT_SYNCED",
         )
         assert refusals[0]["message"]
+
+
+async def test_message_stamped_in_the_past_reaches_an_open_socket(stack) -> None:
+    """``origin_ts`` is the sender's homeserver's clock (a federated guest's server sets it
+    freely): a message stamped an hour early, indexed and announced after the socket
+    connected, still reaches it. The first delivery starts at the seq the room had when the
+    socket entered, never at a time."""
+    app, url = stack.app, stack.bridge_url
+    directory = Directory(url, stack.config["admin_api.token"])
+    alice = await user_of(app, await directory.user("Alice Skew"))
+    bob = await user_of(app, await directory.user("Bob Skew"))
+    members = [alice.crm_user_id, bob.crm_user_id]
+    project = await directory.project(unique("p"), "Clock skew", members, alice.crm_user_id)
+    cid = conversation_of(project)
+    conv = await app[CONVERSATIONS].get(cid)
+    for user in (alice, bob):
+        await eventually(lambda user=user: _joined(app, conv.room_id, user.mxid))
+    a = await Recorder("alice").connect(url, token(app, alice))
+    try:
+        # Bob's puppet sends with a timestamp an hour back (the appservice `ts` parameter,
+        # as a skewed homeserver would stamp it); it arrives in a real transaction.
+        old_ts = int(datetime.now(UTC).timestamp() * 1000) - 3_600_000
+        homeserver = str(stack.config["homeserver.address"]).rstrip("/")
+        path = f"/_matrix/client/v3/rooms/{conv.room_id}/send/m.room.message/{unique('t')}"
+        headers = {"Authorization": f"Bearer {stack.config['appservice.as_token']}"}
+        body = {"msgtype": "m.text", "body": "stamped an hour early"}
+        async with aiohttp.ClientSession() as session:
+            params = {"user_id": bob.mxid, "ts": str(old_ts)}
+            put = session.put(homeserver + path, json=body, params=params, headers=headers)
+            async with put as r:
+                assert r.status == 200, await r.text()
+                event_id = (await r.json())["event_id"]
+        row = await eventually(lambda: app[EVENT_INDEX].get(event_id))
+        assert row.origin_ts == old_ts
+        got = await a.wait("new_message", lambda m: m.get("content") == "stamped an hour early")
+        assert got["conversationId"] == cid and got["cursor"]
+    finally:
+        await a.close()

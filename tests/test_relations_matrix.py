@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
 from nio import RoomPutStateResponse, RoomRedactResponse, RoomSendResponse
 
@@ -257,3 +258,60 @@ async def _last_is(api: Any, cid: str, message_id: str) -> bool:
     listing = (await api.get("/api/chat/conversations"))[1]
     mine = next(c for c in listing if c["_id"] == cid)
     return (mine["lastMessage"] or {}).get("_id") == message_id
+
+
+async def test_a_pin_handled_twice_is_announced_once(stack) -> None:
+    """The same pin state event dispatched again (a transaction redelivered after a crash
+    before it was recorded, or handled by a standby while the old receiver finished it):
+    the pin stays, and ``message_pinned`` / ``message_update`` go out once."""
+    app, url, config = stack.app, stack.bridge_url, stack.config
+    directory = Directory(url, config["admin_api.token"])
+    element = await matrix_user(stack.synapse, unique("el"))
+    carol_id = await person(directory, "Carol Pins", "admin", matrix_id=element.user_id)
+    alice_id = await person(directory, "Alice Pins", "employee")
+    project = await directory.project(unique("p"), "Pins twice", [alice_id, carol_id], carol_id)
+    room_id = project["roomId"]
+    cid = conversation_id_for_room(room_id)
+    alice, _ = await users(app, alice_id, carol_id)
+    a_sock = await Recorder("alice").connect(url, token(app, alice))
+    try:
+        await accept_invite(element, room_id)
+        root_event = await send(element, room_id, text("pin me"))
+        root = message_id_for_event(root_event)
+        await eventually(lambda: app[EVENT_INDEX].get(root_event))
+        pinned = await element.room_put_state(
+            room_id, "m.room.pinned_events", {"pinned": [root_event]}
+        )
+        assert isinstance(pinned, RoomPutStateResponse), pinned
+        await a_sock.wait("message_pinned", lambda m: m["messageId"] == root)
+        await a_sock.wait("message_update", lambda m: m["_id"] == root and m["isPinned"])
+        await settle(1.0)
+        mark = len(a_sock.events)
+
+        # The homeserver's own copy of the event, dispatched again in a new transaction.
+        homeserver = str(config["homeserver.address"]).rstrip("/")
+        as_auth = {"Authorization": f"Bearer {config['appservice.as_token']}"}
+        hs_auth = {"Authorization": f"Bearer {config['appservice.hs_token']}"}
+        async with aiohttp.ClientSession() as session:
+            get = f"{homeserver}/_matrix/client/v3/rooms/{room_id}/event/{pinned.event_id}"
+            async with session.get(get, headers=as_auth) as resp:
+                assert resp.status == 200, await resp.text()
+                event = {**(await resp.json()), "room_id": room_id}
+            put = f"{url}/_matrix/app/v1/transactions/{unique('again')}"
+            async with session.put(put, json={"events": [event]}, headers=hs_auth) as resp:
+                assert resp.status == 200, await resp.text()
+        await settle(2.0)
+        again = [
+            name for name, data in a_sock.events[mark:]
+            if name in ("message_pinned", "message_unpinned", "message_update")
+        ]  # fmt: skip
+        assert again == []
+        status, body, _ = await api_get(app, url, alice, f"/api/chat/pinned-messages/{cid}")
+        assert status == 200 and [m["_id"] for m in body["data"]] == [root]
+    finally:
+        await a_sock.close()
+
+
+async def api_get(app: Any, url: str, user: Any, path: str) -> tuple[int, Any, Any]:
+    async with api_for(app, url, user) as api:
+        return await api.get(path)

@@ -4,26 +4,26 @@ messages.
 DMs used to be created with ``trusted_private_chat``, which gives the invitee the creator's
 power (level 100; in room version 12 Synapse makes the invitee an additional creator), so
 either could redact the other's messages. New DMs use ``private_chat`` (the invitee stays at
-0) with pins open to everybody. Existing DMs are brought to that rule once, on start of the
-process that receives transactions: every member above the redact level who is not a
-creator lowers itself (a user may always lower their own level). A creator's power in room
-version 12 is implicit and cannot be lowered: for those rooms, and always, the facade's
-delete (``actions.delete``) refuses the other's messages in a DM whatever the levels say.
+0) with pins open to everybody. Existing DMs are brought to that rule once, by the process
+that holds the receiver lock (a duty: it moves with the lock), room by room until each is
+done (a 5xx or a rate limit leaves the room for the next pass): every member above the
+redact level who is not a creator lowers itself (a user may always lower their own level).
+A creator's power in room version 12 is implicit and cannot be lowered: for those rooms,
+and always, the facade's delete (``actions.delete``) refuses the other's messages in a DM
+whatever the levels say.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from ..context import CONFIG, CONVERSATIONS, MATRIX, ROOM_MEMBERS
+from ..context import CONVERSATIONS, MATRIX, RECEIVER, ROOM_MEMBERS
 from ..errors import HomeserverUnavailable
 from ..matrix.homeserver import MatrixError
-from ..tasks import stop
 
 log = logging.getLogger("bridge.api.dm_levels")
 
@@ -36,7 +36,6 @@ _DEFAULT_EVENTS = {
     "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
     "m.room.server_acl": 100, "m.room.encryption": 100,
 }  # fmt: skip
-LEVELS_TASK = web.AppKey("dm_levels_task", asyncio.Task)
 
 
 def creation_override() -> dict[str, Any]:
@@ -100,43 +99,49 @@ async def fix_room(app: web.Application, room_id: str) -> bool:
     return True
 
 
-async def fix_all(app: web.Application) -> int:
-    """Every DM not yet at LEVELS_VERSION; returns how many were checked."""
+async def fix_all(app: web.Application) -> tuple[int, int]:
+    """Every DM not yet at LEVELS_VERSION: how many were brought to it, and how many are
+    left for a later pass (the homeserver failed there). Only a done room, or one that
+    cannot be fixed (403: no member of ours may act; 404: gone), is marked."""
     store = app[CONVERSATIONS]
-    checked = 0
-    while rooms := await store.directs_below(LEVELS_VERSION):
+    checked, later = 0, set[str]()
+    # Past the rooms left for later, so they never hide the others.
+    while rooms := [
+        room_id
+        for room_id in await store.directs_below(LEVELS_VERSION, limit=500 + len(later))
+        if room_id not in later
+    ]:
         for room_id in rooms:
             try:
                 await fix_room(app, room_id)
             except MatrixError as e:
-                # Gone, or no member of ours left to act: nothing more to do there.
-                log.warning("Cannot check the power levels of DM %s: %s", room_id, e)
+                if e.status not in (403, 404):
+                    log.warning("DM %s: power levels not fixed yet (%s); trying again", room_id, e)
+                    later.add(room_id)
+                    continue
+                log.warning("Cannot fix the power levels of DM %s: %s", room_id, e)
             await store.set_levels_version(room_id, LEVELS_VERSION)
             checked += 1
-    return checked
+    return checked, len(later)
 
 
-async def _run(app: web.Application) -> None:
-    delay = 2.0
+async def run(app: web.Application, delay: float = 2.0) -> None:
+    """The receiver's duty: passes until every DM is at the rule, backing off between them
+    while the homeserver fails (a rate limit, a 5xx, an outage)."""
     while True:
         try:
-            checked = await fix_all(app)
+            checked, later = await fix_all(app)
             if checked:
                 log.info("Checked the power levels of %d DM(s)", checked)
-            return
+            if not later:
+                return
         except (HomeserverUnavailable, OSError) as e:
             log.info("DM power levels: homeserver not available (%s); retrying", e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 60.0)
 
 
 def setup(app: web.Application) -> None:
-    async def levels_ctx(app: web.Application) -> AsyncIterator[None]:
-        # One process per deployment: the one that receives transactions.
-        if app[CONFIG]["appservice.receive_transactions"]:
-            app[LEVELS_TASK] = asyncio.create_task(_run(app))
-        yield
-        if (task := app.get(LEVELS_TASK)) is not None:
-            await stop(task)
-
-    app.cleanup_ctx.append(levels_ctx)
+    # One process per deployment: the one holding the receiver lock (matrix/receiver.py);
+    # a standby takes the duty over with the lock, and a facade never runs it.
+    app[RECEIVER].duty("dm-levels", lambda: run(app))

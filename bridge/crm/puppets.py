@@ -146,6 +146,10 @@ async def apply_user(app: web.Application, change: UserChange, write: Writer) ->
         if not spec.active and change.row is not None and change.row.active:
             # Recorded inactive: the user's sockets close now (connecting again is refused).
             await app[REVOCATIONS].user_deactivated(spec.crm_user_id)
+        old_company = change.row.company_id if change.row is not None else None
+        if old_company is not None and old_company != spec.company_id:
+            # Recorded in another company: the sockets leave the old company's room now.
+            await app[REVOCATIONS].company_left(spec.crm_user_id, old_company)
     if change.deactivate:
         await write(matrix.set_presence(mxid, "offline"))  # type: ignore[arg-type]
         for room_id in change.leave_rooms:

@@ -4,7 +4,9 @@ A row says that ``event_id`` relates to ``target`` by ``rel_type``: ``m.replace`
 ``m.annotation`` (a reaction, ``key`` the emoji), ``m.thread`` (a thread reply),
 ``m.in_reply_to`` (a reply), ``m.redaction`` or ``m.room.pinned_events`` (a pin change).
 Redaction and pin rows remember what they did, so handling one twice (the facade's own
-call, then the transaction) has one effect. For a redaction ``key`` is ``message`` when a
+call, then the transaction) has one effect. ``announced`` says whether the change went out
+on the socket: a transaction handled twice (redelivered after a crash, or by a standby
+while the old receiver finished) announces it once. For a redaction ``key`` is ``message`` when a
 message went away and ``parent`` the message whose view changed; for a pin change ``key``
 lists the messages pinned or unpinned (JSON).
 """
@@ -50,12 +52,23 @@ class RelationStore:
     async def add(self, rel: Relation) -> bool:
         """Index a relation; True when it was new. Safe to call twice."""
         added = await self.db.fetchval(
-            f"INSERT INTO relation ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            f"INSERT INTO relation ({COLUMNS}, announced) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0) "
             "ON CONFLICT (event_id, rel_type) DO NOTHING RETURNING event_id",
             rel.event_id, rel.rel_type, rel.room_id, rel.sender, rel.target, rel.key,
             rel.origin_ts, rel.parent,
         )  # fmt: skip
         return added is not None
+
+    async def claim_announcement(self, event_id: str, rel_types: list[str]) -> bool:
+        """Whether this call is the first to announce the event's change (its rows of
+        these types were not announced yet): a transaction handled twice announces once."""
+        claimed = await self.db.fetch(
+            "UPDATE relation SET announced=1 WHERE event_id=$1 AND announced=0 "
+            f"AND rel_type IN ({_in(rel_types, 2)}) RETURNING event_id",
+            event_id, *rel_types,
+        )  # fmt: skip
+        return bool(claimed)
 
     async def get(self, event_id: str, rel_type: str) -> Relation | None:
         row = await self.db.fetchrow(

@@ -227,15 +227,20 @@ class RoomEventIndex:
         )  # fmt: skip
         return RoomEvent(**row) if row else None
 
-    async def since(self, room_id: str, ts: int, upto_seq: int, limit: int) -> list[RoomEvent]:
-        """Up to ``limit`` rows of a room from ``ts`` on (origin ms) with seq <= upto_seq,
-        the newest ones, oldest first."""
-        rows = await self.db.fetch(
-            f"SELECT {COLUMNS} FROM room_event WHERE room_id=$1 AND origin_ts >= $2 "
-            "AND seq <= $3 ORDER BY seq DESC LIMIT $4",
-            room_id, ts, upto_seq, limit,
-        )  # fmt: skip
-        return [RoomEvent(**row) for row in reversed(rows)]
+    async def newest_seqs(self, room_ids: list[str]) -> dict[str, int]:
+        """Per room, its highest seq (rooms with no row are left out), a few hundred rooms
+        per statement."""
+        found: dict[str, int] = {}
+        for start in range(0, len(room_ids), 500):
+            chunk = room_ids[start : start + 500]
+            placeholders = ", ".join(f"${i + 1}" for i in range(len(chunk)))
+            rows = await self.db.fetch(
+                "SELECT room_id, MAX(seq) AS seq FROM room_event "
+                f"WHERE room_id IN ({placeholders}) GROUP BY room_id",
+                *chunk,
+            )
+            found.update({row["room_id"]: row["seq"] for row in rows})
+        return found
 
     async def at_or_before(self, room_id: str, seq: int) -> RoomEvent | None:
         """The room's row at ``seq``, or the newest before it."""

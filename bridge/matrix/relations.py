@@ -55,6 +55,9 @@ class Effect:
     unpinned: list[str] = field(default_factory=list)
     by: str | None = None
     at: int | None = None
+    # The event and its relation rows: announced once, whoever handles it again (notify).
+    event_id: str | None = None
+    rel_types: list[str] = field(default_factory=list)
 
 
 Listener = Callable[[Effect], Awaitable[None]]
@@ -210,7 +213,7 @@ async def apply(app: web.Application, event: dict[str, Any]) -> Effect | None:
         return None
     store = app[RELATIONS].store
     ts = int(event.get("origin_server_ts") or time.time() * 1000)
-    effect = Effect(room_id)
+    effect = Effect(room_id, event_id=event["event_id"], rel_types=[r for r, _, _ in found])
     for rel_type, target, key in found:
         relation = Relation(event["event_id"], rel_type, room_id, event["sender"], target, key, ts)
         await store.add(relation)
@@ -243,7 +246,7 @@ async def _redact(app: web.Application, event: dict[str, Any]) -> Effect | None:
             int(event.get("origin_server_ts") or time.time() * 1000), parent,
         )  # fmt: skip
         await store.add(done)
-    effect = Effect(room_id, redaction=True)
+    effect = Effect(room_id, redaction=True, event_id=event["event_id"], rel_types=[REDACTION])
     if done.parent:
         effect.changed.append(done.parent)
     if done.key == "message":
@@ -270,10 +273,11 @@ async def _pinned(app: web.Application, event: dict[str, Any]) -> Effect:
     if done is not None:
         recorded = json.loads(done.key or "[]")
         if isinstance(recorded, list):  # recorded before pins and unpins were told apart
-            return Effect(room_id, changed=recorded)
+            return Effect(room_id, changed=recorded, event_id=done.event_id, rel_types=[PINNED])
         return Effect(
             room_id, changed=recorded["p"] + recorded["u"], pinned=recorded["p"],
             unpinned=recorded["u"], by=done.sender, at=done.origin_ts,
+            event_id=done.event_id, rel_types=[PINNED],
         )  # fmt: skip
     content = event.get("content") if isinstance(event.get("content"), dict) else {}
     listed = content.get("pinned") if isinstance(content.get("pinned"), list) else []
@@ -289,7 +293,7 @@ async def _pinned(app: web.Application, event: dict[str, Any]) -> Effect:
     )  # fmt: skip
     return Effect(
         room_id, changed=pinned + unpinned, pinned=pinned, unpinned=unpinned,
-        by=event["sender"], at=ts,
+        by=event["sender"], at=ts, event_id=event["event_id"], rel_types=[PINNED],
     )  # fmt: skip
 
 
@@ -305,8 +309,17 @@ async def read_position(app: web.Application, room_id: str, event_id: str) -> Ro
 
 
 async def notify(app: web.Application, effect: Effect | None) -> None:
+    """Tell the listeners (the socket fan-out) what the event changed, once per event: the
+    same transaction handled twice (redelivered after a crash before it was recorded, or a
+    process that lost the receiver lock finishing it while the standby handles the retry)
+    finds it announced and tells nobody again. Claimed before telling: a crash in between
+    loses the socket's update (a refetch shows it), never sends ``message_pinned`` twice."""
     if effect is None or not (effect.changed or effect.deleted):
         return
+    if effect.event_id is not None and effect.rel_types:
+        store = app[RELATIONS].store
+        if not await store.claim_announcement(effect.event_id, effect.rel_types):
+            return
     for listener in list(app[RELATIONS].listeners):
         try:
             await listener(effect)

@@ -4,6 +4,9 @@ A socket is authorised at connect, but access can end while it is open:
 
 * removed from a conversation (the directory kicks the puppet, or a leave arrives from
   Matrix): every process takes the user's sockets out of the conversation's room;
+* moved to another company by the directory: every process takes the user's sockets out
+  of the old ``company_<id>`` room (``join_room`` reads the user afresh, so it cannot be
+  joined again);
 * deactivated: every process sends ``error {errcode: M_USER_DEACTIVATED}`` to the user's
   sockets and closes them (connecting again is refused);
 * the token expires: ``error {errcode: M_UNKNOWN_TOKEN}``, then the socket closes, so the
@@ -28,6 +31,7 @@ from ..api.auth import SEEN_USERS
 from ..chat.media_urls import has_media, media_signer
 from ..context import CONVERSATIONS, ROOM_MEMBERS, USERS
 from ..ids import room_id_for_conversation
+from .crm_rooms import company_room
 from .local import LocalSockets
 from .manager import CONTROL_EVENT, CONTROL_ROOM
 from .rooms import conversation_of_room, conversation_room, is_conversation_room
@@ -74,6 +78,11 @@ class Access:
             CONTROL_EVENT, {"kind": "deactivate", "user": crm_user_id}, to=CONTROL_ROOM
         )
 
+    async def company_left(self, crm_user_id: str, company_id: str) -> None:
+        """The directory moved the user out of a company: their sockets leave its room."""
+        payload = {"kind": "company", "user": crm_user_id, "company": company_id}
+        await self.sio.emit(CONTROL_EVENT, payload, to=CONTROL_ROOM)
+
     async def member_left(self, room_id: str, mxid: str) -> None:
         """The directory took ``mxid`` out of a room, or Matrix says it left."""
         conversation = await self.app[CONVERSATIONS].get_by_room(room_id)
@@ -95,6 +104,10 @@ class Access:
             room = conversation_room(conversation_id)
             for sid in self.sockets.of_user(crm_user_id):
                 await self.sio.leave_room(sid, room)
+        elif kind == "company" and isinstance(company_id := payload.get("company"), str):
+            self.app.get(SEEN_USERS, {}).pop(crm_user_id, None)
+            for sid in self.sockets.of_user(crm_user_id):
+                await self.sio.leave_room(sid, company_room(company_id))
         elif kind == "deactivate":
             self.app.get(SEEN_USERS, {}).pop(crm_user_id, None)
             for sid in self.sockets.of_user(crm_user_id):

@@ -27,7 +27,7 @@ from ..chat.service import CHAT
 from ..context import CONVERSATIONS, EVENT_INDEX, USERS
 from ..db.conversation import Conversation
 from ..db.crm_user import CrmUser
-from ..ids import conversation_id_for_room, message_id_for_event
+from ..ids import conversation_id_for_room, message_id_for_event, room_id_for_conversation
 from ..matrix.dispatcher import Event
 from .access import Access
 from .log import DeliveryLog
@@ -166,7 +166,10 @@ class Fanout:
 
     async def enter(self, user: CrmUser, conversation_id: str) -> None:
         room = conversation_room(conversation_id)
-        for sid in await self._sids(user):
+        sids = await self._sids(user)
+        if sids and (room_id := room_id_for_conversation(conversation_id)) is not None:
+            await self.log.entering([room_id])  # this process's baseline (log.py)
+        for sid in sids:
             await self.sio.enter_room(sid, room)
 
     async def leave(self, user: CrmUser, conversation_id: str) -> None:

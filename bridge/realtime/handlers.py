@@ -38,7 +38,7 @@ from ..errors import (
     client_body,
     unavailable,
 )
-from ..ids import event_id_for_message, message_id_for_event
+from ..ids import event_id_for_message, message_id_for_event, room_id_for_conversation
 from ..matrix.homeserver import for_user
 from .access import EXPIRED, Access
 from .crm_rooms import room_name, socket_room
@@ -51,6 +51,7 @@ from .rooms import (
     participant_conversation,
     user_room,
 )
+from .service import REALTIME
 from .typing import TypingThrottle
 from .wire import REFUSED_EVENT, RefusedPayload
 
@@ -119,6 +120,12 @@ def register(
 
         return wrapper
 
+    async def entering(conversation_ids: list[str]) -> None:
+        """The delivery log's baseline in these conversations, before a socket enters."""
+        if REALTIME in app:
+            room_ids = [room_id_for_conversation(c) for c in conversation_ids]
+            await app[REALTIME].log.entering([room_id for room_id in room_ids if room_id])
+
     def socket_of(sid: str) -> Socket:
         socket = sockets.get(sid)
         if socket is None:  # closing: its disconnect handler is running
@@ -163,6 +170,7 @@ def register(
         try:
             await sio.enter_room(sid, user_room(user.crm_user_id))
             listed = await conversation_ids_of(app, user)
+            await entering(listed)
             for conversation_id in listed:
                 await sio.enter_room(sid, conversation_room(conversation_id))
             # Read again: a removal or deactivation applied meanwhile may have been
@@ -207,6 +215,7 @@ def register(
             raise InvalidParam("conversationId is required")
         if await participant_conversation(app, socket.user, conversation_id) is None:
             raise NotFound(NOT_FOUND)
+        await entering([conversation_id])
         await sio.enter_room(sid, conversation_room(conversation_id))
         body = {"conversationId": conversation_id}
         await sio.emit("joined_conversation", body, to=sid)
@@ -227,7 +236,9 @@ def register(
         """The CRM's own rooms: the user's and their company's (crm_rooms.py)."""
         socket = socket_of(sid)
         name = room_name(data)
-        await sio.enter_room(sid, socket_room(socket.user, name))
+        # Read afresh: the company may have changed since the socket connected.
+        user = await user_for(app, socket.user.crm_user_id, fresh=True)
+        await sio.enter_room(sid, socket_room(user, name))
         return {"room": name}
 
     @sio.on("leave_room")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 
 from ..db.crm_user import CrmUser
@@ -18,8 +17,6 @@ class Socket:
     expiry: asyncio.TimerHandle | None = None
     # Set when access ended while the socket was still connecting: the connect is refused.
     refused: dict[str, str] | None = None
-    # When it connected (ms): the delivery log's first delivery in a room starts there.
-    connected_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 class LocalSockets:

@@ -64,8 +64,6 @@ CHANGE_EVENTS = frozenset({"message_update", "message_deleted"})
 MAX_GAP = 200
 # Rooms remembered per map (LRU); a forgotten room starts again from its next announcement.
 REMEMBERED_ROOMS = 50_000
-# A process's first delivery in a room starts this long (ms) before its sockets connected.
-CONNECT_SLACK_MS = 5_000
 
 
 def conversation_update(conversation_id: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -152,18 +150,23 @@ class DeliveryLog:
             return
         manager = self.sio.manager
         if isinstance(manager, BridgeRedisManager) and not await manager.flush():
-            # Some announcement may not have left: the mark stays behind, and the gap is
-            # announced again (recover), which no socket sees twice.
+            # Some announcement may not have left: the marks wait for the next batch (if it
+            # never leaves, the gap is announced again by recover, no socket sees it twice).
+            await self._requeue(due)
             return
         failpoint("log.published")
         try:
             await self.marks.advance(due)
         except Exception as e:
             log.warning("Could not write the published marks (%r); retrying", e)
-            for room_id, seq in due.items():
-                self._due[room_id] = max(seq, self._due.get(room_id, -1))
-            await asyncio.sleep(1.0)
-            self._wake.set()
+            await self._requeue(due)
+
+    async def _requeue(self, due: dict[str, int]) -> None:
+        """Marks not written: kept for the next batch, tried again in a second."""
+        for room_id, seq in due.items():
+            self._due[room_id] = max(seq, self._due.get(room_id, -1))
+        await asyncio.sleep(1.0)
+        self._wake.set()
 
     async def recover(self, active_since: int = 0) -> int:
         """Announce every conversation (active since ``active_since``, ms) whose newest
@@ -214,12 +217,19 @@ class DeliveryLog:
         found = messages if isinstance(messages, dict) else {}
         self.lanes.submit(room_id, lambda: self._deliver(room_id, upto, found))
 
-    def _connected_ms(self, room: str) -> list[int]:
-        return [
-            socket.connected_ms
-            for sid, _ in self.sio.manager.get_participants("/", room)
-            if (socket := self.sockets.get(sid)) is not None
-        ]
+    async def entering(self, room_ids: list[str]) -> None:
+        """Sockets of this process are about to enter these conversations' rooms: one this
+        process delivers nothing in yet starts at its newest seq now (its baseline). Called
+        before the socket enters (and before connect or ``join_conversation`` answers), so
+        a row at or below the baseline was indexed before the client's catch-up, and one
+        after it is delivered. By seq, never by time: ``origin_ts`` is the sender's clock."""
+        missing = [room_id for room_id in room_ids if room_id not in self.delivered]
+        if not missing:
+            return
+        newest = await self.app[EVENT_INDEX].newest_seqs(missing)
+        for room_id in missing:
+            if room_id not in self.delivered:  # a delivery may have set it meanwhile
+                self.delivered.raise_to(room_id, newest.get(room_id, 0))
 
     def _has_sockets(self, room: str) -> bool:
         return next(iter(self.sio.manager.get_participants("/", room)), None) is not None
@@ -235,12 +245,12 @@ class DeliveryLog:
             return
         index = self.app[EVENT_INDEX]
         if done is None:
-            # The first announcement this process delivers for the room: every row since
-            # its sockets there connected (what they loaded then, they merge by _id).
-            since = min(self._connected_ms(room), default=0) - CONNECT_SLACK_MS
-            rows = await index.since(room_id, since, upto, MAX_GAP + 1)
-        else:
-            rows = await index.between(room_id, done, upto)
+            # Sockets here with no baseline (they entered through another process, or the
+            # room was forgotten): this process first learns of the room now, so it starts
+            # at the first row of this announcement.
+            announced = [int(seq) for seq in messages if str(seq).isdigit()]
+            done = min([*announced, upto]) - 1
+        rows = await index.between(room_id, done, upto)
         if len(rows) > MAX_GAP:
             log.warning("%d messages of %s to fill from the index: resync", len(rows), room_id)
             self.delivered.raise_to(room_id, upto)

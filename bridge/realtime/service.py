@@ -177,6 +177,7 @@ def context(app: web.Application):
             revocations = app[REVOCATIONS]
             revocations.on_member_left.append(app[ACCESS].member_left)
             revocations.on_user_deactivated.append(app[ACCESS].deactivate)
+            revocations.on_company_left.append(app[ACCESS].company_left)
             start_manager(sio)
             presence.start()
             try:
@@ -184,6 +185,7 @@ def context(app: web.Application):
             finally:
                 revocations.on_member_left.remove(app[ACCESS].member_left)
                 revocations.on_user_deactivated.remove(app[ACCESS].deactivate)
+                revocations.on_company_left.remove(app[ACCESS].company_left)
                 await app[TYPING].close()
                 await presence.stop()
                 await realtime.close()

@@ -17,6 +17,7 @@ from . import (
     v13_people,
     v14_guests,
     v15_avatar_grants,
+    v16_relation_announced,
 )
 from .table import upgrade_table
 
@@ -37,4 +38,5 @@ __all__ = [
     "v13_people",
     "v14_guests",
     "v15_avatar_grants",
+    "v16_relation_announced",
 ]
