@@ -37,7 +37,7 @@ from bench.common import (
     spawn_facade,
     stop_process,
 )
-from bridge.context import CONFIG, DISPATCHER, HOMESERVER, IDS
+from bridge.context import CONFIG, DISPATCHER, FEDERATION, HOMESERVER, IDS
 from bridge.crm.reconcile import project_spec_of
 from bridge.crm.rooms import create_room_body, creators_have_implicit_power, desired_room
 from bridge.crm.snapshot import parse_snapshot
@@ -99,7 +99,7 @@ async def direct_calls(
                 project_spec_of(Project(project_id=project.project_id, name=project.name,
                                         description=project.description, emoji=project.emoji,
                                         color=project.color, members=list(project.members))),
-                parsed.users, ids, levels, implicit,
+                parsed.users, ids, levels, implicit, app[FEDERATION],
             )  # fmt: skip
             alias = ids.project_alias(project.project_id)
             body = create_room_body(desired, alias[1:].split(":")[0])
