@@ -31,7 +31,8 @@ from nio import AsyncClient, JoinResponse, RoomSendResponse
 from bench.common import Deadline, base_parser, report, summary
 from bridge.api.auth import VERIFIER
 from bridge.ids import conversation_id_for_room
-from tests.federation_support import federation, remote_user
+from tests.federation_support import federation
+from tests.helpers import matrix_user
 
 
 async def _put(fed: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +62,8 @@ async def run(samples: int, time_limit: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
         async with federation(Path(tmp)) as fed:
             suffix = uuid.uuid4().hex[:8]
-            guest = await remote_user(fed.partner, f"guest{suffix}")
-            local = await remote_user(fed.ours, f"local{suffix}")
+            guest = await matrix_user(fed.partner, f"guest{suffix}")
+            local = await matrix_user(fed.ours, f"local{suffix}")
             alice, bob = f"a{suffix}", f"b{suffix}"
             for crm_id, name, linked in ((alice, "Alice", None), (bob, "Bob", local.user_id)):
                 body: dict[str, Any] = {"name": name, "email": f"{crm_id}@example.com"}

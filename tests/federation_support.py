@@ -15,8 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nio import AsyncClient, LoginResponse
-
 from bridge.app import BridgeServer
 from bridge.config import Config
 from bridge.context import MATRIX
@@ -114,13 +112,3 @@ async def federation(base: Path, **config_overrides: object) -> AsyncIterator[Fe
         for synapse in started:
             synapse.stop()
         await drop_schema(schema)
-
-
-async def remote_user(synapse: SynapseProcess, localpart: str) -> AsyncClient:
-    """A normal account on a partner server, logged in with matrix-nio like Element."""
-    password = f"pw-{localpart}"
-    await synapse.register_user(localpart, password)
-    client = AsyncClient(synapse.url, f"@{localpart}:{synapse.server_name}")
-    resp = await client.login(password)
-    assert isinstance(resp, LoginResponse), resp
-    return client

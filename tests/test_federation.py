@@ -18,7 +18,7 @@ from nio import AsyncClient, JoinError, JoinResponse, RoomSendResponse
 from bridge.context import ROOM_MEMBERS, USERS
 from tests.api_support import api_for, png, token
 from tests.conftest import unique
-from tests.federation_support import Federation, federation, remote_user
+from tests.federation_support import Federation, federation
 from tests.helpers import eventually, matrix_user
 from tests.node_support import NodeRecorder
 from tests.realtime_support import Recorder, conversation_of
@@ -127,7 +127,7 @@ async def test_project_with_guests_is_validated(fed: Federation) -> None:
 
 async def test_listed_guest_joins_and_talks_with_the_crm(fed: Federation) -> None:
     crm, app, url = Crm(fed), fed.app, fed.bridge_url
-    guest = await remote_user(fed.partner, unique("g"))
+    guest = await matrix_user(fed.partner, unique("g"))
     alice_id = await crm.user("Alice Crm")
     project_id = unique("p")
     result = await crm.project(project_id, [alice_id], guests=[guest.user_id])
@@ -243,7 +243,7 @@ async def _is(value: Any, expected: Any) -> bool:
 
 async def test_delisted_guest_is_removed_and_refused(fed: Federation) -> None:
     crm = Crm(fed)
-    guest = await remote_user(fed.partner, unique("g"))
+    guest = await matrix_user(fed.partner, unique("g"))
     alice_id = await crm.user("Alice Delist")
     project_id = unique("p")
     result = await crm.project(project_id, [alice_id], guests=[guest.user_id])
@@ -272,7 +272,7 @@ async def test_delisted_guest_is_removed_and_refused(fed: Federation) -> None:
 async def test_server_outside_the_allow_list_cannot_join(fed: Federation) -> None:
     crm = Crm(fed)
     element = await matrix_user(fed.ours, unique("boss"))
-    outsider = await remote_user(fed.outsider, unique("x"))
+    outsider = await matrix_user(fed.outsider, unique("x"))
     admin_id = await crm.user("Admin Element", role="admin", matrix_id=element.user_id)
     result = await crm.project(unique("p"), [admin_id])
     room_id = result["project"]["roomId"]
@@ -297,7 +297,7 @@ async def test_unlisted_remote_user_is_removed_by_drift_repair(
 ) -> None:
     crm = Crm(fed)
     element = await matrix_user(fed.ours, unique("boss"))
-    friend = await remote_user(fed.partner, unique("friend"))
+    friend = await matrix_user(fed.partner, unique("friend"))
     admin_id = await crm.user("Admin Inviter", role="admin", matrix_id=element.user_id)
     result = await crm.project(unique("p"), [admin_id])
     room_id = result["project"]["roomId"]
@@ -321,7 +321,7 @@ async def test_unlisted_remote_user_is_removed_by_drift_repair(
 
 async def test_guest_may_post_but_not_redact_others_or_pin(fed: Federation) -> None:
     crm, app, url = Crm(fed), fed.app, fed.bridge_url
-    guest = await remote_user(fed.partner, unique("g"))
+    guest = await matrix_user(fed.partner, unique("g"))
     alice_id = await crm.user("Alice Power")
     result = await crm.project(unique("p"), [alice_id], guests=[guest.user_id])
     room_id, cid = result["project"]["roomId"], conversation_of(result["project"])
@@ -354,7 +354,7 @@ async def test_hostile_guest_server_yields_clean_payloads(fed: Federation) -> No
     """What a hostile server can put in events its users send: wrong types, markup, bidi
     overrides, our own record (com.crm.message) claimed, foreign URLs, the largest event."""
     crm, app, url = Crm(fed), fed.app, fed.bridge_url
-    guest = await remote_user(fed.partner, unique("evil"))
+    guest = await matrix_user(fed.partner, unique("evil"))
     alice_id = await crm.user("Alice Target")
     result = await crm.project(unique("p"), [alice_id], guests=[guest.user_id])
     room_id, cid = result["project"]["roomId"], conversation_of(result["project"])
@@ -462,7 +462,7 @@ def _assert_clean(message: dict[str, Any], fed: Federation) -> None:
 async def test_what_a_guest_server_receives_holds_no_crm_internals(fed: Federation) -> None:
     """The room state a guest's server holds: no emails, no internal URLs in our events."""
     crm = Crm(fed)
-    guest = await remote_user(fed.partner, unique("g"))
+    guest = await matrix_user(fed.partner, unique("g"))
     alice_id = await crm.user("Alice Private")
     status, _ = await crm.put(
         f"/users/{alice_id}",
