@@ -69,11 +69,8 @@ class FederationPolicy:
         return host_of(server_of(mxid)) != host_of(self.own_server)
 
     def is_allowed(self, mxid: str) -> bool:
-        """Whether a remote user's server may take part (a local user always may)."""
-        if not self.is_remote(mxid):
-            return True
-        host = host_of(server_of(mxid))
-        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.allowed_servers)
+        """Whether a user's server may take part (a local user always may)."""
+        return self.server_allowed(server_of(mxid))
 
     def server_allowed(self, server_name: str) -> bool:
         """This homeserver, or one whose users may be guests (media of guests, say)."""
@@ -96,22 +93,21 @@ class FederationPolicy:
         Synapse checks its own name with the port when it writes the ACL (and refuses one
         that would shut itself out), and other servers' names without: both are listed.
         """
-        own = self.own_server.strip().lower()
-        allow = sorted({own, host_of(own), *self.allowed_servers})
-        return {
-            "allow": allow,
-            "deny": [],
-            "allow_ip_literals": any(is_ip_literal(host_of(h)) for h in allow),
-        }
+        return _acl(self.own_server, self.allowed_servers)
 
     def direct_acl(self) -> dict[str, Any]:
         """A new DM's ACL: this server alone, unless ``direct_with_guests`` lets the allowed
         servers in too."""
-        if self.direct_with_guests:
-            return self.server_acl()
-        own = self.own_server.strip().lower()
-        return {"allow": sorted({own, host_of(own)}), "deny": [], "allow_ip_literals": False}
+        return _acl(self.own_server, self.allowed_servers if self.direct_with_guests else ())
 
     def listed_guests(self, guests: Iterable[str]) -> list[str]:
         """The guests the directory should invite: listed, remote, and on an allowed server."""
         return sorted({g for g in guests if self.is_remote(g) and self.is_allowed(g)})
+
+
+def _acl(own_server: str, allowed: Iterable[str]) -> dict[str, Any]:
+    own = own_server.strip().lower()
+    allow = sorted({own, host_of(own), *allowed})
+    # IP-literal names only when one is listed (this server's own name may be one).
+    literals = any(is_ip_literal(host_of(h)) for h in allow)
+    return {"allow": allow, "deny": [], "allow_ip_literals": literals}
