@@ -54,7 +54,6 @@ async def test_delete_never_overtakes_its_message(stack, monkeypatch) -> None:
         try:
             index = app[EVENT_INDEX]
             monkeypatch.setattr(index, "between", _slowed(index.between))
-            monkeypatch.setattr(index, "since", _slowed(index.since))
             content = {"msgtype": "m.text", "body": "gone at once"}
             sent = await element.room_send(room_id, "m.room.message", content)
             assert isinstance(sent, RoomSendResponse), sent

@@ -242,7 +242,7 @@ async def _pinned_contents(app, url: str, user, cid: str) -> list[str]:
     async with api_for(app, url, user) as api:
         status, listed, _ = await api.get(f"/api/chat/pinned-messages/{cid}")
     assert status == 200, listed
-    return [m["content"] for m in listed]
+    return [m["content"] for m in listed["data"]]
 
 
 async def _redact(app, room_id: str, event_id: str, mxid: str) -> float:
