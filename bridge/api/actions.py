@@ -125,16 +125,21 @@ async def edit(
         # Keep a duration that an earlier edit set (voice.py): the edit replaces it whole.
         current = await message_of(service, user, conversation, event)
         new = with_durations(new, [a.get("duration") for a in current["attachments"]])
-    content: dict[str, Any] = {
-        "msgtype": new.get("msgtype", "m.text"),
-        "body": f"* {req.content}",
-        "m.new_content": new,
-        "m.relates_to": {"rel_type": REPLACE, "event_id": event["event_id"]},
-    }
+    content = replacement(event["event_id"], new, req.content, "m.text")
     if "m.mentions" in new:
         content["m.mentions"] = {}  # nobody is mentioned anew by an edit
     await send_edit(service, user, conversation, content)
     return await _message(service, user, conversation, event)
+
+
+def replacement(event_id: str, new: dict[str, Any], body: str, msgtype: str) -> dict[str, Any]:
+    """An ``m.replace`` edit's content: the fallback body, the new content, the relation."""
+    return {
+        "msgtype": new.get("msgtype", msgtype),
+        "body": f"* {body}",
+        "m.new_content": new,
+        "m.relates_to": {"rel_type": REPLACE, "event_id": event_id},
+    }
 
 
 async def send_edit(

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..chat.serialize import CRM_FIELD
 from ..db.crm_user import CrmUser
-from ..db.relation import REPLACE
 from ..errors import Forbidden, InvalidParam
-from .actions import edited_content, locate, message_of, send_edit
+from .actions import edited_content, locate, message_of, replacement, send_edit
 from .messaging import with_durations
 from .models import UpdateDurationBody, UpdateDurationResult, parse
 from .quota import count
@@ -59,13 +58,8 @@ async def update_duration(
     if changed:
         durations[req.attachmentIndex] = duration
         new = with_durations(edited_content(event["content"], current["content"]), durations)
-        content = {
-            "msgtype": new.get("msgtype", "m.audio"),
-            "body": f"* {new.get('body', '')}",
-            "m.new_content": new,
-            "m.relates_to": {"rel_type": REPLACE, "event_id": event["event_id"]},
-            CRM_FIELD: {"edit": DURATION_EDIT},
-        }
+        content = replacement(event["event_id"], new, new.get("body", ""), "m.audio")
+        content[CRM_FIELD] = {"edit": DURATION_EDIT}
         await send_edit(service, user, conversation, content)
     return UpdateDurationResult(
         success=True,
