@@ -298,7 +298,7 @@ class Directory:
                 default = guest_level if policy.is_remote(mxid) else 0
                 levels[mxid] = int(old_levels.get(mxid, default))
             levels.pop(ids.bot_mxid, None)
-            remote = any(m.guest or policy.is_remote(x) for x, m in desired.members.items())
+            remote = any(policy.is_remote(mxid) for mxid in desired.members)  # guests too
             desired.power_levels = power_levels(
                 levels,
                 spec.archived,
