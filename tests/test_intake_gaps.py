@@ -198,3 +198,20 @@ def test_open_gaps_are_capped() -> None:
     assert min(tracker.open) > n - MAX_OPEN - 50  # the newest gaps are the ones kept
     tracker.handled(str(max(tracker.open)))  # a kept one arriving still counts as filled
     assert len(tracker.open) == MAX_OPEN - 1
+
+
+def test_a_gap_is_due_after_the_timeout_until_a_refusal_is_under_way() -> None:
+    """``due`` is what the receiver's probe waits for (matrix/probe.py): gaps open for the
+    timeout, none while a refusal is on its way back."""
+    now = [0.0]
+    tracker = GapTracker(timeout=5, clock=lambda: now[0])
+    tracker.handled("1")
+    tracker.handled("3")
+    assert tracker.due() == set()
+    now[0] = 5.0
+    assert tracker.due() == {2}
+    assert tracker.should_refuse("4")
+    assert tracker.due() == set()  # the refusal's recovery is under way
+    tracker.handled("2")
+    tracker.handled("4")
+    assert tracker.due() == set() and not tracker.open

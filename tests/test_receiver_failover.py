@@ -180,18 +180,6 @@ def check_failover(figures: dict[str, Any]) -> None:
     assert figures["first_txn_on_standby_s"] <= 10, figures
 
 
-# A known failure, not fixed yet: in about one run in three since the delivery log's first
-# delivery became seq-based (2ec250e), one message the killed receiver had indexed reaches
-# the third process's socket neither live nor by catch-up from its newest cursor (it is in
-# the index and in history). Found at the end of the 2026-12-07 session; README, "Fault
-# suite". Strict again once fixed.
-KNOWN_LOSS = pytest.mark.xfail(
-    reason="a message indexed by the killed receiver can miss a socket of another process",
-    strict=False,
-)
-
-
-@KNOWN_LOSS
 async def test_failover_during_a_burst_loses_nothing(pair: Pair) -> None:
     check_failover(await failover_during_burst(pair, 200))
 

@@ -68,8 +68,7 @@ class GapTracker:
             return False
         if n in self.open or self.last is None or n <= self.last:
             return False  # a missing one arriving, or a new epoch: nothing to recover
-        now = self.clock()
-        due = {gap for gap, since in self.open.items() if now - since >= self.timeout}
+        due = self.due()
         if not due:
             return False
         self.refused, self.awaited, self.asked = n, due, len(due)
@@ -80,6 +79,14 @@ class GapTracker:
             txn_id,
         )
         return True
+
+    def due(self) -> set[int]:
+        """Missing ids open for ``timeout`` seconds, when no refusal is under way: the next
+        new transaction is refused for them (the receiver probes for one if none comes)."""
+        if not self.enabled or self.refused is not None:
+            return set()
+        now = self.clock()
+        return {gap for gap, since in self.open.items() if now - since >= self.timeout}
 
     def handled(self, txn_id: str) -> None:
         """A transaction was handled and recorded."""

@@ -13,7 +13,11 @@ recorded in place of the old one, and a warning says once per process that the h
 reset its transaction counter.
 
 Integer ids are also watched for ones the homeserver skipped (``gaps.py``): a transaction
-Synapse stranded is fetched by refusing the next one once with a 503.
+Synapse stranded is fetched by refusing the next one once with a 503, then pinging the
+homeserver so that it resends at once rather than after its backoff. When no next one comes
+(quiet rooms), or the stranded one was the last of a burst and shows as no gap at all, the
+receiver makes one: a probe event in the bot's own room (``probe.py``), sent once after
+taking over and whenever a gap is due in a quiet spell.
 
 Only the process holding the receiver lock (``receiver.py``) answers here; a standby
 answers 503 so that the proxy in front tries the next process. The acknowledging write is
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +40,7 @@ from ..context import (
     CONFIG,
     DISPATCHER,
     HOMESERVER,
+    MATRIX,
     RECEIVER,
     TXN_LOG,
     USER_QUERY,
@@ -52,6 +58,7 @@ from ..errors import (
 )
 from ..metrics import METRICS, Metrics
 from .gaps import GapTracker, parse_id
+from .probe import PROBE_EVENT, ProbeRoom
 
 log = logging.getLogger("bridge.matrix.intake")
 
@@ -77,9 +84,22 @@ class _Intake:
     # Shutdown stopped waiting for the transaction being handled: the real-time side may
     # have stopped taking its work (edits, deletes, receipts), so it is not acknowledged.
     abandoned: bool = False
+    # When the last transaction came (monotonic): probes go out in quiet spells only.
+    last_seen: float = 0.0
+    # When the probe on its way was sent (monotonic); None once a probe event arrived.
+    probe_sent: float | None = None
+    hurrying: asyncio.Task[None] | None = None  # the ping after a refusal
+    probe: ProbeRoom | None = None  # made on the first takeover (the client comes later)
 
 
 _INTAKE = web.AppKey("intake", _Intake)
+
+# Seconds without a transaction before the receiver sends a probe event.
+PROBE_QUIET = 1.0
+# Probes in a row that never came back before the receiver stops sending them.
+MAX_UNANSWERED_PROBES = 5
+# Seconds from a refusal to the ping that hurries the homeserver's resend.
+HURRY_AFTER = 0.5
 
 
 _TIMELINE_FIELDS = ("type", "event_id", "room_id", "sender")
@@ -163,6 +183,7 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
         ephemeral.extend(e for e in _list(body.get(key)) if _well_formed(e, ("type",)))
     txn_log, intake, receiver = request.app[TXN_LOG], request.app[_INTAKE], request.app[RECEIVER]
     digest = TxnDigest.of(body)
+    intake.last_seen = time.monotonic()
     if intake.closing:
         raise ServiceUnavailable("Shutting down; the homeserver retries with the next process")
     async with intake.lock:
@@ -180,6 +201,7 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
         # lose them: wait for one without.
         if recorded is None and not ephemeral and intake.gaps.should_refuse(txn_id):
             # Not recorded: Synapse marks us down and its recoverer resends, oldest first.
+            hurry_resend(request.app)
             raise ResendRequested(
                 "Refusing this transaction once so that the homeserver resends the ones it skipped"
             )
@@ -205,6 +227,8 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
         async with receiver.fenced() as conn:
             await txn_log.record(txn_id, digest, len(events) + len(ephemeral), conn=conn)
         intake.gaps.handled(txn_id)
+        if any(event["type"] == PROBE_EVENT for event in events):
+            intake.probe_sent = None
     if metrics is not None:
         metrics.count_events(events, ephemeral)
     return web.json_response({})
@@ -237,6 +261,57 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def hurry_resend(app: web.Application) -> None:
+    """After a refusal: ping through the homeserver once it has taken the 503, which makes
+    Synapse's recoverer resend now instead of after its first backoff (2 s)."""
+
+    async def ping() -> None:
+        await asyncio.sleep(HURRY_AFTER)
+        try:
+            await app[MATRIX].ping()
+        except Exception as e:  # the recoverer still resends, after its backoff
+            log.debug("The ping after a refusal failed: %s", e)
+
+    intake = app[_INTAKE]
+    intake.hurrying = asyncio.create_task(ping(), name="intake-hurry-resend")
+
+
+async def probe_for_stranded(app: web.Application) -> None:
+    """While receiving: send a probe event (probe.py) once after taking over, again while
+    the last one has not arrived after ``gap_recovery_seconds`` (it was stranded itself, or
+    refused), and whenever a gap is due with no transaction coming to be refused. Only in
+    quiet spells: traffic brings transactions of its own. Gives up after a few unanswered
+    probes, until the next takeover."""
+    intake = app[_INTAKE]
+    if intake.probe is None:
+        intake.probe = ProbeRoom(app[MATRIX])
+    intake.probe_sent, wanted, unanswered = None, True, 0
+    await app[RECEIVER].listening.wait()
+    while unanswered < MAX_UNANSWERED_PROBES:
+        await asyncio.sleep(PROBE_QUIET)
+        gaps, now = intake.gaps, time.monotonic()
+        if not gaps.enabled or now - intake.last_seen < PROBE_QUIET:
+            continue
+        if intake.probe_sent is not None:
+            if now - intake.probe_sent < gaps.timeout:
+                continue
+            unanswered += 1
+        elif wanted or gaps.due():
+            unanswered = 0
+        else:
+            continue
+        try:
+            await intake.probe.send()
+        except Exception as e:
+            log.warning("Could not send a probe event (%s); trying again", e)
+            continue
+        intake.probe_sent, wanted = now, False
+    log.warning(
+        "%d probe events never came back as transactions; not probing until the next takeover",
+        unanswered,
+    )
+
+
 def setup(app: web.Application) -> None:
     seconds = max(float(app[CONFIG].get("appservice.gap_recovery_seconds") or 0), 0.0)
     intake = app[_INTAKE] = _Intake(gaps=GapTracker(timeout=seconds))
@@ -246,6 +321,8 @@ def setup(app: web.Application) -> None:
         intake.resumed, intake.gaps = False, GapTracker(timeout=seconds)
 
     app[RECEIVER].on_acquired(taken_over)
+    if seconds:
+        app[RECEIVER].duty("stranded-transactions", lambda: probe_for_stranded(app))
     app.add_routes(routes)
     # First of the shutdown hooks (intake is set up before the real-time side).
     app.on_shutdown.append(close)
@@ -256,6 +333,8 @@ async def close(app: web.Application, timeout: float = 2.0) -> None:
     so the real-time side drains everything that was acknowledged."""
     intake = app[_INTAKE]
     intake.closing = True
+    if intake.hurrying is not None:
+        intake.hurrying.cancel()
     try:
         await asyncio.wait_for(intake.lock.acquire(), timeout)
     except TimeoutError:
