@@ -98,6 +98,8 @@ _INTAKE = web.AppKey("intake", _Intake)
 PROBE_QUIET = 1.0
 # Probes in a row that never came back before the receiver stops sending them.
 MAX_UNANSWERED_PROBES = 5
+# Seconds at least between attempts when a probe could not be sent.
+PROBE_RETRY = 10.0
 # Seconds from a refusal to the ping that hurries the homeserver's resend.
 HURRY_AFTER = 0.5
 
@@ -302,8 +304,9 @@ async def probe_for_stranded(app: web.Application) -> None:
             continue
         try:
             await intake.probe.send()
-        except Exception as e:
+        except Exception as e:  # the homeserver away: try again after a while, not each second
             log.warning("Could not send a probe event (%s); trying again", e)
+            await asyncio.sleep(max(gaps.timeout, PROBE_RETRY))
             continue
         intake.probe_sent, wanted = now, False
     log.warning(

@@ -54,6 +54,7 @@ class ProbeRoom:
         body = {
             "preset": "private_chat",
             "visibility": "private",
+            "creation_content": {"m.federate": False},
             "name": "CRM bridge: delivery probe",
             "topic": "The bridge sends events here to fetch transactions the homeserver held back.",
         }
