@@ -14,8 +14,17 @@ import socketio
 from nio import RoomPutStateError, RoomPutStateResponse
 
 from bridge.api import dm_levels
+from bridge.api.auth import USER_TTL
 from bridge.api.dm_levels import LEVELS_VERSION
-from bridge.context import CONVERSATIONS, EVENT_INDEX, MATRIX, PROJECTS, RECEIVER, ROOM_MEMBERS
+from bridge.context import (
+    CONVERSATIONS,
+    EVENT_INDEX,
+    MATRIX,
+    PROJECTS,
+    RECEIVER,
+    ROOM_MEMBERS,
+    USERS,
+)
 from bridge.crm.rooms import PINNED_EVENTS, normalize_power_levels
 from bridge.db.conversation import DIRECT, direct_key
 from bridge.ids import conversation_id_for_room
@@ -191,6 +200,31 @@ async def test_pins_through_two_facade_processes_all_survive(stack, tmp_path: Pa
         assert sorted(state["pinned"]) == sorted(m["eventId"] for m in sent)
     finally:
         other.stop()
+
+
+async def test_a_socket_acts_as_its_user_is_now(stack) -> None:
+    """Each socket operation reads its user as REST does (a second's cache), not the copy
+    made at connect: an account deactivated in the database after the socket connected is
+    refused there as on REST. (The directory's own deactivation also closes the sockets,
+    realtime/access.py; here only the row changes.)"""
+    app, url = stack.app, stack.bridge_url
+    directory = Directory(url, stack.config["admin_api.token"])
+    someone = await person(directory, "Soon Inactive", "employee")
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(url, auth={"token": token(app, someone)}, wait_timeout=10)
+    try:
+        typing = {"conversationId": "c-unknown", "isTyping": True}
+        answer = await client.call("typing", typing, timeout=10)
+        assert answer["errcode"] == "M_NOT_FOUND", answer  # the user acts; no such room
+        await app[USERS].db.execute(
+            "UPDATE crm_user SET active=false WHERE crm_user_id=$1", someone
+        )
+        await asyncio.sleep(USER_TTL + 0.2)
+        for event, data in (("typing", typing), ("send_message", {"conversationId": "c"})):
+            answer = await client.call(event, data, timeout=10)
+            assert answer["errcode"] == "M_USER_DEACTIVATED", (event, answer)
+    finally:
+        await client.disconnect()
 
 
 async def test_good_token_of_unknown_or_deactivated_user_is_403_everywhere(stack) -> None:

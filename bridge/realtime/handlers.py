@@ -132,6 +132,13 @@ def register(
             raise NotFound("This socket is closing")
         return socket
 
+    async def acting(sid: str) -> Socket:
+        """The socket, its user read as REST reads one (``user_for``, a second's cache): a
+        deactivated account or a changed role or company holds for sockets too."""
+        socket = socket_of(sid)
+        socket.user = await user_for(app, socket.user.crm_user_id)
+        return socket
+
     def expire_at(sid: str, socket: Socket, expires_at: float) -> None:
         def fire() -> None:
             task = asyncio.create_task(access.close(sid, EXPIRED))
@@ -208,7 +215,7 @@ def register(
     @sio.on("join_conversation")
     @answered
     async def join_conversation(sid: str, data: Any = None) -> Any:
-        socket = socket_of(sid)
+        socket = await acting(sid)
         await count(app[CHAT], socket.user, "join-conversation", None)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
@@ -237,14 +244,14 @@ def register(
         socket = socket_of(sid)
         name = room_name(data)
         # Read afresh: the company may have changed since the socket connected.
-        user = await user_for(app, socket.user.crm_user_id, fresh=True)
+        user = socket.user = await user_for(app, socket.user.crm_user_id, fresh=True)
         await sio.enter_room(sid, socket_room(user, name))
         return {"room": name}
 
     @sio.on("leave_room")
     @answered
     async def leave_room(sid: str, data: Any = None) -> Any:
-        socket = socket_of(sid)
+        socket = await acting(sid)
         name = room_name(data)
         room = socket_room(socket.user, name)
         if room != user_room(socket.user.crm_user_id):  # the bridge's own: the socket stays
@@ -255,22 +262,22 @@ def register(
     @sio.on("pin_message")
     @answered
     async def pin_message(sid: str, data: Any = None) -> Any:
-        return await actions.pin(app[CHAT], socket_of(sid).user, data)
+        return await actions.pin(app[CHAT], (await acting(sid)).user, data)
 
     @sio.on("unpin_message")
     @answered
     async def unpin_message(sid: str, data: Any = None) -> Any:
-        return await actions.unpin(app[CHAT], socket_of(sid).user, data)
+        return await actions.unpin(app[CHAT], (await acting(sid)).user, data)
 
     @sio.on("delete_message")
     @answered
     async def delete_message(sid: str, data: Any = None) -> Any:
-        return await actions.delete(app[CHAT], socket_of(sid).user, data)
+        return await actions.delete(app[CHAT], (await acting(sid)).user, data)
 
     @sio.on("send_message")
     @answered
     async def send_message(sid: str, data: Any = None) -> Any:
-        socket = socket_of(sid)
+        socket = await acting(sid)
         if not isinstance(data, dict):
             raise InvalidParam("send_message needs {conversationId, content, type}")
         message = await messaging.send(app[CHAT], socket.user, data)
@@ -280,7 +287,7 @@ def register(
     @sio.on("typing")
     @answered
     async def typing(sid: str, data: Any = None) -> Any:
-        socket = socket_of(sid)
+        socket = await acting(sid)
         await count(app[CHAT], socket.user, "typing", None)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
@@ -296,7 +303,7 @@ def register(
     @sio.on("mark_as_read")
     @answered
     async def mark_as_read(sid: str, data: Any = None) -> Any:
-        socket = socket_of(sid)
+        socket = await acting(sid)
         conversation_id = conversation_id_from(data)
         if conversation_id is None:
             raise InvalidParam("mark_as_read needs {conversationId, messageIds?}")
