@@ -71,6 +71,12 @@ class IdMapper:
         localpart = self.alias_template.format(projectid=escape_localpart(str(project_id)))
         return RoomAlias(f"#{localpart}:{self.domain}")
 
+    def reserved_alias(self, name: str) -> RoomAlias:
+        """An alias in our namespace that no project can have: in a project's, ``=`` only
+        starts an escape followed by two hex digits (escape_localpart)."""
+        assert not re.match(r"[0-9a-f]{2}", name), name
+        return RoomAlias(f"#{self.alias_template.format(projectid='=' + name)}:{self.domain}")
+
     def crm_user_id_of(self, mxid: str) -> str | None:
         """The CRM user id behind a puppet mxid, or None when mxid is not one of ours."""
         localpart, _, server = mxid.removeprefix("@").partition(":")
@@ -84,7 +90,11 @@ class IdMapper:
         if server != self.domain:
             return None
         match = _template_regex(self.alias_template, "{projectid}").fullmatch(localpart)
-        return unescape_localpart(match.group(1)) if match else None
+        if not match:
+            return None
+        project_id = unescape_localpart(match.group(1))
+        # Only the alias project_alias makes: not a reserved one, nor another spelling.
+        return project_id if escape_localpart(project_id) == match.group(1) else None
 
     def user_namespace_regex(self) -> str:
         prefix, _, suffix = self.username_template.partition("{userid}")

@@ -22,6 +22,16 @@ def test_foreign_ids_are_not_ours() -> None:
     assert IDS.project_id_of(IDS.project_alias("p-1")) == "p-1"
 
 
+def test_a_reserved_alias_is_ours_and_no_projects() -> None:
+    alias = IDS.reserved_alias("bridge-probe")
+    assert re.fullmatch(IDS.alias_namespace_regex(), alias)
+    assert IDS.project_id_of(alias) is None
+    # The project whose id spells it has an alias of its own.
+    assert IDS.project_alias("=bridge-probe") != alias
+    assert IDS.project_id_of(IDS.project_alias("=bridge-probe")) == "=bridge-probe"
+    assert IDS.project_id_of("#crm_P1:example.org") is None  # not a spelling we make
+
+
 def test_escaping_is_reversible() -> None:
     assert escape_localpart("AB c") == "=41=42=20c"
     assert unescape_localpart(escape_localpart("ÄÖ=x")) == "ÄÖ=x"

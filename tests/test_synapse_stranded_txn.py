@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from nio import AsyncClient
 
-from bridge.ids import conversation_id_for_room
-from bridge.matrix.probe import ROOM_KEY
+from bridge.ids import IdMapper, conversation_id_for_room
+from bridge.matrix.probe import ALIAS_NAME
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
 from tests.fault_traffic import Chat, join_when_invited, matrix_send, stuck_appservice_events
@@ -152,20 +153,21 @@ async def test_a_stranded_last_transaction_is_fetched_with_no_traffic(tmp_path: 
             await eventually(drained, timeout=60, interval=0.2)
             recovered = time.monotonic() - started
             await _stranded_in_history(fs, s)
-            # The probe room: the bot's alone, named in its account data; no conversation.
-            bot = fs.config["appservice.bot_username"]
-            server = fs.synapse.server_name
-            bot_mxid = f"@{bot}:{server}"
+            # The probe room: the bot's alone, found by its alias; no conversation.
+            ids = IdMapper.from_config(fs.config)
             headers = {"Authorization": f"Bearer {fs.config['appservice.as_token']}"}
             base = f"{fs.synapse.url}/_matrix/client/v3"
+            alias = quote(ids.reserved_alias(ALIAS_NAME), safe="")
             async with aiohttp.ClientSession(headers=headers) as session:
-                path = f"{base}/user/{bot_mxid}/account_data/{ROOM_KEY}"
-                async with session.get(path, params={"user_id": bot_mxid}) as resp:
+                async with session.get(f"{base}/directory/room/{alias}") as resp:
                     assert resp.status == 200, await resp.text()
                     probe_room = (await resp.json())["room_id"]
                 path = f"{base}/rooms/{probe_room}/joined_members"
-                async with session.get(path, params={"user_id": bot_mxid}) as resp:
-                    assert list((await resp.json())["joined"]) == [bot_mxid]
+                async with session.get(path) as resp:
+                    assert list((await resp.json())["joined"]) == [ids.bot_mxid]
+                path = f"{base}/rooms/{probe_room}/state/m.room.create/"
+                async with session.get(path) as resp:
+                    assert (await resp.json())["m.federate"] is False
             async with (
                 aiohttp.ClientSession() as session,
                 session.get(

@@ -117,6 +117,9 @@ class MatrixClient:
             raise
         return RoomID(resp["room_id"])
 
+    async def delete_alias(self, alias: RoomAlias) -> None:
+        await self.hs.request("DELETE", f"{C}/directory/room/{q(alias)}")
+
     async def invite(self, room_id: RoomID, mxid: str, as_user: str | None = None) -> None:
         await self.hs.post(f"{C}/rooms/{q(room_id)}/invite", {"user_id": mxid}, as_user=as_user)
 

@@ -40,6 +40,7 @@ from ..context import (
     CONFIG,
     DISPATCHER,
     HOMESERVER,
+    IDS,
     MATRIX,
     RECEIVER,
     TXN_LOG,
@@ -58,6 +59,7 @@ from ..errors import (
 )
 from ..metrics import METRICS, Metrics
 from .gaps import GapTracker, parse_id
+from .probe import ALIAS_NAME as PROBE_ALIAS
 from .probe import PROBE_EVENT, ProbeRoom
 
 log = logging.getLogger("bridge.matrix.intake")
@@ -286,7 +288,7 @@ async def probe_for_stranded(app: web.Application) -> None:
     probes, until the next takeover."""
     intake = app[_INTAKE]
     if intake.probe is None:
-        intake.probe = ProbeRoom(app[MATRIX])
+        intake.probe = ProbeRoom(app[MATRIX], app[IDS].reserved_alias(PROBE_ALIAS))
     intake.probe_sent, wanted, unanswered = None, True, 0
     await app[RECEIVER].listening.wait()
     while unanswered < MAX_UNANSWERED_PROBES:

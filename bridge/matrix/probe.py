@@ -4,8 +4,9 @@ Gap recovery (gaps.py) fetches a transaction Synapse stranded by refusing the ne
 but in quiet rooms no next one comes, and a stranded transaction that was the last of a
 burst does not even show as a gap. So the receiver sends a probe event into a room of the
 bot's own: its transaction reveals a trailing gap, and is the one refused when a gap is
-due. The room holds the bot alone (nobody reads it, no CRM user is in it); its id is kept
-in the bot's account data, so every process finds the same room.
+due. The room holds the bot alone (nobody reads it, no CRM user is in it) and does not
+federate. It is found by an alias in our namespace that no project can have, made with
+the room: a process killed while making it leaves no second room behind.
 """
 
 from __future__ import annotations
@@ -13,24 +14,25 @@ from __future__ import annotations
 import logging
 import time
 
-from mautrix.types import RoomID
+from mautrix.types import RoomAlias, RoomID
 
 from .client import MatrixClient
 from .homeserver import MatrixError
 
 log = logging.getLogger("bridge.matrix.probe")
 
-ROOM_KEY = "com.crm.bridge.probe_room"  # the bot's account data: {"room_id": ...}
 PROBE_EVENT = "com.crm.bridge.probe"
+ALIAS_NAME = "bridge-probe"  # IdMapper.reserved_alias
 
 
 class ProbeRoom:
-    def __init__(self, matrix: MatrixClient) -> None:
+    def __init__(self, matrix: MatrixClient, alias: RoomAlias) -> None:
         self.matrix = matrix
+        self.alias = alias
         self._room_id: RoomID | None = None
 
     async def send(self) -> None:
-        """One probe event (a new one after the room was lost: left, or purged)."""
+        """One probe event (into a new room after the old one was lost: left, or purged)."""
         content = {"at": int(time.time() * 1000)}
         room_id = await self._room()
         try:
@@ -40,25 +42,33 @@ class ProbeRoom:
                 raise
             log.warning("The probe room %s is gone (%s); making a new one", room_id, e.errcode)
             self._room_id = None
-            await self.matrix.send_event(await self._room(create=True), PROBE_EVENT, content)
+            await self.matrix.delete_alias(self.alias)  # it would lead back to the lost room
+            await self.matrix.send_event(await self._room(), PROBE_EVENT, content)
 
-    async def _room(self, create: bool = False) -> RoomID:
-        if self._room_id is not None:
-            return self._room_id
-        bot = self.matrix.bot_mxid
-        if not create:
-            stored = (await self.matrix.get_account_data(bot, ROOM_KEY)).get("room_id")
-            if isinstance(stored, str) and stored.startswith("!"):
-                self._room_id = RoomID(stored)
-                return self._room_id
+    async def _room(self) -> RoomID:
+        if self._room_id is None:
+            self._room_id = await self.matrix.resolve_alias(self.alias) or await self._make()
+        return self._room_id
+
+    async def _make(self) -> RoomID:
+        localpart = self.alias.removeprefix("#").partition(":")[0]
         body = {
             "preset": "private_chat",
             "visibility": "private",
+            "room_alias_name": localpart,
             "creation_content": {"m.federate": False},
             "name": "CRM bridge: delivery probe",
             "topic": "The bridge sends events here to fetch transactions the homeserver held back.",
         }
-        self._room_id = await self.matrix.create_room(body)
-        await self.matrix.set_account_data(bot, ROOM_KEY, {"room_id": self._room_id})
-        log.info("Made the probe room %s", self._room_id)
-        return self._room_id
+        try:
+            room_id = await self.matrix.create_room(body)
+        except MatrixError as e:
+            if e.errcode != "M_ROOM_IN_USE":
+                raise
+            # Made meanwhile (another receiver before us), or left by us with its alias.
+            found = await self.matrix.resolve_alias(self.alias)
+            if found is None:
+                raise
+            return found
+        log.info("Made the probe room %s (%s)", room_id, self.alias)
+        return room_id
