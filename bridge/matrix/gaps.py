@@ -9,8 +9,8 @@ running recoverer) helps. So when an id is skipped and stays missing for
 ``appservice.gap_recovery_seconds``, the next transaction is answered 503 once: Synapse
 marks us down and its recoverer sends what it stored, oldest first (the stranded one,
 then the refused one). When no next transaction comes, the receiver makes one with a
-probe event (probe.py, intake.py). A transaction with ephemeral events is never refused (Synapse
-does not store those, a refusal would lose them); the next one without is.
+probe event (probe.py, intake.py). A transaction with ephemeral events is never refused
+(Synapse does not store those, a refusal would lose them); the next one without is.
 
 Only integer ids take part. A drop in ids is a new epoch (Synapse on SQLite counts from 1
 again after a restart), not a gap. Each gap is refused for once; if the refusal does not
