@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,9 @@ async def test_event_index_concurrent_writers_leave_no_gap_behind_a_reader(db) -
 
 
 async def test_users_projects_and_conversations(db) -> None:
-    from bridge.db.conversation import PROJECT, ConversationStore
-    from bridge.db.crm_user import CrmUser, CrmUserStore
+    from bridge.db.conversation import COLUMNS as CONVERSATION_COLUMNS
+    from bridge.db.conversation import PROJECT, Conversation, ConversationStore
+    from bridge.db.crm_user import COLUMNS, CrmUser, CrmUserStore
     from bridge.db.project import Project, ProjectStore
 
     users = CrmUserStore(db)
@@ -132,6 +134,10 @@ async def test_users_projects_and_conversations(db) -> None:
     assert (await users.get_by_mxid("@ann:x")).crm_user_id == "u1"
     assert (await users.get_by_mxid("@crm_u1:x")).mxids == ["@crm_u1:x", "@ann:x"]
     assert set(await users.get_many(["u1", "u2", "nope"])) == {"u1", "u2"}
+    # Rows become users by position: the columns are read in the fields' order.
+    assert [c.strip() for c in COLUMNS.split(",")] == [f.name for f in fields(CrmUser)]
+    ann = await users.get("u1")
+    assert ann.active is True and ann.registered is False and ann.matrix_id == "@ann:x"
 
     projects = ProjectStore(db)
     await projects.upsert(Project("p1", "Apollo", members=["u1", "u2"], applied={"name": "A"}))
@@ -142,6 +148,10 @@ async def test_users_projects_and_conversations(db) -> None:
     assert await projects.projects_of("u2") == ["p1"]
 
     conversations = ConversationStore(db)
+    # The list (db/listing.py) builds rows by position too.
+    assert [c.strip() for c in CONVERSATION_COLUMNS.split(",")] == [
+        f.name for f in fields(Conversation)
+    ]
     first = await conversations.add("!r", PROJECT, project_id="p1")
     assert (await conversations.add("!r", PROJECT, project_id="p1")) == first
     # The last message is the newest in the live order (seq), whatever the timestamps say;

@@ -27,11 +27,18 @@ class Online:
             sockets_among(self.app, list(people)),
         )
         out: dict[str, tuple[bool, float | None]] = {}
+        # Plain loops: one pass per participant of a listing (1,000 and more), most of them
+        # with one account.
         for person_id, accounts in people.items():
-            states = [known[m] for m in accounts if m in known]
-            seen = [s["_at"] for s in states if s.get("_at")]
-            online = person_id in connected or any(is_online(s) for s in states)
-            out[person_id] = (online, max(seen) if seen else None)
+            online = person_id in connected
+            last_seen: float | None = None
+            for mxid in accounts:
+                if (state := known.get(mxid)) is None:
+                    continue
+                online = online or is_online(state)
+                if (at := state.get("_at")) and (last_seen is None or at > last_seen):
+                    last_seen = at
+            out[person_id] = (online, last_seen)
         return out
 
 

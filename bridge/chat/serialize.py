@@ -293,6 +293,7 @@ def message_object(
     ts = event.get("origin_server_ts")
     ts = ts if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 else 0
     message_id = message_id_for_event(event["event_id"])
+    at = iso(ts)  # created and (until an edit) updated: formatted once
     return {
         "_id": message_id,
         "conversation": conversation_id,
@@ -302,8 +303,8 @@ def message_object(
         "type": kind,
         "attachments": attachments_of(content, trusted),
         "readBy": read_state.read_by(sender["_id"], pos, ts),
-        "createdAt": iso(ts),
-        "updatedAt": iso(ts),
+        "createdAt": at,
+        "updatedAt": at,
         "matrixRoomId": event.get("room_id"),
         "eventId": event["event_id"],
         # Relations (chat/enrich.py fills them from the index).
@@ -326,6 +327,7 @@ def conversation_object(
     last_message: dict[str, Any] | None,
     unread: int,
 ) -> dict[str, Any]:
+    activity = iso(conversation.last_activity)  # lastActivity and updatedAt: formatted once
     return {
         "_id": conversation.conversation_id,
         "type": conversation.kind,
@@ -333,9 +335,9 @@ def conversation_object(
         "participants": participants,
         "project": project_object(project) if project else None,
         "lastMessage": last_message,
-        "lastActivity": iso(conversation.last_activity),
+        "lastActivity": activity,
         "unreadCount": unread,
         "createdAt": iso(conversation.created_at),
-        "updatedAt": iso(conversation.last_activity),
+        "updatedAt": activity,
         "matrixRoomId": conversation.room_id,
     }

@@ -392,19 +392,35 @@ class ChatService:
         filled in once, from the body cache or the homeserver, eight at a time).
         """
         own = user.matrix_id or user.mxid
-        # One statement: the rows, their last messages' positions and unread counts.
-        listed = await ConversationList(self.app[DATABASE]).of_user(user.mxid, own, kind, room_id)
+        members, receipts, users_store = (
+            self.app[ROOM_MEMBERS], self.app[RECEIPTS], self.app[USERS]
+        )  # fmt: skip
+        # All the user's rooms by a subquery, or the few a filter left (asked below).
+        everything = not (kind or room_id)
+        # What needs only the user is asked beside the list, on other connections: the
+        # database answers them while this process decodes the list.
+        beside = asyncio.gather(
+            members.joined_in_rooms_of(user.mxid) if everything else _no_rows(),
+            receipts.marks_in_rooms_of(user.mxid) if everything else _no_rows(),
+            # The members' CRM users, in the same round trip (the filtered few: below).
+            users_store.in_rooms_of(user.mxid) if everything else _nobody(),
+            self.cleared.of_user(user.mxid),
+        )
+        try:
+            # One statement: the rows, their last messages' positions and unread counts.
+            listed = await ConversationList(self.app[DATABASE]).of_user(
+                user.mxid, own, kind, room_id
+            )
+        except BaseException:
+            drop(beside)
+            raise
         if not listed:
+            drop(beside)
             return []
         conversations = [item.conversation for item in listed]
         unread_counts = {item.conversation.room_id: item.unread for item in listed}
         positions = {item.conversation.room_id: item.last_pos for item in listed}
         room_ids = [c.room_id for c in conversations]
-        # All the user's rooms by a subquery, or the few a filter left.
-        everything = not (kind or room_id)
-        members, receipts, users_store = (
-            self.app[ROOM_MEMBERS], self.app[RECEIPTS], self.app[USERS]
-        )  # fmt: skip
         last_events: dict[str, dict[str, Any]] = {}
         for c in conversations:
             event = preview.event_of(c.last_preview, c.last_event_id, c.room_id)
@@ -412,19 +428,16 @@ class ChatService:
                 last_events[c.room_id] = event
         missing = [c for c in conversations if c.last_event_id and c.room_id not in last_events]
 
-        async def nobody() -> dict[str, CrmUser]:
-            return {}
-
         gathered = await asyncio.gather(
-            members.joined_in_rooms_of(user.mxid) if everything else members.joined_in(room_ids),
-            receipts.marks_in_rooms_of(user.mxid) if everything else receipts.marks(room_ids),
-            # The members' CRM users, in the same round trip (the filtered few: below).
-            users_store.in_rooms_of(user.mxid) if everything else nobody(),
+            beside,
             self.app[PROJECTS].get_many([c.project_id for c in conversations if c.project_id]),
             asyncio.gather(*(self._fill_preview(c, user.mxid) for c in missing)),
-            self.cleared.of_user(user.mxid),
+            _no_rows() if everything else members.joined_in(room_ids),
+            _no_rows() if everything else receipts.marks(room_ids),
         )
-        member_rows, marks, users, projects, fetched, cleared = gathered
+        (member_rows, marks, users, cleared), projects, fetched, few_members, few_marks = gathered
+        if not everything:
+            member_rows, marks = few_members, few_marks
         for c, event in zip(missing, fetched, strict=True):
             if event is not None:
                 last_events[c.room_id] = event
@@ -530,6 +543,14 @@ class ChatService:
             user.mxid, user.matrix_id or user.mxid
         )
         return sum(counts.values())
+
+
+async def _no_rows() -> list[Any]:
+    return []
+
+
+async def _nobody() -> dict[str, CrmUser]:
+    return {}
 
 
 # The read model, shared by the REST facade and the real-time side.

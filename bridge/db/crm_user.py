@@ -13,6 +13,8 @@ COLUMNS = (
     "first_name, last_name, position, profile_image, company_id"
 )
 _COUNT = len(COLUMNS.split(","))
+# Where the flags SQLite stores as integers sit in COLUMNS (the dataclass's field order).
+_ACTIVE, _REGISTERED = 6, 8
 
 
 def now_ms() -> int:
@@ -66,10 +68,12 @@ def _like_escape(word: str) -> str:
 def _row(row) -> CrmUser | None:
     if row is None:
         return None
-    data = dict(row)
-    data["active"] = bool(data["active"])
-    data["registered"] = bool(data["registered"])
-    return CrmUser(**data)
+    # By position (COLUMNS follows the fields): a listing loads a user per participant, and
+    # a dict with keyword arguments cost several times as much.
+    values = list(row)
+    values[_ACTIVE] = bool(values[_ACTIVE])
+    values[_REGISTERED] = bool(values[_REGISTERED])
+    return CrmUser(*values)
 
 
 class CrmUserStore:
