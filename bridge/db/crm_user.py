@@ -12,9 +12,10 @@ COLUMNS = (
     "applied_displayname, applied_avatar, avatar_mxc, created_at, updated_at, "
     "first_name, last_name, position, profile_image, company_id"
 )
-_COUNT = len(COLUMNS.split(","))
+_NAMES = [name.strip() for name in COLUMNS.split(",")]
+_COUNT = len(_NAMES)
 # Where the flags SQLite stores as integers sit in COLUMNS (the dataclass's field order).
-_ACTIVE, _REGISTERED = 6, 8
+_ACTIVE, _REGISTERED = _NAMES.index("active"), _NAMES.index("registered")
 
 
 def now_ms() -> int:
