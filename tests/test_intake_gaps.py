@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from bridge.app import build_app
 from bridge.config import Config
 from bridge.context import CONFIG, DISPATCHER
-from bridge.matrix.gaps import MAX_GAP, MAX_OPEN, GapTracker
+from bridge.matrix.gaps import FRUITLESS_BEFORE_OFF, MAX_GAP, MAX_OPEN, GapTracker
 from bridge.registration import generate
 from tests.test_intake import message
 
@@ -129,16 +129,28 @@ async def test_a_gap_is_refused_for_once_then_given_up(
         assert await intake.put("5", "$a5") == 200
     assert any("giving up" in r.getMessage() for r in caplog.records)
     await asyncio.sleep(GAP_SECONDS * 2)
-    # Never refused again, and a refusal that brought nothing turns recovery off (the
-    # counter is shared with other appservices), so later skips are not refused either.
+    # Never refused again for 3. Later skips still are, until FRUITLESS_BEFORE_OFF refusals
+    # in a row brought nothing back (the counter is shared with other appservices): then
+    # recovery is off and no skip is refused.
     assert await intake.put("6", "$a6") == 200
-    assert await intake.put("8", "$a8") == 200
+    n = 6
+    for _ in range(FRUITLESS_BEFORE_OFF - 1):
+        assert await intake.put(str(n + 2), f"$a{n + 2}") == 200  # skips n + 1
+        await asyncio.sleep(GAP_SECONDS * 2)
+        assert await intake.put(str(n + 3), f"$a{n + 3}") == 503
+        assert await intake.put(str(n + 3), f"$a{n + 3}") == 200  # nothing else came
+        n += 3
+    # The first refusal (5) and these: recovery turned off at the last one, not before.
+    offs = [r for r in caplog.records if "off until restart" in r.getMessage()]
+    assert len(offs) == 1 and offs[0] is caplog.records[-1], [r.getMessage() for r in offs]
+    assert await intake.put(str(n + 2), f"$a{n + 2}") == 200
     await asyncio.sleep(GAP_SECONDS * 2)
-    assert await intake.put("9", "$a9") == 200
+    assert await intake.put(str(n + 3), f"$a{n + 3}") == 200  # off: not refused
+    assert intake.gaps_last() == n + 3
     # A given-up one arriving late is handled, and is not taken for a new epoch.
     assert await intake.put("3", "$a3") == 200
-    assert intake.gaps_last() == 9
-    assert intake.seen == ["$a1", "$a2", "$a4", "$a5", "$a6", "$a8", "$a9", "$a3"]
+    assert intake.gaps_last() == n + 3
+    assert intake.seen[:4] == ["$a1", "$a2", "$a4", "$a5"] and intake.seen[-1] == "$a3"
 
 
 async def test_ids_starting_again_are_not_a_gap(client: TestClient) -> None:

@@ -15,8 +15,9 @@ probe event (probe.py, intake.py). A transaction with ephemeral events is never 
 Only integer ids take part. A drop in ids is a new epoch (Synapse on SQLite counts from 1
 again after a restart), not a gap. Each gap is refused for once; if the refusal does not
 fill it, it is given up with a warning. A refusal that filled nothing means the counter is
-shared with other appservices on the homeserver (skipped ids are theirs), so gap recovery
-then turns itself off for this process.
+shared with other appservices on the homeserver (skipped ids are theirs): after
+``FRUITLESS_BEFORE_OFF`` such refusals in a row, gap recovery turns itself off for this
+process.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MAX_GAP = 100
 # Most missing ids waiting at once; jumps that keep coming faster than refusals fill them
 # are not stranded transactions either.
 MAX_OPEN = 2 * MAX_GAP
+# Fruitless refusals in a row after which recovery turns itself off (a shared counter).
+FRUITLESS_BEFORE_OFF = 3
 
 
 def parse_id(txn_id: str) -> int | None:
@@ -56,6 +59,11 @@ class GapTracker:
     # most MAX_GAP are remembered.
     abandoned: set[int] = field(default_factory=set)
     disabled: bool = False
+    # Refusals in a row that brought back none of what they asked for. One alone is not
+    # enough to turn recovery off: a receiver restart has shown ids missing that were
+    # never ours to get (rolling-restart soak, 2026-12-07), and with recovery off the next
+    # real strand stays stranded.
+    fruitless: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -137,13 +145,17 @@ class GapTracker:
                 "Transaction(s) %s did not come back after the refusal; giving up on them",
                 _ids(self.awaited),
             )
-            if len(self.awaited) == self.asked:
-                self.disabled = True
-                self.open.clear()
-                log.warning(
-                    "No skipped transaction came back: the homeserver's transaction counter "
-                    "is shared with other appservices. Gap recovery is off until restart."
-                )
+        fruitless = self.asked > 0 and len(self.awaited) == self.asked
+        self.fruitless = self.fruitless + 1 if fruitless else 0
+        if self.fruitless >= FRUITLESS_BEFORE_OFF:
+            self.disabled = True
+            self.open.clear()
+            log.warning(
+                "%d refusals in a row brought none of the skipped transactions back: the "
+                "homeserver's transaction counter is shared with other appservices. Gap "
+                "recovery is off until restart.",
+                self.fruitless,
+            )
         self.refused, self.awaited, self.asked = None, set(), 0
 
 
