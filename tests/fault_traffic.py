@@ -15,11 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from nio import AsyncClient, JoinResponse, RoomSendResponse
 from yarl import URL
 
+from bridge.ids import IdMapper
+from bridge.matrix.probe import ALIAS_NAME as PROBE_ALIAS
 from tests.helpers import eventually
 
 # Answers that mean "the bridge or a service behind it is down; retry the same request".
@@ -220,3 +223,16 @@ async def room_timeline(
                 return events
             params["from"] = page["end"]
     raise AssertionError("room timeline did not end after 1000 pages")
+
+
+async def probe_room(synapse_url: str, as_token: str, ids: IdMapper) -> str | None:
+    """The bot's probe room (bridge/matrix/probe.py), found by its alias; None if not made."""
+    alias = quote(ids.reserved_alias(PROBE_ALIAS), safe="")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{synapse_url}/_matrix/client/v3/directory/room/{alias}",
+            headers={"Authorization": f"Bearer {as_token}"},
+        ) as resp,
+    ):
+        return (await resp.json())["room_id"] if resp.status == 200 else None

@@ -13,15 +13,13 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
 from bridge.ids import IdMapper
-from bridge.matrix.probe import ALIAS_NAME as PROBE_ALIAS
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
-from tests.fault_traffic import FaultReport, room_timeline
+from tests.fault_traffic import FaultReport, probe_room, room_timeline
 from tests.helpers import eventually
 
 USERS, PROJECTS, MEMBERS = 60, 6, 15
@@ -120,12 +118,8 @@ async def test_sync_killed_half_way_converges_without_churn(tmp_path: Path) -> N
         client_api = f"{fs.synapse.url}/_matrix/client/v3"
         async with session.get(f"{client_api}/joined_rooms", headers=as_token) as resp:
             rooms = (await resp.json())["joined_rooms"]
-        probe_alias = quote(ids.reserved_alias(PROBE_ALIAS), safe="")
-        async with session.get(
-            f"{client_api}/directory/room/{probe_alias}", headers=as_token
-        ) as resp:
-            probe_room = (await resp.json()).get("room_id") if resp.status == 200 else None
-        rooms = [r for r in rooms if r != probe_room]
+        probe = await probe_room(fs.synapse.url, fs.config["appservice.as_token"], ids)
+        rooms = [r for r in rooms if r != probe]
         report.extra["rooms"] = len(rooms)
         assert len(rooms) == PROJECTS, rooms
     print(report.line())

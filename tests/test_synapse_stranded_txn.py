@@ -20,16 +20,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from nio import AsyncClient
 
 from bridge.ids import IdMapper, conversation_id_for_room
-from bridge.matrix.probe import ALIAS_NAME
 from tests.conftest import unique
 from tests.fault_support import FaultStack, fault_stack
-from tests.fault_traffic import Chat, join_when_invited, matrix_send, stuck_appservice_events
+from tests.fault_traffic import (
+    Chat,
+    join_when_invited,
+    matrix_send,
+    probe_room,
+    stuck_appservice_events,
+)
 from tests.helpers import eventually, matrix_user
 from tests.realtime_support import Recorder
 
@@ -155,17 +159,16 @@ async def test_a_stranded_last_transaction_is_fetched_with_no_traffic(tmp_path: 
             await _stranded_in_history(fs, s)
             # The probe room: the bot's alone, found by its alias; no conversation.
             ids = IdMapper.from_config(fs.config)
-            headers = {"Authorization": f"Bearer {fs.config['appservice.as_token']}"}
+            as_token = fs.config["appservice.as_token"]
+            probe = await probe_room(fs.synapse.url, as_token, ids)
+            assert probe is not None, "no probe room"
+            headers = {"Authorization": f"Bearer {as_token}"}
             base = f"{fs.synapse.url}/_matrix/client/v3"
-            alias = quote(ids.reserved_alias(ALIAS_NAME), safe="")
             async with aiohttp.ClientSession(headers=headers) as session:
-                async with session.get(f"{base}/directory/room/{alias}") as resp:
-                    assert resp.status == 200, await resp.text()
-                    probe_room = (await resp.json())["room_id"]
-                path = f"{base}/rooms/{probe_room}/joined_members"
+                path = f"{base}/rooms/{probe}/joined_members"
                 async with session.get(path) as resp:
                     assert list((await resp.json())["joined"]) == [ids.bot_mxid]
-                path = f"{base}/rooms/{probe_room}/state/m.room.create/"
+                path = f"{base}/rooms/{probe}/state/m.room.create/"
                 async with session.get(path) as resp:
                     assert (await resp.json())["m.federate"] is False
             async with (
@@ -176,7 +179,7 @@ async def test_a_stranded_last_transaction_is_fetched_with_no_traffic(tmp_path: 
                 ) as resp,
             ):
                 listed = {c["_id"] for c in await resp.json()}
-            assert conversation_id_for_room(probe_room) not in listed
+            assert conversation_id_for_room(probe) not in listed
             print(f"stranded last txn(s) {sorted(s.txns)}: fetched {recovered:.1f} s after start")
         finally:
             await s.carol.close()

@@ -271,24 +271,17 @@ async def decorate(
                 "content": text_of(quote) if quote else None,
                 "sender": quote_senders.get(quote["sender"]) if quote else None,
             }
-        # Most messages have neither: no generator is made for them (a listing decorates
-        # one message per conversation).
-        mentioned = mention_lists[event_id]
-        message["mentions"] = list(dict.fromkeys(map(person, mentioned))) if mentioned else []
-        keys = reactions.get(event_id)
-        message["reactions"] = (
-            [
-                {
-                    "key": key,
-                    "count": len(senders),
-                    "users": list(dict.fromkeys(map(person, senders))),
-                    "me": bool(mine & set(senders)),
-                }
-                for key, senders in keys.items()
-            ]
-            if keys
-            else []
-        )
+        # map, not a generator expression: a listing decorates one message per conversation.
+        message["mentions"] = list(dict.fromkeys(map(person, mention_lists[event_id])))
+        message["reactions"] = [
+            {
+                "key": key,
+                "count": len(senders),
+                "users": list(dict.fromkeys(map(person, senders))),
+                "me": bool(mine & set(senders)),
+            }
+            for key, senders in reactions.get(event_id, {}).items()
+        ]
         if replies_ts := threads.get(event_id):
             message["threadCount"] = len(replies_ts)
             message["threadLastReplyAt"] = serialize.iso(max(replies_ts))
