@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 import socketio
@@ -43,6 +44,23 @@ pytestmark = pytest.mark.integration
 def ok(status: int, body: Any, want: int = 200) -> Any:
     assert status == want, body
     return body
+
+
+async def _no_client_acts_as(homeserver: str, mxid: str) -> None:
+    """Neither a password login nor a registration gets a Matrix client a session as the
+    puppet ``mxid``."""
+    localpart = mxid[1:].split(":", 1)[0]
+    attempts = (
+        ("/_matrix/client/v3/login", {"type": "m.login.password", "password": "guess",
+         "identifier": {"type": "m.id.user", "user": mxid}}),
+        ("/_matrix/client/v3/register", {"username": localpart, "password": "guess-4-long!",
+         "auth": {"type": "m.login.dummy"}}),
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        for path, body in attempts:
+            async with session.post(homeserver + path, json=body) as resp:
+                answer = await resp.json()
+            assert resp.status in (400, 403) and "access_token" not in answer, (path, answer)
 
 
 async def test_members_pin_in_old_and_new_project_rooms(stack) -> None:
@@ -143,6 +161,10 @@ async def test_dm_partners_cannot_delete_each_others_messages(stack) -> None:
                 "/api/chat/delete-message", {"messageId": other["_id"]}
             )
             assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+        # The facade is the only door to a DM partner: both members are puppets, which no
+        # Matrix client but the bridge can act as (the appservice's namespace is exclusive
+        # and a puppet has no password), so a creator's implicit power is the bridge's alone.
+        await _no_client_acts_as(stack.config["homeserver.address"], bob.mxid)
         # Own messages, and pins, for both.
         ok(*(await b.post("/api/chat/pin-message", {"messageId": from_alice["_id"]}))[:2])
         ok(*(await b.post("/api/chat/delete-message", {"messageId": from_bob["_id"]}))[:2])

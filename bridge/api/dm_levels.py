@@ -10,7 +10,10 @@ done (a 5xx or a rate limit leaves the room for the next pass): every member abo
 redact level who is not a creator lowers itself (a user may always lower their own level).
 A creator's power in room version 12 is implicit and cannot be lowered: for those rooms,
 and always, the facade's delete (``actions.delete``) refuses the other's messages in a DM
-whatever the levels say.
+whatever the levels say. That is enough: a DM holds puppets only, and only the bridge can
+act as a puppet (the appservice namespace is exclusive), so a creator's power there is the
+bridge's, used only through the facade's rule (a DM a guest opened from Element, where
+``federation.direct_with_guests`` allows it, is the guest's own room).
 """
 
 from __future__ import annotations

@@ -195,8 +195,11 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
             raise ServiceUnavailable("Shutting down; the homeserver retries with the next process")
         receiver.check()  # the role may have changed while this one waited
         if not intake.resumed:
-            intake.gaps.last = parse_id(await txn_log.last_id() or "")
+            last = await txn_log.last_id()
+            intake.gaps.last = parse_id(last or "")
             intake.resumed = True
+            # Where gaps are counted from: the evidence when one turns out false.
+            log.info("Receiving from transaction %s on; the log's last is %s", txn_id, last)
         recorded = await txn_log.get(txn_id)
         if recorded is not None and recorded.replayed_by(digest, has_ephemeral=bool(ephemeral)):
             log.debug("Transaction %s was already handled", txn_id)
