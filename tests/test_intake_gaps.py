@@ -227,3 +227,50 @@ def test_a_gap_is_due_after_the_timeout_until_a_refusal_is_under_way() -> None:
     tracker.handled("2")
     tracker.handled("4")
     assert tracker.due() == set() and not tracker.open
+
+
+async def test_a_gap_left_open_by_the_last_receiver_is_recovered_by_the_next(
+    tmp_path: Path, aiohttp_client
+) -> None:
+    """A handover within the recovery time of a skip (test_two_receivers_never_both_acknowledge
+    on the floors: txn 53 stayed in Synapse): the next receiver finds the hole in the log."""
+    first = Intake(
+        await aiohttp_client(build_app(_config(tmp_path), check_homeserver_on_start=False))
+    )
+    for txn in ("7", "8", "10"):  # 9 was stranded
+        assert await first.put(txn, f"$h{txn}") == 200
+    await first.client.close()  # stopped before the gap was due
+    second = Intake(
+        await aiohttp_client(build_app(_config(tmp_path), check_homeserver_on_start=False))
+    )
+    assert await second.put("11", "$h11") == 200
+    await asyncio.sleep(GAP_SECONDS * 2)
+    assert await second.put("12", "$h12") == 503
+    assert await second.put("9", "$h9") == 200
+    assert await second.put("12", "$h12") == 200
+    assert second.seen == ["$h11", "$h9", "$h12"]
+
+
+def test_resume_reopens_the_holes_of_the_newest_epoch_only() -> None:
+    now = [100.0]
+    tracker = GapTracker(timeout=5, clock=lambda: now[0])
+    # Newest first: 20, 18, 17, 15 in this epoch; then 40, 39 from before a counter reset;
+    # "x1" is another homeserver's id.
+    tracker.resume(["20", "x1", "18", "17", "15", "40", "39"])
+    assert tracker.last == 20
+    assert set(tracker.open) == {19, 16}
+    assert tracker.due() == set()
+    now[0] = 105.0
+    assert tracker.due() == {19, 16}
+    tracker.handled("19")
+    assert set(tracker.open) == {16}
+    # A jump too wide to be a stranded transaction is no gap, and nothing recorded is none.
+    wide = GapTracker(timeout=5)
+    wide.resume([str(10 + MAX_GAP + 2), "10"])
+    assert wide.open == {} and wide.last == 10 + MAX_GAP + 2
+    empty = GapTracker(timeout=5)
+    empty.resume([])
+    assert empty.last is None and empty.open == {}
+    off = GapTracker(timeout=0)
+    off.resume(["5", "3"])
+    assert off.last == 5 and off.open == {}

@@ -64,14 +64,18 @@ class TransactionLog:
             return None
         return TxnDigest(body=row["body_digest"], events=row["events_digest"])
 
-    async def last_id(self) -> str | None:
-        """The id handled most recently (ids are not ordered across epochs, times are)."""
+    async def recent_ids(self, limit: int) -> list[str]:
+        """The ``limit`` ids handled most recently, newest first (by time; within one
+        millisecond the higher number came last)."""
         rows = await self.db.fetch(
-            "SELECT txn_id FROM as_txn WHERE processed_at = (SELECT MAX(processed_at) FROM as_txn)"
+            "SELECT txn_id, processed_at FROM as_txn ORDER BY processed_at DESC LIMIT $1", limit
         )
-        ids = [row["txn_id"] for row in rows]
-        # Several in one millisecond: the highest number among them came last.
-        return max(ids, key=lambda i: (len(i), i)) if ids else None
+        return [
+            row["txn_id"]
+            for row in sorted(
+                rows, key=lambda r: (r["processed_at"], len(r["txn_id"]), r["txn_id"]), reverse=True
+            )
+        ]
 
     async def record(
         self, txn_id: str, digest: TxnDigest, event_count: int, conn: Any = None

@@ -10,7 +10,9 @@ running recoverer) helps. So when an id is skipped and stays missing for
 marks us down and its recoverer sends what it stored, oldest first (the stranded one,
 then the refused one). When no next transaction comes, the receiver makes one with a
 probe event (probe.py, intake.py). A transaction with ephemeral events is never refused
-(Synapse does not store those, a refusal would lose them); the next one without is.
+(Synapse does not store those, a refusal would lose them); the next one without is. A new
+receiver goes on from the transaction log (``resume``): holes among the ids recorded last
+are gaps its predecessor was stopped before recovering, and are open again.
 
 Only integer ids take part. A drop in ids is a new epoch (Synapse on SQLite counts from 1
 again after a restart), not a gap. Each gap is refused for once; if the refusal does not
@@ -26,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 log = logging.getLogger("bridge.matrix.gaps")
 
@@ -96,6 +99,29 @@ class GapTracker:
             return set()
         now = self.clock()
         return {gap for gap, since in self.open.items() if now - since >= self.timeout}
+
+    def resume(self, recent: list[str]) -> None:
+        """Go on from the log: ``recent`` are the ids it recorded last, newest first (up to
+        MAX_GAP + 1). Holes among them are gaps that an earlier receiver did not live to
+        recover (a handover within ``timeout`` of the skip); they are open again, due a
+        ``timeout`` from now. Only the newest epoch counts: going back in time, an id
+        higher than the one after it is where the homeserver started counting again."""
+        run: list[int] = []
+        for txn_id in recent:
+            n = parse_id(txn_id)
+            if n is None:
+                continue
+            if run and n >= run[-1]:
+                break
+            run.append(n)
+        self.last = run[0] if run else None
+        if not self.enabled or len(run) < 2:
+            return
+        now = self.clock()
+        for newer, older in pairwise(run):
+            if 1 < newer - older <= MAX_GAP + 1:
+                self.open.update((gap, now) for gap in range(older + 1, newer))
+        self._cap_open()
 
     def handled(self, txn_id: str) -> None:
         """A transaction was handled and recorded."""

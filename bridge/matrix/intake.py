@@ -58,7 +58,7 @@ from ..errors import (
     read_json,
 )
 from ..metrics import METRICS, Metrics
-from .gaps import GapTracker, parse_id
+from .gaps import MAX_GAP, GapTracker
 from .probe import ALIAS_NAME as PROBE_ALIAS
 from .probe import PROBE_EVENT, ProbeRoom
 
@@ -195,11 +195,13 @@ async def _transaction(request: web.Request, metrics: Metrics | None) -> web.Res
             raise ServiceUnavailable("Shutting down; the homeserver retries with the next process")
         receiver.check()  # the role may have changed while this one waited
         if not intake.resumed:
-            last = await txn_log.last_id()
-            intake.gaps.last = parse_id(last or "")
+            intake.gaps.resume(await txn_log.recent_ids(MAX_GAP + 1))
             intake.resumed = True
             # Where gaps are counted from: the evidence when one turns out false.
-            log.info("Receiving from transaction %s on; the log's last is %s", txn_id, last)
+            log.info(
+                "Receiving from transaction %s on; the log's last is %s, missing before it: %s",
+                txn_id, intake.gaps.last, sorted(intake.gaps.open) or "none",
+            )  # fmt: skip
         recorded = await txn_log.get(txn_id)
         if recorded is not None and recorded.replayed_by(digest, has_ephemeral=bool(ephemeral)):
             log.debug("Transaction %s was already handled", txn_id)

@@ -18,6 +18,7 @@ from . import (
     v14_guests,
     v15_avatar_grants,
     v16_relation_announced,
+    v17_txn_recent,
 )
 from .table import upgrade_table
 
@@ -39,4 +40,5 @@ __all__ = [
     "v14_guests",
     "v15_avatar_grants",
     "v16_relation_announced",
+    "v17_txn_recent",
 ]
