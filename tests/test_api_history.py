@@ -203,6 +203,17 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
                         return len(await index.get_many(ids)) == len(ids)
 
                     await eventually(all_indexed, timeout=60)
+                    # And once the homeserver's readers show the newest of them: with
+                    # workers a reader lags behind (300 ms in the tests), and a page walk it
+                    # answers meanwhile ends in another order than the walks after it.
+                    seqs = await index.get_many([event_id_for_message(i) for i in sent])
+                    newest_event = max(seqs, key=lambda e: seqs[e].seq)
+
+                    async def readers_caught_up() -> bool:
+                        resp = await element.room_messages(conv.room_id, start="", limit=20)
+                        return newest_event in {e.event_id for e in getattr(resp, "chunk", [])}
+
+                    await eventually(readers_caught_up, timeout=30, interval=0.1)
                     burst_done.set()
                     live = await asyncio.wait_for(poller, timeout=120)
                 finally:
