@@ -12,8 +12,8 @@ A creator's power in room version 12 is implicit and cannot be lowered: for thos
 and always, the facade's delete (``actions.delete``) refuses the other's messages in a DM
 whatever the levels say. That is enough: a DM holds puppets only, and only the bridge can
 act as a puppet (the appservice namespace is exclusive), so a creator's power there is the
-bridge's, used only through the facade's rule (a DM a guest opened from Element, where
-``federation.direct_with_guests`` allows it, is the guest's own room).
+bridge's, used only through the facade's rule. (Only the facade creates DMs: a guest in
+one, where ``federation.direct_with_guests`` allows it, is an invitee at level 0.)
 """
 
 from __future__ import annotations
