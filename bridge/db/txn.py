@@ -68,14 +68,11 @@ class TransactionLog:
         """The ``limit`` ids handled most recently, newest first (by time; within one
         millisecond the higher number came last)."""
         rows = await self.db.fetch(
-            "SELECT txn_id, processed_at FROM as_txn ORDER BY processed_at DESC LIMIT $1", limit
+            "SELECT txn_id FROM as_txn "
+            "ORDER BY processed_at DESC, LENGTH(txn_id) DESC, txn_id DESC LIMIT $1",
+            limit,
         )
-        return [
-            row["txn_id"]
-            for row in sorted(
-                rows, key=lambda r: (r["processed_at"], len(r["txn_id"]), r["txn_id"]), reverse=True
-            )
-        ]
+        return [row["txn_id"] for row in rows]
 
     async def record(
         self, txn_id: str, digest: TxnDigest, event_count: int, conn: Any = None

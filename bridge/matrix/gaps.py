@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 log = logging.getLogger("bridge.matrix.gaps")
 
@@ -114,14 +113,8 @@ class GapTracker:
             if run and n >= run[-1]:
                 break
             run.append(n)
-        self.last = run[0] if run else None
-        if not self.enabled or len(run) < 2:
-            return
-        now = self.clock()
-        for newer, older in pairwise(run):
-            if 1 < newer - older <= MAX_GAP + 1:
-                self.open.update((gap, now) for gap in range(older + 1, newer))
-        self._cap_open()
+        for n in reversed(run):  # oldest first, as they were handled
+            self._advance(n)
 
     def handled(self, txn_id: str) -> None:
         """A transaction was handled and recorded."""
@@ -134,11 +127,7 @@ class GapTracker:
             self.awaited.discard(n)
             log.info("Transaction %s, missing until now, arrived", txn_id)
         elif self.last is None or n > self.last:
-            if self.last is not None and 1 < n - self.last <= MAX_GAP + 1 and not self.disabled:
-                now = self.clock()
-                self.open.update((gap, now) for gap in range(self.last + 1, n))
-                self._cap_open()
-            self.last = n
+            self._advance(n)
         else:
             # Ids dropped: the homeserver counts again (restart on SQLite). Old gaps belong
             # to the old epoch, where nothing will ever fill them.
@@ -146,6 +135,15 @@ class GapTracker:
             self.refused, self.awaited, self.asked = None, set(), 0
         if self.refused is not None and n >= self.refused:
             self._settle()
+
+    def _advance(self, n: int) -> None:
+        """``n`` is the highest id yet: the ids skipped since the last one are open gaps
+        (unless the jump is too wide to be a stranded transaction)."""
+        if self.last is not None and 1 < n - self.last <= MAX_GAP + 1 and self.enabled:
+            now = self.clock()
+            self.open.update((gap, now) for gap in range(self.last + 1, n))
+            self._cap_open()
+        self.last = n
 
     def _cap_open(self) -> None:
         if len(self.open) <= MAX_OPEN:
