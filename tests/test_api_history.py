@@ -198,15 +198,15 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
                     # burst has landed once the index holds every message.
                     index = server.app[EVENT_INDEX]
 
-                    async def all_indexed() -> bool:
+                    async def all_indexed() -> dict[str, Any]:
                         ids = [event_id_for_message(i) for i in sent]
-                        return len(await index.get_many(ids)) == len(ids)
+                        rows = await index.get_many(ids)
+                        return rows if len(rows) == len(ids) else {}
 
-                    await eventually(all_indexed, timeout=60)
+                    seqs = await eventually(all_indexed, timeout=60)
                     # And once the homeserver's readers show the newest of them: with
                     # workers a reader lags behind (300 ms in the tests), and a page walk it
                     # answers meanwhile ends in another order than the walks after it.
-                    seqs = await index.get_many([event_id_for_message(i) for i in sent])
                     newest_event = max(seqs, key=lambda e: seqs[e].seq)
 
                     async def readers_caught_up() -> bool:
@@ -250,7 +250,6 @@ async def _burst_then_walk(stack, total: int, page_size: int = PAGE) -> None:
                 walking = time.monotonic() - started
                 # Messages stored after another one at a lower depth: ``after`` that other
                 # one must return them.
-                seqs = await app[EVENT_INDEX].get_many([event_id_for_message(i) for i in sent])
                 live_order = sorted(sent, key=lambda i: seqs[event_id_for_message(i)].seq)
                 lagging = _lagging(page.ids, live_order)
                 behind: dict[str, list[str]] = {}
