@@ -257,10 +257,16 @@ async def _mark_three_places(
 
         # Synapse judges by the receipt once it has taken it in: a moment after the answer
         # (CI saw the count of the previous receipt, 480 for 300, right after it).
-        async def synapse_counted(expected: int = expected) -> bool:
-            return await _notification_count(witness_mx, room_id) == expected
+        seen: list[int] = []
 
-        await eventually(synapse_counted, timeout=30, interval=0.3)
+        async def synapse_counted(expected: int = expected, seen: list[int] = seen) -> bool:
+            seen.append(await _notification_count(witness_mx, room_id))
+            return seen[-1] == expected
+
+        try:
+            await eventually(synapse_counted, timeout=30, interval=0.3)
+        except AssertionError as e:
+            raise AssertionError(f"Synapse counted {seen[-5:]} at {at}, not {expected}") from e
 
         async def witness_counted(expected: int = expected) -> bool:
             return await _unread(witness, cid) == (min(expected, UNREAD_CAP),) * 2
